@@ -1,0 +1,5 @@
+"""``python -m camcli``."""
+
+from camcli.cli import main
+
+main()

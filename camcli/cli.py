@@ -1,0 +1,346 @@
+"""The command line: parse and check options, run the pipeline, report. No tensor maths here.
+
+stdout carries data only (``--jsonl`` records, ``models`` listing); people read stderr.
+Exit status: 0 every image explained, 1 some images failed or the run could not start
+(missing weights, nothing to explain, an unwritable output), 2 usage errors.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+import tomllib
+from tqdm import tqdm
+
+from camcli import __version__
+from camcli.config import Settings, parse_target, resolve_device
+from camcli.discover import NoImagesFound, discover_images
+from camcli.hooks import LayerUnusable, UnknownLayer, resolve_layer
+from camcli.models import (
+    EMBEDDED_MODEL,
+    ModelUnavailable,
+    available_models,
+    load_model,
+    weights_status,
+)
+from camcli.pipeline import RunSummary, WriteFailed, run_explain
+
+__all__ = ["main"]
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+def _load_config(ctx: click.Context, _param: click.Parameter, value: Path | None) -> Path | None:
+    """Read a TOML config file into the command's defaults (options on the line still win)."""
+    if value is None:
+        return None
+    try:
+        data = tomllib.loads(value.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise click.BadParameter(f"cannot read {value}: {exc}", ctx=ctx) from None
+    data = data.get("explain", data)
+    known = {p.name for p in ctx.command.params if p.name}
+    defaults = {}
+    for key, setting in data.items():
+        name = key.replace("-", "_")
+        name = {"model": "model_name", "input": "input_path"}.get(name, name)
+        if name not in known:
+            raise click.BadParameter(f"{value} sets unknown option {key!r}", ctx=ctx)
+        defaults[name] = setting
+    ctx.default_map = {**(ctx.default_map or {}), **defaults}
+    return value
+
+
+class _Reporter:
+    """Prints records (``--jsonl``) to stdout, failures to stderr, progress bar on stderr."""
+
+    def __init__(self, jsonl: bool, total: int) -> None:
+        self.jsonl = jsonl
+        # disable=None: no bar when stderr is not a terminal (cron, CI, pipes).
+        self.bar = tqdm(total=total, unit="img", file=sys.stderr, disable=None, dynamic_ncols=True)
+
+    def record(self, record: dict[str, Any]) -> None:
+        if record.get("status") == "error":
+            self.bar.write(f"camcli: skipped {record['image']}: {record['error']}", file=sys.stderr)
+        if self.jsonl:
+            sys.stdout.write(json.dumps(record, ensure_ascii=False) + "\n")
+            sys.stdout.flush()
+
+    def advance(self, count: int) -> None:
+        self.bar.update(count)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+@click.group(context_settings=CONTEXT)
+@click.version_option(__version__, "--version", prog_name="camcli")
+def main() -> None:
+    """Explain image classifiers in batches: predictions, Grad-CAM and guided backprop."""
+
+
+@main.command(context_settings=CONTEXT)
+@click.argument("input_path", metavar="INPUT", type=click.Path(exists=True, path_type=Path))
+@click.option(
+    "-o",
+    "--output-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("camcli-out"),
+    show_default=True,
+    help="Where outputs go; the input tree is mirrored under it.",
+)
+@click.option(
+    "-m",
+    "--model",
+    "model_name",
+    default=EMBEDDED_MODEL,
+    show_default=True,
+    help="Model name: the embedded default (works offline) or any torchvision "
+    "classifier (densenet201, vgg16, resnet50, ...). See 'camcli models'.",
+)
+@click.option(
+    "--weights",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Local state-dict file for the architecture (loaded with weights_only=True).",
+)
+@click.option(
+    "--layer",
+    help="Target layer, a dotted name from named_modules() "
+    "(e.g. features.denseblock4, layer4). Default: chosen per model.",
+)
+@click.option(
+    "--target",
+    default="pred",
+    show_default=True,
+    help="Class to explain: pred (top-1), label (the image's class folder), "
+    "a class index or a class name.",
+)
+@click.option(
+    "-k",
+    "--top-k",
+    type=click.IntRange(min=1),
+    default=5,
+    show_default=True,
+    help="Number of predictions recorded per image.",
+)
+@click.option(
+    "--crop/--resize",
+    default=False,
+    show_default=True,
+    help="Centre-crop as in the weights' evaluation, or resize the whole image "
+    "(default: the model sees the whole image).",
+)
+@click.option(
+    "--guided/--no-guided",
+    default=True,
+    show_default=True,
+    help="Also compute guided backprop (one extra backward pass per batch).",
+)
+@click.option(
+    "--save-raw",
+    is_flag=True,
+    help="Also write the raw CAM (model input resolution) and guided gradient as .npy.",
+)
+@click.option(
+    "--alpha",
+    type=click.FloatRange(0, 1),
+    default=0.5,
+    show_default=True,
+    help="Heatmap weight in the overlay.",
+)
+@click.option("--jsonl", is_flag=True, help="Print each image's record as one JSON line on stdout.")
+@click.option(
+    "-b",
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Images per forward pass [default: 64 on CUDA, 8 on CPU].",
+)
+@click.option(
+    "-j",
+    "--workers",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Decoding processes; 0 decodes in the main process "
+    "[default: up to 4, one per spare core].",
+)
+@click.option(
+    "--device",
+    default="auto",
+    show_default=True,
+    help="auto (CUDA when available), cpu, cuda or cuda:N.",
+)
+@click.option(
+    "--png-level",
+    type=click.IntRange(0, 9),
+    default=1,
+    show_default=True,
+    help="PNG compression level (higher: smaller, slower).",
+)
+@click.option(
+    "--offline",
+    is_flag=True,
+    envvar="CAMCLI_OFFLINE",
+    help="Never download weights (also set by CAMCLI_OFFLINE=1).",
+)
+@click.option(
+    "--config",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    is_eager=True,
+    expose_value=False,
+    callback=_load_config,
+    help="TOML file of option defaults (see configs/).",
+)
+@click.version_option(__version__, "--version", prog_name="camcli")
+@click.pass_context
+def explain(
+    ctx: click.Context,
+    input_path: Path,
+    output_dir: Path,
+    model_name: str,
+    weights: Path | None,
+    layer: str | None,
+    target: str,
+    top_k: int,
+    crop: bool,
+    guided: bool,
+    save_raw: bool,
+    alpha: float,
+    jsonl: bool,
+    batch_size: int | None,
+    workers: int | None,
+    device: str,
+    png_level: int,
+    offline: bool,
+) -> None:
+    """Explain every image under INPUT (a folder, walked recursively, or one image file).
+
+    Per image it writes, mirroring the input tree under --output-dir: NAME.json (top-k
+    predictions, label, target, files), NAME.gradcam.png (heatmap), NAME.overlay.png and
+    NAME.guided.png, all at the image's original size; and index.jsonl, one line per image.
+
+    Exit status: 0 all explained; 1 some images failed (reported on stderr and in the
+    index) or the run could not start; 2 usage error.
+    """
+    try:
+        torch_device = resolve_device(device)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="'--device'") from None
+    names = available_models()
+    if model_name not in names:
+        close = difflib.get_close_matches(model_name, names, n=4, cutoff=0.5)
+        hint = f"; did you mean {', '.join(close)}?" if close else "; see 'camcli models'"
+        raise click.BadParameter(f"unknown model {model_name!r}{hint}", param_hint="'--model'")
+
+    output_dir = output_dir.expanduser()
+    try:
+        items = discover_images(input_path, exclude=output_dir)
+    except NoImagesFound as exc:
+        raise click.ClickException(str(exc)) from None
+    try:
+        loaded = load_model(model_name, weights, offline)
+    except ModelUnavailable as exc:
+        raise click.ClickException(str(exc)) from None
+
+    layer_name = layer or loaded.default_layer
+    try:
+        resolve_layer(loaded.module, layer_name)
+    except UnknownLayer as exc:
+        raise click.BadParameter(f"{exc}", param_hint="'--layer'") from None
+    try:
+        target_spec = parse_target(target, loaded.classes)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="'--target'") from None
+    if target_spec.mode == "label":
+        _check_labels(items, loaded.classes)
+
+    cpu_count = os.cpu_count() or 1
+    settings = Settings(
+        output_dir=output_dir,
+        layer=layer_name,
+        target=target_spec,
+        top_k=top_k,
+        save_raw=save_raw,
+        batch_size=batch_size or (64 if torch_device.type == "cuda" else 8),
+        workers=workers if workers is not None else max(0, min(4, cpu_count - 1)),
+        device=torch_device,
+        crop=crop,
+        guided=guided,
+        alpha=alpha,
+        png_level=png_level,
+        write_threads=max(2, min(8, cpu_count)),
+    )
+    reporter = _Reporter(jsonl, len(items))
+    try:
+        summary = run_explain(items, loaded, settings, reporter)
+    except LayerUnusable as exc:
+        raise click.BadParameter(str(exc), param_hint="'--layer'") from None
+    except WriteFailed as exc:
+        raise click.ClickException(str(exc)) from None
+    except BrokenPipeError:
+        # stdout closed by the reader (| head): stop quietly, files written so far are valid.
+        _silence_stdout()
+        ctx.exit(1)
+    finally:
+        reporter.close()
+    _report(summary, output_dir, loaded.name, layer_name)
+    ctx.exit(1 if summary.failed else 0)
+
+
+def _check_labels(items: list[Any], classes: Any) -> None:
+    unlabeled = [str(i.relative) for i in items if i.label is None]
+    if unlabeled:
+        raise click.BadParameter(
+            f"label needs every image in a class folder, but {unlabeled[0]} is not "
+            f"({len(unlabeled)} such image(s))",
+            param_hint="'--target'",
+        )
+    unknown = sorted({i.label for i in items if classes.resolve(i.label) is None})
+    if unknown:
+        shown = ", ".join(repr(u) for u in unknown[:5])
+        raise click.BadParameter(
+            f"label needs folders named by class index, WordNet id or class name; "
+            f"{len(unknown)} folder(s) name no class of this model: {shown}",
+            param_hint="'--target'",
+        )
+
+
+def _silence_stdout() -> None:
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+
+
+def _report(summary: RunSummary, output_dir: Path, model: str, layer: str) -> None:
+    rate = summary.explained / summary.seconds if summary.seconds > 0 else 0.0
+    failed = f", {summary.failed} failed" if summary.failed else ""
+    click.echo(
+        f"camcli: explained {summary.explained} of {summary.total} images{failed} with "
+        f"{model} at {layer} in {summary.seconds:.1f} s ({rate:.1f} images/s); "
+        f"outputs in {output_dir}",
+        err=True,
+    )
+
+
+@main.command(context_settings=CONTEXT)
+@click.version_option(__version__, "--version", prog_name="camcli")
+def models() -> None:
+    """List the model names --model accepts, and whether their weights are available offline.
+
+    One model per line on stdout: NAME<TAB>STATUS, where STATUS is 'embedded' (ships with
+    camcli), 'cached' (in the torch hub cache) or 'download' (fetched on first use).
+    """
+    for name in available_models():
+        click.echo(f"{name}\t{weights_status(name)}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,106 @@
+"""Run settings: one frozen object built from the command line (and config files)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from camcli.classes import ClassIndex
+
+__all__ = ["Settings", "TargetSpec", "parse_target", "resolve_device"]
+
+
+@dataclass(frozen=True)
+class TargetSpec:
+    """Which class to explain: the top-1 prediction, the folder label, or a fixed class."""
+
+    mode: Literal["pred", "label", "class"]
+    index: int | None = None
+
+
+def parse_target(text: str, classes: ClassIndex) -> TargetSpec:
+    """Read ``--target``: ``pred``, ``label``, a class index or a class name.
+
+    Raises:
+        ValueError: when the text names no class of the model.
+
+    """
+    value = text.strip()
+    if value.lower() in ("pred", "label"):
+        return TargetSpec(value.lower())  # type: ignore[arg-type]
+    if value.lstrip("-").isdigit():
+        index = int(value)
+        if not 0 <= index < len(classes):
+            raise ValueError(f"class index {index} is out of range 0-{len(classes) - 1}")
+        return TargetSpec("class", index)
+    index_or_none = classes.resolve(value)
+    if index_or_none is None:
+        raise ValueError(
+            f"{value!r} is not 'pred', 'label', a class index or a class name of this model"
+        )
+    return TargetSpec("class", index_or_none)
+
+
+def resolve_device(text: str) -> torch.device:
+    """Read ``--device``: ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``.
+
+    Raises:
+        ValueError: for an unknown name or a CUDA device that is not there.
+
+    """
+    value = text.strip().lower()
+    if value == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(value)
+    except RuntimeError:
+        raise ValueError(f"{text!r} is not auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"{text!r} was asked for but no CUDA device is available")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"{text!r} does not exist ({torch.cuda.device_count()} CUDA device(s) found)"
+            )
+    elif device.type != "cpu":
+        raise ValueError(f"{text!r} is not auto, cpu, cuda or cuda:N")
+    return device
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a run needs besides the model and the list of images.
+
+    Attributes:
+        output_dir: where outputs go (mirrors the input tree).
+        layer: the target layer (dotted module name).
+        target: which class to explain.
+        top_k: number of predictions recorded.
+        save_raw: also write the raw CAM and guided gradient as ``.npy``.
+        batch_size: images per forward pass.
+        workers: decoding processes (0 decodes in the main process).
+        device: where the model runs.
+        crop: centre-crop instead of resizing the whole image.
+        guided: compute guided backprop.
+        alpha: heatmap weight in the overlay.
+        png_level: zlib level of the PNGs.
+        write_threads: threads that encode and write files.
+
+    """
+
+    output_dir: Path
+    layer: str
+    target: TargetSpec = TargetSpec("pred")
+    top_k: int = 5
+    save_raw: bool = False
+    batch_size: int = 16
+    workers: int = 2
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    crop: bool = False
+    guided: bool = True
+    alpha: float = 0.5
+    png_level: int = 1
+    write_threads: int = 2

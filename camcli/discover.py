@@ -1,0 +1,104 @@
+"""Find the images to explain: a single file or a directory tree, in natural order."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+__all__ = ["IMAGE_EXTENSIONS", "ImageItem", "NoImagesFound", "discover_images", "natural_key"]
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+
+class NoImagesFound(ValueError):
+    """The input holds no file with an image extension."""
+
+
+@dataclass(frozen=True)
+class ImageItem:
+    """One image to explain.
+
+    Attributes:
+        path: the file to read.
+        relative: its path relative to the input root; outputs mirror it.
+        label: the ImageFolder class, i.e. the name of the top-level sub-folder the file is
+            under (``None`` for files directly in the root or a single-file input).
+
+    """
+
+    path: Path
+    relative: PurePosixPath
+    label: str | None
+
+
+def natural_key(text: str) -> tuple[tuple[int, int | str], ...]:
+    """Sort key that orders embedded numbers by value: ``img2`` before ``img10``."""
+    parts = re.split(r"(\d+)", text)
+    return tuple((0, int(p)) if p.isdigit() else (1, p.lower()) for p in parts if p)
+
+
+def _is_image(name: str) -> bool:
+    return name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def _walk(root: Path, exclude: Path | None) -> Iterable[Path]:
+    """Walk ``root`` following directory symlinks, visiting each real directory once."""
+    seen: set[tuple[int, int]] = set()
+    excluded = exclude.resolve() if exclude is not None else None
+    for current, dirs, files in os.walk(root, followlinks=True):
+        here = Path(current)
+        try:
+            stat = here.stat()
+        except OSError:
+            dirs[:] = []
+            continue
+        if (stat.st_dev, stat.st_ino) in seen or (
+            excluded is not None and here.resolve() == excluded
+        ):
+            dirs[:] = []
+            continue
+        seen.add((stat.st_dev, stat.st_ino))
+        for name in files:
+            if _is_image(name):
+                yield here / name
+
+
+def discover_images(input_path: Path, exclude: Path | None = None) -> list[ImageItem]:
+    """List the images under ``input_path`` (or the file itself), sorted in natural order.
+
+    Args:
+        input_path: a directory (walked recursively, symlinked directories followed once)
+            or a single image file.
+        exclude: a directory to skip, e.g. the output directory when it lies inside the input.
+
+    Returns:
+        The images, sorted by their relative path in natural order.
+
+    Raises:
+        NoImagesFound: when nothing with an image extension is found.
+        FileNotFoundError: when the input does not exist.
+
+    """
+    if not input_path.exists():
+        raise FileNotFoundError(str(input_path))
+    if input_path.is_file():
+        if not _is_image(input_path.name):
+            raise NoImagesFound(
+                f"{input_path} is not an image file (expected one of {', '.join(IMAGE_EXTENSIONS)})"
+            )
+        return [ImageItem(input_path, PurePosixPath(input_path.name), None)]
+    items = []
+    for path in _walk(input_path, exclude):
+        relative = PurePosixPath(path.relative_to(input_path).as_posix())
+        label = relative.parts[0] if len(relative.parts) > 1 else None
+        items.append(ImageItem(path, relative, label))
+    if not items:
+        raise NoImagesFound(
+            f"no images found in {input_path} (looked for {', '.join(IMAGE_EXTENSIONS)}, "
+            "in any letter case, in all sub-folders)"
+        )
+    items.sort(key=lambda item: tuple(natural_key(part) for part in item.relative.parts))
+    return items

@@ -1,0 +1,175 @@
+"""Explain a batch: one forward pass, Grad-CAM at a layer and guided backprop to the input.
+
+Per batch: one forward with gradients enabled and parameters frozen, one gradient to the
+target layer (normal backward rules, for Grad-CAM) and, when guided backprop is asked for,
+one gradient to the input on the same graph with guided rules. Targets are per image;
+because the model is in eval mode the images of a batch are independent, so the gradient of
+the summed target logits gives each image its own gradient.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from camcli.guided import GuidedActivations
+from camcli.hooks import LayerCapture, frozen_eval
+
+__all__ = [
+    "Explanation",
+    "Predictions",
+    "explain_batch",
+    "grad_cam",
+    "normalise_maps",
+    "top_predictions",
+]
+
+
+def grad_cam(activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
+    """Grad-CAM (Selvaraju et al.) maps from a layer's activations and gradients.
+
+    ReLU of the channel sum of the activations weighted by the spatial mean of their gradients.
+
+    Args:
+        activations: layer output, ``(N, C, H, W)``.
+        gradients: d(target logit)/d(activations), same shape.
+
+    Returns:
+        Unnormalised maps, ``(N, H, W)``, float32, non-negative.
+
+    Example:
+        >>> a = torch.ones(1, 2, 2, 2); g = torch.ones(1, 2, 2, 2)
+        >>> grad_cam(a, g)[0].tolist()
+        [[2.0, 2.0], [2.0, 2.0]]
+
+    """
+    activations = activations.float()
+    weights = gradients.float().mean(dim=(2, 3), keepdim=True)
+    return (weights * activations).sum(dim=1).clamp(min=0)
+
+
+def normalise_maps(maps: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """Scale each map to [0, 1] by its maximum; an all-zero map stays zero (no NaN).
+
+    Args:
+        maps: non-negative maps, ``(N, ...)``.
+        eps: maxima at or below this count as zero.
+
+    Returns:
+        Maps of the same shape with maximum 1 (or all zero).
+
+    """
+    peak = maps.flatten(1).amax(dim=1).view(-1, *([1] * (maps.dim() - 1)))
+    return torch.where(peak > eps, maps / peak.clamp(min=eps), torch.zeros_like(maps))
+
+
+@dataclass
+class Predictions:
+    """Top-k of a batch, from the same forward pass that feeds the CAM."""
+
+    indices: torch.Tensor  # (N, k) long
+    probabilities: torch.Tensor  # (N, k) float32
+    logits: torch.Tensor  # (N, k) float32
+
+
+def top_predictions(logits: torch.Tensor, k: int) -> Predictions:
+    """Softmax top-k of each row of ``logits``."""
+    k = min(k, logits.shape[1])
+    logits = logits.detach().float()
+    probabilities = logits.softmax(dim=1)
+    top_p, top_i = probabilities.topk(k, dim=1)
+    return Predictions(top_i, top_p, logits.gather(1, top_i))
+
+
+@dataclass
+class Explanation:
+    """What one batch produced.
+
+    Attributes:
+        logits: model output, ``(N, classes)``.
+        targets: the class explained per image, ``(N,)``.
+        cams: unnormalised Grad-CAM per layer name, ``(N, h, w)``.
+        guided: guided-backprop gradient w.r.t. the (normalised) input, ``(N, 3, S, S)``,
+            or ``None`` when not asked for.
+        guided_calls: activation calls that followed the guided rule, per name.
+        unchanged_calls: gating activation calls that kept the normal rule, per name.
+
+    """
+
+    logits: torch.Tensor
+    targets: torch.Tensor
+    cams: dict[str, torch.Tensor]
+    guided: torch.Tensor | None = None
+    guided_calls: dict[str, int] = field(default_factory=dict)
+    unchanged_calls: dict[str, int] = field(default_factory=dict)
+
+
+def explain_batch(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    layers: str | list[str],
+    targets: torch.Tensor | None = None,
+    guided: bool = True,
+) -> Explanation:
+    """Grad-CAM at ``layers`` and (optionally) guided backprop, for a batch, in one forward.
+
+    The model is put in eval mode with frozen parameters for the call and restored after;
+    hooks are removed even when the forward pass fails.
+
+    Args:
+        model: the classifier, returning logits ``(N, classes)``.
+        inputs: normalised input batch ``(N, 3, S, S)`` on the model's device.
+        layers: dotted name(s) of the layer(s) to explain.
+        targets: the class to explain per image, ``(N,)``; ``None`` explains the top-1.
+        guided: also compute guided backprop to the input.
+
+    Returns:
+        The explanation of the batch.
+
+    Raises:
+        RuntimeError: inside ``torch.inference_mode()``, or when a layer is unusable.
+        ValueError: when ``targets`` does not have one entry per image.
+
+    """
+    if torch.is_inference_mode_enabled():
+        raise RuntimeError(
+            "explain_batch needs gradients and cannot run inside torch.inference_mode()"
+        )
+    names = [layers] if isinstance(layers, str) else list(layers)
+    if targets is not None and targets.shape != (inputs.shape[0],):
+        raise ValueError(
+            f"targets must hold one class per image: got shape {tuple(targets.shape)} "
+            f"for {inputs.shape[0]} images"
+        )
+    x = inputs.detach()
+    if x.is_inference():
+        x = x.clone()
+    x.requires_grad_(guided)
+    mode: Any = GuidedActivations() if guided else nullcontext()
+    with frozen_eval(model), torch.enable_grad():
+        with LayerCapture(model, names, detach=not guided) as capture, mode:
+            logits = model(x)
+        activations = [capture.activations[name] for name in names]
+        chosen = logits.detach().argmax(dim=1) if targets is None else targets.to(logits.device)
+        score = logits.gather(1, chosen[:, None]).sum()
+        gradients = torch.autograd.grad(score, activations, retain_graph=guided)
+        cams = {
+            name: grad_cam(act.detach(), grad)
+            for name, act, grad in zip(names, activations, gradients, strict=True)
+        }
+        guided_grad = None
+        if guided:
+            mode.rule.guided = True
+            (guided_grad,) = torch.autograd.grad(score, x)
+    return Explanation(
+        logits=logits.detach(),
+        targets=chosen,
+        cams=cams,
+        guided=guided_grad,
+        guided_calls=dict(mode.guided) if guided else {},
+        unchanged_calls=dict(mode.unchanged) if guided else {},
+    )

@@ -1,0 +1,227 @@
+"""Guided backpropagation through every activation call, modules and functional alike.
+
+Swapping ``nn.ReLU`` modules (what captum and pytorch-grad-cam do) misses functional calls
+such as DenseNet's final ``F.relu`` and other activations (ReLU6, SiLU, GELU). Here the
+forward pass runs under a :class:`torch.overrides.TorchFunctionMode` that routes each call
+of a known activation function through one autograd function whose backward rule can be
+switched after the forward pass:
+
+* normal: ``grad_in = grad_out * f'(x)``, exactly the ordinary gradient;
+* guided: ``grad_in = max(grad_out, 0) * f'(x)``.
+
+For ReLU the guided rule is Springenberg et al.'s guided backprop (positive gradient, at
+positions with positive input). For the other rectifier-like activations (ReLU6/hardtanh,
+SiLU, GELU, hardswish, Mish, leaky ReLU, ELU, SELU, CELU) the same rule is applied: only
+positive gradient passes, scaled by the activation's own derivative. Gating functions
+(sigmoid, tanh, hardsigmoid, e.g. in squeeze-excitation blocks) keep the normal rule; their
+calls are counted so the record says what was and was not guided.
+
+Because the rule is switched per backward call on one retained graph, the Grad-CAM gradient
+(normal rule) and the guided input gradient come from the same forward pass, and guided
+rules never leak into Grad-CAM. The rule lives per call, not per module, so one ReLU module
+used several times per forward (torchvision's ResNet blocks) is handled correctly.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
+
+__all__ = ["GUIDED_RULE", "BackwardRule", "GuidedActivations"]
+
+GUIDED_RULE = (
+    "guided: grad_in = max(grad_out, 0) * f'(x) at every call of a rectifier-like "
+    "activation (ReLU as in Springenberg et al.; the same rule for the others listed); "
+    "gating activations keep the ordinary gradient"
+)
+
+
+class BackwardRule:
+    """A switch read by every activation's backward: ``guided`` or the normal gradient."""
+
+    def __init__(self) -> None:
+        self.guided = False
+
+
+@dataclass(frozen=True)
+class _Activation:
+    name: str  # the name recorded in the JSON
+    kind: str  # "relu", "hardtanh" (fast masks) or "generic" (derivative by autograd)
+    inplace: bool  # the function always works in place (torch.relu_, Tensor.relu_)
+    signature: inspect.Signature | None  # to bind F.* arguments; None: (input) only
+
+
+class _GuidedActivation(torch.autograd.Function):
+    """``y = fn(x)`` whose backward follows ``rule`` at the time backward runs."""
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        x: torch.Tensor,
+        fn: Callable[[torch.Tensor], torch.Tensor],
+        kind: str,
+        bounds: tuple[float, float],
+        rule: BackwardRule,
+    ) -> torch.Tensor:
+        ctx.rule = rule
+        ctx.kind = kind
+        if kind == "relu":
+            ctx.mask = x > 0
+        elif kind == "hardtanh":
+            ctx.mask = (x > bounds[0]) & (x < bounds[1])
+        else:
+            ctx.fn = fn
+            # A copy: an in-place call overwrites x after this forward.
+            ctx.x = x.detach().clone()
+        return fn(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        if ctx.rule.guided:
+            grad = grad.clamp(min=0)
+        if ctx.kind in ("relu", "hardtanh"):
+            return grad * ctx.mask, None, None, None, None
+        with torch.enable_grad():
+            x = ctx.x.detach().requires_grad_(True)
+            (grad_in,) = torch.autograd.grad(ctx.fn(x), x, grad)
+        return grad_in, None, None, None, None
+
+
+def _signature(fn: Callable[..., Any]) -> inspect.Signature | None:
+    try:
+        return inspect.signature(fn)
+    except (TypeError, ValueError):
+        return None
+
+
+def _table() -> dict[Callable[..., Any], _Activation]:
+    table: dict[Callable[..., Any], _Activation] = {}
+
+    def add(fn: Any, name: str, kind: str, inplace: bool = False) -> None:
+        if fn is not None and fn not in table:
+            table[fn] = _Activation(name, kind, inplace, _signature(fn))
+
+    add(F.relu, "relu", "relu")
+    add(torch.relu, "relu", "relu")
+    add(torch.Tensor.relu, "relu", "relu")
+    add(torch.relu_, "relu", "relu", inplace=True)
+    add(getattr(F, "relu_", None), "relu", "relu", inplace=True)
+    add(torch.Tensor.relu_, "relu", "relu", inplace=True)
+    add(F.relu6, "relu6", "hardtanh")
+    add(F.hardtanh, "hardtanh", "hardtanh")
+    add(getattr(F, "hardtanh_", None), "hardtanh", "hardtanh", inplace=True)
+    for name in ("silu", "gelu", "hardswish", "mish", "leaky_relu", "elu", "selu", "celu"):
+        add(getattr(F, name, None), name, "generic")
+    return table
+
+
+_ACTIVATIONS = _table()
+_GATE_LIST: list[tuple[Any, str]] = [
+    (torch.sigmoid, "sigmoid"),
+    (torch.Tensor.sigmoid, "sigmoid"),
+    (F.sigmoid, "sigmoid"),
+    (torch.tanh, "tanh"),
+    (torch.Tensor.tanh, "tanh"),
+    (F.tanh, "tanh"),
+    (F.hardsigmoid, "hardsigmoid"),
+]
+_GATES: dict[Any, str] = dict(_GATE_LIST)
+
+
+class GuidedActivations(TorchFunctionMode):
+    """Route activation calls made in this block through switchable backward rules.
+
+    Attributes:
+        rule: flip ``rule.guided`` to True before the backward pass that should be guided.
+        guided: calls routed, per activation name (e.g. ``{"relu": 17}``).
+        unchanged: calls of gating activations left with the normal rule.
+
+    Example:
+        >>> mode = GuidedActivations()
+        >>> x = torch.randn(1, 4, requires_grad=True)
+        >>> with mode:
+        ...     y = torch.nn.functional.relu(x).sum()
+        >>> mode.rule.guided = True
+        >>> (g,) = torch.autograd.grad(y, x)
+
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rule = BackwardRule()
+        self.guided: Counter[str] = Counter()
+        self.unchanged: Counter[str] = Counter()
+
+    def __torch_function__(
+        self,
+        func: Callable[..., Any],
+        types: Any,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+    ) -> Any:
+        kwargs = kwargs or {}
+        spec = _ACTIVATIONS.get(func)
+        if spec is None:
+            gate = _GATES.get(func)
+            if gate is not None:
+                self.unchanged[gate] += 1
+            return func(*args, **kwargs)
+        x, call, inplace, bounds = _bind(func, spec, args, kwargs)
+        if not isinstance(x, torch.Tensor) or not x.requires_grad:
+            return func(*args, **kwargs)
+        self.guided[spec.name] += 1
+        out = _GuidedActivation.apply(x, call, spec.kind, bounds, self.rule)
+        if inplace:
+            # Keep in-place semantics for callers that ignore the return value.
+            x.copy_(out)
+            return x
+        return out
+
+
+def _bind(
+    func: Callable[..., Any], spec: _Activation, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[Any, Callable[[torch.Tensor], torch.Tensor], bool, tuple[float, float]]:
+    """Split a call into its input, an out-of-place callable and its in-place flag."""
+    if spec.signature is None or spec.inplace:
+        x = args[0] if args else kwargs.get("input", kwargs.get("self"))
+        extra_args = args[1:]
+        out_of_place = {
+            torch.relu_: torch.relu,
+            torch.Tensor.relu_: torch.relu,
+        }.get(func, func)
+        if spec.inplace and out_of_place is func:  # F.relu_ / F.hardtanh_
+            out_of_place = F.relu if spec.kind == "relu" else F.hardtanh
+        bounds = (
+            (float(extra_args[0]), float(extra_args[1]))
+            if spec.kind == "hardtanh" and len(extra_args) >= 2
+            else (-1.0, 1.0)
+        )
+        if spec.kind == "hardtanh":
+            return x, lambda t: F.hardtanh(t, *bounds), spec.inplace, bounds
+        return x, out_of_place, spec.inplace, (0.0, 0.0)
+    bound = spec.signature.bind(*args, **kwargs)
+    bound.apply_defaults()
+    arguments = dict(bound.arguments)
+    x = arguments.pop("input")
+    inplace = bool(arguments.pop("inplace", False))
+    if spec.name == "relu6":
+        bounds = (0.0, 6.0)
+    elif spec.kind == "hardtanh":
+        bounds = (float(arguments["min_val"]), float(arguments["max_val"]))
+    else:
+        bounds = (0.0, 0.0)
+    has_inplace = "inplace" in spec.signature.parameters
+
+    def call(t: torch.Tensor) -> torch.Tensor:
+        if has_inplace:
+            return func(t, **arguments, inplace=False)
+        return func(t, **arguments)
+
+    return x, call, inplace, bounds

@@ -1,0 +1,143 @@
+"""Write results: atomic files, PNG encoding, per-image JSON records and the run index.
+
+Every file is written under a temporary name in its own directory and renamed into place, so
+a reader (or a resumed run) never sees a half-written file under a final name. The JSON record
+is written last: its presence means the image's files are complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import cv2
+import numpy as np
+
+__all__ = [
+    "INDEX_NAME",
+    "IndexWriter",
+    "OutputFiles",
+    "atomic_write_bytes",
+    "encode_png",
+    "output_files",
+    "write_json",
+]
+
+INDEX_NAME = "index.jsonl"
+
+
+def _file_mode() -> int:
+    # mkstemp creates 0600 files; outputs get the mode a plain open() would give.
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+_FILE_MODE = _file_mode()
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file in the same directory and a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.chmod(tmp, _FILE_MODE)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def encode_png(rgb: np.ndarray, level: int = 1) -> bytes:
+    """Encode an RGB (``H, W, 3``) or grey (``H, W``) uint8 image as PNG bytes.
+
+    Args:
+        rgb: the image, RGB channel order.
+        level: zlib level 0-9 (1 is several times faster than OpenCV's default 3 and only
+            slightly larger).
+
+    Raises:
+        ValueError: when OpenCV refuses the image.
+
+    """
+    image = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR) if rgb.ndim == 3 else rgb
+    ok, buffer = cv2.imencode(".png", image, [cv2.IMWRITE_PNG_COMPRESSION, int(level)])
+    if not ok:
+        raise ValueError("PNG encoding failed")
+    return buffer.tobytes()
+
+
+def encode_npy(array: np.ndarray) -> bytes:
+    """Serialise an array in NumPy's ``.npy`` format."""
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    return buffer.getvalue()
+
+
+def write_json(path: Path, record: dict[str, Any]) -> None:
+    """Write a JSON document atomically (UTF-8, indented, trailing newline)."""
+    atomic_write_bytes(path, (json.dumps(record, indent=2, ensure_ascii=False) + "\n").encode())
+
+
+@dataclass(frozen=True)
+class OutputFiles:
+    """Where one image's outputs go.
+
+    Names keep the full input file name: ``a.jpg`` and ``a.png`` in one folder get
+    ``a.jpg.json`` and ``a.png.json``.
+    """
+
+    record: Path
+    heatmap: Path
+    overlay: Path
+    guided: Path
+    cam_raw: Path
+    guided_raw: Path
+
+
+def output_files(output_dir: Path, relative: PurePosixPath) -> OutputFiles:
+    """The output paths of the image at ``relative`` (its path under the input root)."""
+    folder = output_dir.joinpath(*relative.parts[:-1])
+    name = relative.name
+    return OutputFiles(
+        record=folder / f"{name}.json",
+        heatmap=folder / f"{name}.gradcam.png",
+        overlay=folder / f"{name}.overlay.png",
+        guided=folder / f"{name}.guided.png",
+        cam_raw=folder / f"{name}.gradcam.npy",
+        guided_raw=folder / f"{name}.guided.npy",
+    )
+
+
+class IndexWriter:
+    """The run index: one JSON line per image (errors included) at the top of the output.
+
+    Lines go to ``index.jsonl.partial`` as the run proceeds, flushed per line; :meth:`close`
+    renames it to ``index.jsonl``, so a complete index is only ever under the final name.
+    """
+
+    def __init__(self, output_dir: Path) -> None:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        self.path = output_dir / INDEX_NAME
+        self.partial = output_dir / f"{INDEX_NAME}.partial"
+        self._handle = self.partial.open("w", encoding="utf-8")
+
+    def add(self, entry: dict[str, Any]) -> None:
+        """Append one entry."""
+        self._handle.write(json.dumps(entry, ensure_ascii=False) + "\n")
+        self._handle.flush()
+
+    def close(self) -> None:
+        """Finish the index and move it to its final name."""
+        if not self._handle.closed:
+            self._handle.close()
+            os.replace(self.partial, self.path)
