@@ -171,6 +171,13 @@ def load_model(name: str, weights: Path | None = None, offline: bool = False) ->
     return loaded
 
 
+def _short(error: BaseException, limit: int = 240) -> str:
+    """First line of an error message, cut to ``limit`` characters."""
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    text = " ".join(lines[:2]) if lines else type(error).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
     """Load a state dict safely (``weights_only=True``: a pickle cannot run code).
 
@@ -185,7 +192,7 @@ def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
     except FileNotFoundError:
         raise ModelUnavailable(f"weights file {path} does not exist") from None
     except Exception as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        reason = _short(exc)
         raise ModelUnavailable(
             f"cannot load weights file {path} as a state dict with weights_only=True "
             f"(files that need full unpickling are refused): {reason}"
@@ -334,14 +341,15 @@ def _with_other_head(
     changed = [k for k, v in state.items() if k in reference and reference[k].shape != v.shape]
     heads = [k for k in changed if k.endswith("weight") and state[k].dim() in (2, 4)]
     if not heads:
-        raise ModelUnavailable(f"weights file {path} does not fit {name}: {error}") from None
+        raise ModelUnavailable(
+            f"weights file {path} does not fit {name}: {_short(error)}"
+        ) from None
     num_classes = int(state[heads[-1]].shape[0])
     module = tvm.get_model(name, weights=None, num_classes=num_classes)
     try:
         module.load_state_dict(state)
     except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise ModelUnavailable(f"weights file {path} does not fit {name}: {first}") from None
+        raise ModelUnavailable(f"weights file {path} does not fit {name}: {_short(exc)}") from None
     return module, ClassIndex.numbered(num_classes)
 
 

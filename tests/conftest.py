@@ -12,7 +12,13 @@ from PIL import Image
 from torch import nn
 
 from camcli.classes import imagenet_classes
-from camcli.models import LoadedModel, Preprocessing, register_model, unregister_model
+from camcli.models import (
+    LoadedModel,
+    Preprocessing,
+    load_state_dict_file,
+    register_model,
+    unregister_model,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO / "sample_images"
@@ -70,7 +76,7 @@ def _tiny_loader(weights: Path | None, offline: bool) -> LoadedModel:
     torch.manual_seed(0)
     module = TinyNet()
     if weights is not None:
-        module.load_state_dict(torch.load(weights, weights_only=True))
+        module.load_state_dict(load_state_dict_file(weights))
     return LoadedModel(
         name=TINY,
         module=module.eval(),

@@ -1,0 +1,283 @@
+"""Every CLI promise: outputs, options, stdout purity, exit codes, error sentences."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from click.testing import CliRunner, Result
+from PIL import Image
+
+from camcli.cli import main
+
+from .conftest import BRIGHT, TINY, TinyNet, save_image, square_image
+
+Folder = Callable[[dict[str, tuple[int, int]]], Path]
+
+
+def run(*args: str | Path) -> Result:
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def explain(root: Path, out: Path, *extra: str | Path) -> Result:
+    return run("explain", root, "-o", out, "--model", TINY, "--workers", "0", *extra)
+
+
+def jsonl(result: Result) -> list[dict]:
+    return [json.loads(line) for line in result.stdout.splitlines()]
+
+
+@pytest.fixture
+def three(image_folder: Folder) -> Path:
+    return image_folder({"tabby/a.jpg": (50, 40), "tabby/a.png": (30, 60), "espresso/b.jpg": (64, 64)})
+
+
+def test_every_command_has_help_and_version():
+    for command in (["--help"], ["explain", "--help"], ["models", "--help"], ["explain", "-h"]):
+        result = run(*command)
+        assert result.exit_code == 0 and "Usage:" in result.stdout
+    assert run("--version").stdout.strip().endswith("0.1.0")
+    assert run("explain", "--version").exit_code == 0
+
+
+def test_outputs_per_image_at_original_size_and_no_name_collisions(three: Path, tmp_path: Path):
+    out = tmp_path / "out"
+    result = explain(three, out)
+    assert result.exit_code == 0, result.output
+    assert result.stdout == ""  # without --jsonl nothing goes to stdout
+    assert "explained 3 of 3 images" in result.stderr
+    for name, size in [("tabby/a.jpg", (50, 40)), ("tabby/a.png", (30, 60)), ("espresso/b.jpg", (64, 64))]:
+        record = json.loads((out / f"{name}.json").read_text())
+        assert record["image"] == name and record["status"] == "ok"
+        assert (record["width"], record["height"]) == size
+        assert set(record["files"]) == {"heatmap", "overlay", "guided"}
+        for file_name in record["files"].values():
+            picture = Image.open((out / name).parent / file_name)
+            assert picture.size == size and picture.mode == "RGB"
+        assert record["layer"] == "features.3" and record["model"] == TINY
+        assert len(record["predictions"]) == 5
+        assert record["target"]["mode"] == "pred"
+        assert record["target"]["index"] == record["predictions"][0]["index"]
+        assert record["guided_backprop"]["guided_calls"] == {"relu": 2}
+    assert json.loads((out / "tabby/a.png.json").read_text())["label"] == {
+        "folder": "tabby", "index": 281, "name": "tabby"
+    }
+    index = [json.loads(line) for line in (out / "index.jsonl").read_text().splitlines()]
+    assert [e["image"] for e in index] == ["espresso/b.jpg", "tabby/a.jpg", "tabby/a.png"]
+    assert index[0]["record"] == "espresso/b.jpg.json"
+    assert not list(out.rglob("*.tmp")) and not (out / "index.jsonl.partial").exists()
+
+
+def test_jsonl_stdout_is_pure_data_one_record_per_image(three: Path, tmp_path: Path):
+    result = explain(three, tmp_path / "out", "--jsonl", "--top-k", "3")
+    assert result.exit_code == 0
+    records = jsonl(result)
+    assert [r["image"] for r in records] == ["espresso/b.jpg", "tabby/a.jpg", "tabby/a.png"]
+    assert all(len(r["predictions"]) == 3 for r in records)
+    probabilities = [p["probability"] for p in records[0]["predictions"]]
+    assert probabilities == sorted(probabilities, reverse=True)
+    assert "explained" not in result.stdout and "explained" in result.stderr
+
+
+def test_corrupt_file_is_reported_and_the_others_are_explained(three: Path, tmp_path: Path):
+    (three / "tabby" / "broken.jpg").write_bytes(b"\xff\xd8\xff not really a jpeg")
+    (three / "tabby" / "empty.png").write_bytes(b"")
+    out = tmp_path / "out"
+    result = explain(three, out, "--jsonl")
+    assert result.exit_code == 1
+    assert "skipped tabby/broken.jpg: cannot decode image" in result.stderr
+    assert "explained 3 of 5 images, 2 failed" in result.stderr
+    records = {r["image"]: r for r in jsonl(result)}
+    assert records["tabby/broken.jpg"]["status"] == "error"
+    assert records["tabby/a.jpg"]["status"] == "ok"
+    assert (out / "tabby/a.jpg.json").exists() and not (out / "tabby/broken.jpg.json").exists()
+    index = [json.loads(line) for line in (out / "index.jsonl").read_text().splitlines()]
+    assert sorted(e["status"] for e in index) == ["error", "error", "ok", "ok", "ok"]
+
+
+def test_single_image_input(three: Path, tmp_path: Path):
+    out = tmp_path / "out"
+    result = explain(three / "espresso" / "b.jpg", out)
+    assert result.exit_code == 0
+    assert (out / "b.jpg.json").exists() and (out / "b.jpg.overlay.png").exists()
+
+
+def test_no_images_is_one_sentence_and_non_zero(tmp_path: Path):
+    (tmp_path / "empty").mkdir()
+    result = explain(tmp_path / "empty", tmp_path / "out")
+    assert result.exit_code == 1
+    assert "no images found in" in result.stderr and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--model", "densenet20"], "'--model': unknown model 'densenet20'; did you mean densenet201"),
+        (["--layer", "features.33"], "'--layer': the model has no layer named 'features.33'; close matches: features.3"),
+        (["--layer", "fc"], "'--layer': layer 'fc' outputs"),
+        (["--target", "no such class"], "'--target'"),
+        (["--target", "1000"], "out of range"),
+        (["--device", "cuda:7"], "'--device'"),
+        (["--device", "tpu"], "'--device'"),
+        (["--top-k", "0"], "'-k' / '--top-k'"),
+        (["--batch-size", "0"], "'-b' / '--batch-size'"),
+        (["--alpha", "2"], "'--alpha'"),
+    ],
+)
+def test_usage_errors_exit_2_with_one_sentence_naming_the_option(
+    three: Path, tmp_path: Path, args: list[str], needle: str
+):
+    result = explain(three, tmp_path / "out", *args)
+    assert result.exit_code == 2, result.output
+    assert needle in result.stderr
+    assert "Traceback" not in result.output and result.stdout == ""
+
+
+def test_target_class_by_index_and_by_name(three: Path, tmp_path: Path):
+    by_index = jsonl(explain(three, tmp_path / "a", "--jsonl", "--target", "285"))
+    by_name = jsonl(explain(three, tmp_path / "b", "--jsonl", "--target", "Egyptian_cat"))
+    for records in (by_index, by_name):
+        assert {(r["target"]["index"], r["target"]["name"], r["target"]["mode"]) for r in records} == {
+            (285, "Egyptian cat", "class")
+        }
+
+
+def test_target_label_uses_each_folder_and_records_correctness(three: Path, tmp_path: Path):
+    result = explain(three, tmp_path / "out", "--jsonl", "--target", "label")
+    assert result.exit_code == 0
+    records = {r["image"]: r for r in jsonl(result)}
+    assert records["espresso/b.jpg"]["target"]["index"] == 967
+    assert records["tabby/a.jpg"]["target"]["index"] == 281
+    for r in records.values():
+        assert r["correct"] == (r["predictions"][0]["index"] == r["label"]["index"])
+
+
+def test_target_label_refuses_unmapped_folders(image_folder: Folder, tmp_path: Path):
+    root = image_folder({"not_a_class/a.jpg": (20, 20), "tabby/b.jpg": (20, 20)})
+    result = explain(root, tmp_path / "out", "--target", "label")
+    assert result.exit_code == 2 and "'not_a_class'" in result.stderr
+    flat = image_folder({"c.jpg": (20, 20)})
+    result = explain(flat, tmp_path / "out", "--target", "label")
+    assert result.exit_code == 2 and "class folder" in result.stderr
+
+
+def test_save_raw_writes_float_arrays_listed_in_the_json(three: Path, tmp_path: Path):
+    out = tmp_path / "out"
+    assert explain(three, out, "--save-raw").exit_code == 0
+    record = json.loads((out / "espresso/b.jpg.json").read_text())
+    cam = np.load(out / "espresso" / record["files"]["cam_raw"])
+    guided = np.load(out / "espresso" / record["files"]["guided_raw"])
+    assert cam.shape == (32, 32) and cam.dtype == np.float32 and cam.min() >= 0
+    assert guided.shape == (3, 32, 32) and guided.dtype == np.float32
+    assert np.isclose(cam.max(), record["gradcam"]["max"], rtol=0.5)
+
+
+def test_no_guided_skips_the_guided_picture(three: Path, tmp_path: Path):
+    out = tmp_path / "out"
+    assert explain(three, out, "--no-guided").exit_code == 0
+    record = json.loads((out / "espresso/b.jpg.json").read_text())
+    assert "guided" not in record["files"] and "guided_backprop" not in record
+    assert not (out / "espresso/b.jpg.guided.png").exists()
+
+
+def test_crop_and_resize_views_put_the_heatmap_on_the_square(tmp_path: Path):
+    box = (170, 60, 230, 120)
+    save_image(tmp_path / "in" / "sq.png", square_image(300, 200, box))
+    for view in ("--resize", "--crop"):
+        out = tmp_path / view
+        result = run("explain", tmp_path / "in", "-o", out, "--model", BRIGHT, "-j", "0", view)
+        assert result.exit_code == 0, result.output
+        record = json.loads((out / "sq.png.json").read_text())
+        assert record["view"]["mode"] == view[2:]
+        peak = record["gradcam"]["peak"]
+        assert box[0] <= peak["x"] < box[2] and box[1] <= peak["y"] < box[3]
+        heat = np.asarray(Image.open(out / "sq.png.gradcam.png"))
+        assert heat[90, 200, 0] > 120 and heat[90, 200, 2] < 60  # red on the square
+
+
+def test_output_inside_input_is_not_read_back(three: Path):
+    out = three / "explained"
+    assert explain(three, out).exit_code == 0
+    second = explain(three, out, "--jsonl")
+    assert second.exit_code == 0 and len(jsonl(second)) == 3
+
+
+def test_torchvision_model_from_the_cache_and_from_weights(three: Path, tmp_path: Path):
+    torch.manual_seed(0)
+    state = torchvision.models.squeezenet1_1(weights=None).state_dict()
+    # 1. missing from the cache, downloads off: one sentence naming the file, exit 1
+    result = run("explain", three, "-o", tmp_path / "o1", "--model", "squeezenet1_1", "-j", "0")
+    assert result.exit_code == 1
+    assert "squeezenet1_1-b8a52dc0.pth" in result.stderr and "Traceback" not in result.output
+    # 2. --weights FILE
+    weights = tmp_path / "sq.pth"
+    torch.save(state, weights)
+    result = run("explain", three, "-o", tmp_path / "o2", "--model", "squeezenet1_1",
+                 "--weights", weights, "-j", "0", "--jsonl")
+    assert result.exit_code == 0, result.output
+    records = jsonl(result)
+    assert records[0]["layer"] == "features.12" and records[0]["weights"] == str(weights)
+    # 3. the torch hub cache under TORCH_HOME, under the name torchvision expects
+    cache = Path(torch.hub.get_dir()) / "checkpoints"
+    cache.mkdir(parents=True, exist_ok=True)
+    torch.save(state, cache / "squeezenet1_1-b8a52dc0.pth")
+    result = run("explain", three, "-o", tmp_path / "o3", "--model", "squeezenet1_1", "-j", "0",
+                 "--jsonl", "--layer", "features.9")
+    assert result.exit_code == 0, result.output
+    assert jsonl(result)[0]["layer"] == "features.9"
+
+
+def test_unsafe_weights_file_is_refused(three: Path, tmp_path: Path):
+    path = tmp_path / "bad.pth"
+    torch.save({"model": TinyNet()}, path)  # a whole pickled module: needs full unpickling
+    result = explain(three, tmp_path / "out", "--weights", path)
+    assert result.exit_code == 1 and "weights_only=True" in result.stderr
+
+
+def test_config_file_sets_defaults_and_the_command_line_wins(three: Path, tmp_path: Path):
+    config = tmp_path / "c.toml"
+    config.write_text(f'model = "{TINY}"\ntop-k = 2\nworkers = 0\ntarget = "285"\n')
+    result = run("explain", three, "-o", tmp_path / "out", "--config", config, "--jsonl", "-k", "4")
+    assert result.exit_code == 0, result.output
+    records = jsonl(result)
+    assert len(records[0]["predictions"]) == 4 and records[0]["target"]["index"] == 285
+    config.write_text("colour = 'red'\n")
+    result = run("explain", three, "--config", config)
+    assert result.exit_code == 2 and "unknown option 'colour'" in result.stderr
+
+
+def test_models_lists_names_and_weight_status():
+    result = run("models")
+    assert result.exit_code == 0
+    rows = dict(line.split("\t") for line in result.stdout.splitlines())
+    assert rows["efficientnet_lite0"] == "embedded" and rows["densenet201"] == "download"
+
+
+def test_python_dash_m_works():
+    result = subprocess.run(
+        [sys.executable, "-m", "camcli", "--help"], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0 and "explain" in result.stdout
+
+
+def test_results_do_not_depend_on_batch_size(three: Path, tmp_path: Path):
+    one = {r["image"]: r for r in jsonl(explain(three, tmp_path / "a", "--jsonl", "-b", "1"))}
+    three_at_once = {r["image"]: r for r in jsonl(explain(three, tmp_path / "b", "--jsonl", "-b", "3"))}
+    for name, record in one.items():
+        other = three_at_once[name]
+        assert record["predictions"] == other["predictions"]
+        assert record["gradcam"]["peak"] == other["gradcam"]["peak"]
+        assert np.isclose(record["gradcam"]["max"], other["gradcam"]["max"], rtol=1e-4)
+
+
+def test_decoding_in_worker_processes(three: Path, tmp_path: Path):
+    result = run("explain", three, "-o", tmp_path / "out", "--model", TINY, "--workers", "2", "--jsonl")
+    assert result.exit_code == 0, result.output
+    assert len(jsonl(result)) == 3
