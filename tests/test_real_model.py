@@ -1,0 +1,109 @@
+"""The embedded pretrained model on real photos: predictions and where the heatmap lands."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+from camcli.cli import main
+from camcli.decode import load_rgb, model_input
+from camcli.explain import explain_batch, normalise_maps
+from camcli.models import EMBEDDED_MODEL, LoadedModel, load_model
+from camcli.render import jet_lut, render_batch
+
+from .conftest import SAMPLES
+
+pytestmark = pytest.mark.real_model
+
+PHOTOS = {
+    "tiger_cat/chelsea.png": {"tiger cat", "Egyptian cat", "tabby"},
+    "espresso/coffee.png": {"espresso"},
+    "tripod/camera.png": {"tripod"},
+    "missile/rocket.jpg": {"missile", "projectile"},
+    "military_uniform/grace_hopper.jpg": {"military uniform"},
+}
+# Tiles of the collage: a photo and the class whose map must peak in its tile.
+TILES = [
+    ("tiger_cat/chelsea.png", "tiger cat"),
+    ("espresso/coffee.png", "espresso"),
+    ("tripod/camera.png", "tripod"),
+    ("military_uniform/grace_hopper.jpg", "military uniform"),
+]
+
+
+@pytest.fixture(scope="module")
+def embedded() -> LoadedModel:
+    return load_model(EMBEDDED_MODEL, offline=True)
+
+
+def _inputs(model: LoadedModel, images: list[Image.Image], crop: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    prep = model.preprocessing
+    arrays, thetas = [], []
+    for image in images:
+        array, geometry = model_input(image, prep, crop)
+        arrays.append(torch.from_numpy(array.copy()).permute(2, 0, 1))
+        thetas.append(geometry.theta())
+    x = torch.stack(arrays).float() / 255
+    mean = torch.tensor(prep.mean).view(1, 3, 1, 1)
+    std = torch.tensor(prep.std).view(1, 3, 1, 1)
+    return (x - mean) / std, torch.tensor(thetas)
+
+
+def test_sample_photos_get_sensible_predictions(embedded: LoadedModel):
+    images = [load_rgb(SAMPLES / name) for name in PHOTOS]
+    x, _ = _inputs(embedded, images, crop=True)
+    result = explain_batch(embedded.module, x, "bn2", guided=False)
+    top5 = result.logits.topk(5, dim=1).indices.tolist()
+    for (name, expected), indices in zip(PHOTOS.items(), top5, strict=True):
+        names = {embedded.classes.name(i) for i in indices}
+        assert names & expected, f"{name}: top-5 {names} has none of {expected}"
+
+
+def _collage(size: int = 224) -> Image.Image:
+    collage = Image.new("RGB", (2 * size, 2 * size))
+    for k, (name, _) in enumerate(TILES):
+        tile = load_rgb(SAMPLES / name).resize((size, size), Image.Resampling.BICUBIC)
+        collage.paste(tile, ((k % 2) * size, (k // 2) * size))
+    return collage
+
+
+def test_heatmap_of_each_class_peaks_in_its_photo_of_a_collage(embedded: LoadedModel):
+    """A 2 x 2 collage of four photos, explained once per tile's class in one batch."""
+    collage = _collage()
+    x, thetas = _inputs(embedded, [collage] * 4, crop=False)
+    targets = torch.tensor([embedded.classes.resolve(label) for _, label in TILES])
+    result = explain_batch(embedded.module, x, embedded.default_layer, targets, guided=True)
+    pixels = torch.from_numpy(np.asarray(collage).copy())
+    _, peaks = render_batch(
+        normalise_maps(result.cams[embedded.default_layer]), result.guided, [pixels] * 4,
+        thetas, jet_lut(),
+    )
+    half = collage.width // 2
+    for k, ((name, label), (px, py)) in enumerate(zip(TILES, peaks, strict=True)):
+        tile = (py >= half) * 2 + (px >= half)
+        assert tile == k, f"{label}: heatmap peak at {(px, py)} is in tile {tile}, not {k} ({name})"
+
+
+def test_quick_start_command_on_sample_images(tmp_path: Path):
+    """The README's first command, with the default model, on the shipped photos."""
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["explain", str(SAMPLES), "-o", str(out), "--jsonl", "-j", "0"])
+    assert result.exit_code == 0, result.output
+    records = {r["image"]: r for r in map(json.loads, result.stdout.splitlines())}
+    assert set(records) == set(PHOTOS)
+    cat = records["tiger_cat/chelsea.png"]
+    assert cat["label"]["index"] == 282 and cat["model"] == EMBEDDED_MODEL
+    assert cat["predictions"][0]["name"] in PHOTOS["tiger_cat/chelsea.png"]
+    assert cat["guided_backprop"]["guided_calls"] == {"hardtanh": 33}
+    assert records["espresso/coffee.png"]["correct"] is True
+    # The espresso heatmap peaks on the cup (the cup fills roughly x 150-450, y 30-250).
+    peak = records["espresso/coffee.png"]["gradcam"]["peak"]
+    assert 150 <= peak["x"] <= 450 and 30 <= peak["y"] <= 250
+    overlay = Image.open(out / "espresso" / records["espresso/coffee.png"]["files"]["overlay"])
+    assert overlay.size == (600, 400)
