@@ -169,6 +169,7 @@ def run_explain(
         index.add(entry)
         reporter.advance(1)
 
+    completed = False
     pool = ThreadPoolExecutor(
         max_workers=max(1, settings.write_threads), thread_name_prefix="camcli-write"
     )
@@ -256,9 +257,10 @@ def run_explain(
                 finish(pending.popleft())
         while pending:
             finish(pending.popleft())
+        completed = True
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
-        index.close()
+        index.close(complete=completed)
     summary.seconds = time.perf_counter() - start
     return summary
 

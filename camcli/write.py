@@ -136,8 +136,9 @@ class IndexWriter:
         self._handle.write(json.dumps(entry, ensure_ascii=False) + "\n")
         self._handle.flush()
 
-    def close(self) -> None:
-        """Finish the index and move it to its final name."""
+    def close(self, complete: bool = True) -> None:
+        """Close the index; move it to its final name only when the run finished."""
         if not self._handle.closed:
             self._handle.close()
-            os.replace(self.partial, self.path)
+            if complete:
+                os.replace(self.partial, self.path)

@@ -36,7 +36,9 @@ def jsonl(result: Result) -> list[dict]:
 
 @pytest.fixture
 def three(image_folder: Folder) -> Path:
-    return image_folder({"tabby/a.jpg": (50, 40), "tabby/a.png": (30, 60), "espresso/b.jpg": (64, 64)})
+    return image_folder(
+        {"tabby/a.jpg": (50, 40), "tabby/a.png": (30, 60), "espresso/b.jpg": (64, 64)}
+    )
 
 
 def test_every_command_has_help_and_version():
@@ -53,7 +55,11 @@ def test_outputs_per_image_at_original_size_and_no_name_collisions(three: Path, 
     assert result.exit_code == 0, result.output
     assert result.stdout == ""  # without --jsonl nothing goes to stdout
     assert "explained 3 of 3 images" in result.stderr
-    for name, size in [("tabby/a.jpg", (50, 40)), ("tabby/a.png", (30, 60)), ("espresso/b.jpg", (64, 64))]:
+    for name, size in [
+        ("tabby/a.jpg", (50, 40)),
+        ("tabby/a.png", (30, 60)),
+        ("espresso/b.jpg", (64, 64)),
+    ]:
         record = json.loads((out / f"{name}.json").read_text())
         assert record["image"] == name and record["status"] == "ok"
         assert (record["width"], record["height"]) == size
@@ -67,7 +73,9 @@ def test_outputs_per_image_at_original_size_and_no_name_collisions(three: Path, 
         assert record["target"]["index"] == record["predictions"][0]["index"]
         assert record["guided_backprop"]["guided_calls"] == {"relu": 2}
     assert json.loads((out / "tabby/a.png.json").read_text())["label"] == {
-        "folder": "tabby", "index": 281, "name": "tabby"
+        "folder": "tabby",
+        "index": 281,
+        "name": "tabby",
     }
     index = [json.loads(line) for line in (out / "index.jsonl").read_text().splitlines()]
     assert [e["image"] for e in index] == ["espresso/b.jpg", "tabby/a.jpg", "tabby/a.png"]
@@ -119,8 +127,14 @@ def test_no_images_is_one_sentence_and_non_zero(tmp_path: Path):
 @pytest.mark.parametrize(
     ("args", "needle"),
     [
-        (["--model", "densenet20"], "'--model': unknown model 'densenet20'; did you mean densenet201"),
-        (["--layer", "features.33"], "'--layer': the model has no layer named 'features.33'; close matches: features.3"),
+        (
+            ["--model", "densenet20"],
+            "'--model': unknown model 'densenet20'; did you mean densenet201",
+        ),
+        (
+            ["--layer", "features.33"],
+            "'--layer': the model has no layer named 'features.33'; close matches: features.3",
+        ),
         (["--layer", "fc"], "'--layer': layer 'fc' outputs"),
         (["--target", "no such class"], "'--target'"),
         (["--target", "1000"], "out of range"),
@@ -144,9 +158,9 @@ def test_target_class_by_index_and_by_name(three: Path, tmp_path: Path):
     by_index = jsonl(explain(three, tmp_path / "a", "--jsonl", "--target", "285"))
     by_name = jsonl(explain(three, tmp_path / "b", "--jsonl", "--target", "Egyptian_cat"))
     for records in (by_index, by_name):
-        assert {(r["target"]["index"], r["target"]["name"], r["target"]["mode"]) for r in records} == {
-            (285, "Egyptian cat", "class")
-        }
+        assert {
+            (r["target"]["index"], r["target"]["name"], r["target"]["mode"]) for r in records
+        } == {(285, "Egyptian cat", "class")}
 
 
 def test_target_label_uses_each_folder_and_records_correctness(three: Path, tmp_path: Path):
@@ -219,8 +233,19 @@ def test_torchvision_model_from_the_cache_and_from_weights(three: Path, tmp_path
     # 2. --weights FILE
     weights = tmp_path / "sq.pth"
     torch.save(state, weights)
-    result = run("explain", three, "-o", tmp_path / "o2", "--model", "squeezenet1_1",
-                 "--weights", weights, "-j", "0", "--jsonl")
+    result = run(
+        "explain",
+        three,
+        "-o",
+        tmp_path / "o2",
+        "--model",
+        "squeezenet1_1",
+        "--weights",
+        weights,
+        "-j",
+        "0",
+        "--jsonl",
+    )
     assert result.exit_code == 0, result.output
     records = jsonl(result)
     assert records[0]["layer"] == "features.12" and records[0]["weights"] == str(weights)
@@ -228,8 +253,19 @@ def test_torchvision_model_from_the_cache_and_from_weights(three: Path, tmp_path
     cache = Path(torch.hub.get_dir()) / "checkpoints"
     cache.mkdir(parents=True, exist_ok=True)
     torch.save(state, cache / "squeezenet1_1-b8a52dc0.pth")
-    result = run("explain", three, "-o", tmp_path / "o3", "--model", "squeezenet1_1", "-j", "0",
-                 "--jsonl", "--layer", "features.9")
+    result = run(
+        "explain",
+        three,
+        "-o",
+        tmp_path / "o3",
+        "--model",
+        "squeezenet1_1",
+        "-j",
+        "0",
+        "--jsonl",
+        "--layer",
+        "features.9",
+    )
     assert result.exit_code == 0, result.output
     assert jsonl(result)[0]["layer"] == "features.9"
 
@@ -269,7 +305,9 @@ def test_python_dash_m_works():
 
 def test_results_do_not_depend_on_batch_size(three: Path, tmp_path: Path):
     one = {r["image"]: r for r in jsonl(explain(three, tmp_path / "a", "--jsonl", "-b", "1"))}
-    three_at_once = {r["image"]: r for r in jsonl(explain(three, tmp_path / "b", "--jsonl", "-b", "3"))}
+    three_at_once = {
+        r["image"]: r for r in jsonl(explain(three, tmp_path / "b", "--jsonl", "-b", "3"))
+    }
     for name, record in one.items():
         other = three_at_once[name]
         assert record["predictions"] == other["predictions"]
@@ -278,6 +316,52 @@ def test_results_do_not_depend_on_batch_size(three: Path, tmp_path: Path):
 
 
 def test_decoding_in_worker_processes(three: Path, tmp_path: Path):
-    result = run("explain", three, "-o", tmp_path / "out", "--model", TINY, "--workers", "2", "--jsonl")
+    result = run(
+        "explain", three, "-o", tmp_path / "out", "--model", TINY, "--workers", "2", "--jsonl"
+    )
     assert result.exit_code == 0, result.output
     assert len(jsonl(result)) == 3
+
+
+def test_alpha_zero_overlay_is_the_photo_and_png_level_trades_size(tmp_path: Path):
+    photo = np.random.default_rng(5).integers(0, 256, (40, 60, 3), dtype=np.uint8)
+    save_image(tmp_path / "in" / "p.png", photo)
+    out0 = tmp_path / "a0"
+    result = explain(tmp_path / "in", out0, "--alpha", "0", "--png-level", "0")
+    assert result.exit_code == 0, result.output
+    np.testing.assert_array_equal(np.asarray(Image.open(out0 / "p.png.overlay.png")), photo)
+    out9 = tmp_path / "a9"
+    assert explain(tmp_path / "in", out9, "--png-level", "9").exit_code == 0
+    size0 = (out0 / "p.png.gradcam.png").stat().st_size
+    size9 = (out9 / "p.png.gradcam.png").stat().st_size
+    assert size9 < size0
+
+
+def test_offline_flag_forbids_downloads(three: Path, tmp_path: Path, monkeypatch):
+    monkeypatch.delenv("CAMCLI_OFFLINE")
+    result = run("explain", three, "-o", tmp_path / "o", "--model", "resnet18", "--offline")
+    assert result.exit_code == 1
+    assert "downloads are off" in result.stderr and "resnet18-f37072fd.pth" in result.stderr
+
+
+def test_no_progress_bar_when_stderr_is_not_a_terminal(three: Path, tmp_path: Path):
+    result = explain(three, tmp_path / "out")
+    assert "img/s]" not in result.stderr and "%|" not in result.stderr
+
+
+def test_exif_rotated_photo_is_explained_as_shown(tmp_path: Path):
+    shown = square_image(120, 80, (80, 10, 110, 40))  # viewers show 120 x 80, square top right
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    (tmp_path / "in").mkdir()
+    Image.fromarray(np.ascontiguousarray(np.rot90(shown, k=1))).save(
+        tmp_path / "in" / "phone.jpg", exif=exif, quality=95
+    )
+    out = tmp_path / "out"
+    result = run("explain", tmp_path / "in", "-o", out, "--model", BRIGHT, "-j", "0")
+    assert result.exit_code == 0, result.output
+    record = json.loads((out / "phone.jpg.json").read_text())
+    assert (record["width"], record["height"]) == (120, 80)
+    peak = record["gradcam"]["peak"]
+    assert 78 <= peak["x"] <= 112 and 8 <= peak["y"] <= 42
+    assert Image.open(out / "phone.jpg.overlay.png").size == (120, 80)

@@ -18,11 +18,17 @@ def _touch_images(root: Path, names: list[str]) -> None:
 
 
 def test_natural_order_case_insensitive_extensions_and_labels(tmp_path: Path):
-    _touch_images(tmp_path, ["b/img10.PNG", "b/img2.jpeg", "a/x.Tif", "flat.webp", "b/deep/er/z.bmp"])
+    _touch_images(
+        tmp_path, ["b/img10.PNG", "b/img2.jpeg", "a/x.Tif", "flat.webp", "b/deep/er/z.bmp"]
+    )
     (tmp_path / "notes.txt").write_text("not an image")
     items = discover_images(tmp_path)
     assert [str(i.relative) for i in items] == [
-        "a/x.Tif", "b/deep/er/z.bmp", "b/img2.jpeg", "b/img10.PNG", "flat.webp",
+        "a/x.Tif",
+        "b/deep/er/z.bmp",
+        "b/img2.jpeg",
+        "b/img10.PNG",
+        "flat.webp",
     ]
     assert [i.label for i in items] == ["a", "b", "b", "b", None]
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -120,9 +118,8 @@ def test_unusable_layers_are_refused_with_a_reason():
     relu_twice.add_module("r", relu)
     relu_twice.add_module("b", nn.Conv2d(3, 3, 1))
     relu_twice.add_module("r2", relu)  # the same module object, run twice
-    with pytest.raises(LayerUnusable, match="more than once"):
-        with LayerCapture(relu_twice, ["r"]):
-            relu_twice(torch.randn(1, 3, 4, 4))
+    with pytest.raises(LayerUnusable, match="more than once"), LayerCapture(relu_twice, ["r"]):
+        relu_twice(torch.randn(1, 3, 4, 4))
     assert not relu._forward_hooks
 
 

@@ -67,9 +67,7 @@ class TwoLayer(nn.Module):
 @pytest.mark.parametrize("name", ["relu", "relu6", "silu", "gelu"])
 @pytest.mark.parametrize("form", ["module", "functional"])
 def test_guided_rule_matches_hand_formula(name: str, form: str):
-    model = (
-        TwoLayer(act=_MODULES[name]()) if form == "module" else TwoLayer(fn=_FUNCTIONS[name])
-    )
+    model = TwoLayer(act=_MODULES[name]()) if form == "module" else TwoLayer(fn=_FUNCTIONS[name])
     x = torch.randn(5, 1, 2, 2) * 2
     targets = torch.tensor([0, 1, 2, 1, 0])
     result = explain_batch(model, x, "feat", targets, guided=True)
@@ -150,9 +148,7 @@ def _correlation(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a @ b) / (a.norm() * b.norm() + 1e-12))
 
 
-@pytest.mark.parametrize(
-    ("arch", "layer"), [("vgg11", "features.18"), ("resnet18", "layer4")]
-)
+@pytest.mark.parametrize(("arch", "layer"), [("vgg11", "features.18"), ("resnet18", "layer4")])
 def test_guided_and_gradcam_agree_with_captum(arch: str, layer: str):
     captum_attr = pytest.importorskip("captum.attr")
     torch.manual_seed(0)

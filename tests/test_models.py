@@ -119,8 +119,12 @@ def test_default_layers_of_torchvision_families(name: str, layer: str):
 
 def test_probing_finds_the_last_spatial_layer_of_an_unknown_model():
     model = nn.Sequential(
-        nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(), nn.Linear(4, 2),
+        nn.Conv2d(3, 4, 3),
+        nn.ReLU(),
+        nn.Conv2d(4, 4, 3),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(4, 2),
     )
     assert default_layer("mystery", model, size=16) == "2"
     assert probe_layer(model, 16) == "2"
@@ -134,9 +138,18 @@ def test_registry_rejects_duplicates():
 
 @pytest.mark.parametrize(
     ("text", "index"),
-    [("281", 281), ("n02123045", 281), ("tabby", 281), ("Tabby_Cat", 281), ("tiger cat", 282),
-     ("Egyptian_cat", 285), ("military_uniform", 652), ("espresso", 967), ("nothing here", None),
-     ("1000", None)],
+    [
+        ("281", 281),
+        ("n02123045", 281),
+        ("tabby", 281),
+        ("Tabby_Cat", 281),
+        ("tiger cat", 282),
+        ("Egyptian_cat", 285),
+        ("military_uniform", 652),
+        ("espresso", 967),
+        ("nothing here", None),
+        ("1000", None),
+    ],
 )
 def test_folder_names_map_to_imagenet_classes(text: str, index: int | None):
     assert imagenet_classes().resolve(text) == index

@@ -42,7 +42,9 @@ def embedded() -> LoadedModel:
     return load_model(EMBEDDED_MODEL, offline=True)
 
 
-def _inputs(model: LoadedModel, images: list[Image.Image], crop: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def _inputs(
+    model: LoadedModel, images: list[Image.Image], crop: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
     prep = model.preprocessing
     arrays, thetas = [], []
     for image in images:
@@ -81,8 +83,11 @@ def test_heatmap_of_each_class_peaks_in_its_photo_of_a_collage(embedded: LoadedM
     result = explain_batch(embedded.module, x, embedded.default_layer, targets, guided=True)
     pixels = torch.from_numpy(np.asarray(collage).copy())
     _, peaks = render_batch(
-        normalise_maps(result.cams[embedded.default_layer]), result.guided, [pixels] * 4,
-        thetas, jet_lut(),
+        normalise_maps(result.cams[embedded.default_layer]),
+        result.guided,
+        [pixels] * 4,
+        thetas,
+        jet_lut(),
     )
     half = collage.width // 2
     for k, ((name, label), (px, py)) in enumerate(zip(TILES, peaks, strict=True)):
@@ -93,7 +98,9 @@ def test_heatmap_of_each_class_peaks_in_its_photo_of_a_collage(embedded: LoadedM
 def test_quick_start_command_on_sample_images(tmp_path: Path):
     """The README's first command, with the default model, on the shipped photos."""
     out = tmp_path / "out"
-    result = CliRunner().invoke(main, ["explain", str(SAMPLES), "-o", str(out), "--jsonl", "-j", "0"])
+    result = CliRunner().invoke(
+        main, ["explain", str(SAMPLES), "-o", str(out), "--jsonl", "-j", "0"]
+    )
     assert result.exit_code == 0, result.output
     records = {r["image"]: r for r in map(json.loads, result.stdout.splitlines())}
     assert set(records) == set(PHOTOS)

@@ -80,7 +80,9 @@ def test_crop_geometry_follows_torchvision_resize_and_center_crop():
     torchvision_f = pytest.importorskip("torchvision.transforms.functional")
     image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (200, 300, 3), np.uint8))
     ours, geometry = model_input(image, PREP, crop=True)
-    resized = torchvision_f.resize(image, 80, interpolation=torchvision_f.InterpolationMode.BILINEAR)
+    resized = torchvision_f.resize(
+        image, 80, interpolation=torchvision_f.InterpolationMode.BILINEAR
+    )
     reference = np.asarray(torchvision_f.center_crop(resized, 64))
     assert geometry.resized == (120, 80) and geometry.crop == (28, 8, 64, 64)
     np.testing.assert_array_equal(ours, reference)
