@@ -22,6 +22,13 @@ from camcli import __version__
 from camcli.config import Settings, parse_target, resolve_device
 from camcli.discover import NoImagesFound, discover_images
 from camcli.hooks import LayerUnusable, UnknownLayer, resolve_layer
+from camcli.methods import (
+    ALL_METHODS,
+    DEFAULT_METHODS,
+    CamNotApplicable,
+    MethodOptions,
+    parse_methods,
+)
 from camcli.models import (
     EMBEDDED_MODEL,
     ModelUnavailable,
@@ -111,8 +118,19 @@ def main() -> None:
 )
 @click.option(
     "--layer",
-    help="Target layer, a dotted name from named_modules() "
-    "(e.g. features.denseblock4, layer4). Default: chosen per model.",
+    "layers",
+    multiple=True,
+    help="Target layer, a dotted name from named_modules() (e.g. features.denseblock4, "
+    "layer4); repeat for several layers (one map each plus a fused map). "
+    "Default: chosen per model.",
+)
+@click.option(
+    "--method",
+    "methods",
+    multiple=True,
+    help="Explanation method(s), repeatable or comma-separated: gradcam, gradcam++, "
+    "xgradcam, layercam, hirescam, cam, eigencam, scorecam, guided, guided-gradcam, "
+    "smoothgrad [default: gradcam,guided].",
 )
 @click.option(
     "--target",
@@ -138,9 +156,42 @@ def main() -> None:
 )
 @click.option(
     "--guided/--no-guided",
-    default=True,
+    default=None,
+    help="Add or remove guided backprop from the methods (one backward pass to the input "
+    "per batch).",
+)
+@click.option(
+    "--chunk-size",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Modified images per forward pass in scorecam and smoothgrad: their memory bound "
+    "[default: 256 on CUDA, 32 on CPU].",
+)
+@click.option(
+    "--smooth-samples",
+    type=click.IntRange(min=1),
+    default=16,
     show_default=True,
-    help="Also compute guided backprop (one extra backward pass per batch).",
+    help="Noisy copies per image in smoothgrad.",
+)
+@click.option(
+    "--smooth-noise",
+    type=click.FloatRange(min=0),
+    default=0.15,
+    show_default=True,
+    help="smoothgrad noise level, relative to each image's value range.",
+)
+@click.option(
+    "--smooth-guided",
+    is_flag=True,
+    help="smoothgrad averages guided-backprop gradients instead of plain ones.",
+)
+@click.option(
+    "--seed",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Base seed of smoothgrad's noise (image i uses seed + i).",
 )
 @click.option(
     "--save-raw",
@@ -205,11 +256,17 @@ def explain(
     output_dir: Path,
     model_name: str,
     weights: Path | None,
-    layer: str | None,
+    layers: tuple[str, ...],
+    methods: tuple[str, ...],
     target: str,
     top_k: int,
     crop: bool,
-    guided: bool,
+    guided: bool | None,
+    chunk_size: int | None,
+    smooth_samples: int,
+    smooth_noise: float,
+    smooth_guided: bool,
+    seed: int,
     save_raw: bool,
     alpha: float,
     jsonl: bool,
@@ -222,8 +279,9 @@ def explain(
     """Explain every image under INPUT (a folder, walked recursively, or one image file).
 
     Per image it writes, mirroring the input tree under --output-dir: NAME.json (top-k
-    predictions, label, target, files), NAME.gradcam.png (heatmap), NAME.overlay.png and
-    NAME.guided.png, all at the image's original size; and index.jsonl, one line per image.
+    predictions, label, target, files) and per method NAME.METHOD.png (heatmap),
+    NAME.METHOD.overlay.png or, for guided/guided-gradcam/smoothgrad, NAME.METHOD.png, all at
+    the image's original size; and index.jsonl, one line per image.
 
     Exit status: 0 all explained; 1 some images failed (reported on stderr and in the
     index) or the run could not start; 2 usage error.
@@ -232,6 +290,10 @@ def explain(
         torch_device = resolve_device(device)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="'--device'") from None
+    try:
+        chosen_methods = _methods(methods, guided)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="'--method'") from None
     names = available_models()
     if model_name not in names:
         close = difflib.get_close_matches(model_name, names, n=4, cutoff=0.5)
@@ -248,9 +310,10 @@ def explain(
     except ModelUnavailable as exc:
         raise click.ClickException(str(exc)) from None
 
-    layer_name = layer or loaded.default_layer
+    layer_names = tuple(dict.fromkeys(layers)) or (loaded.default_layer,)
     try:
-        resolve_layer(loaded.module, layer_name)
+        for layer_name in layer_names:
+            resolve_layer(loaded.module, layer_name)
     except UnknownLayer as exc:
         raise click.BadParameter(f"{exc}", param_hint="'--layer'") from None
     try:
@@ -263,7 +326,15 @@ def explain(
     cpu_count = os.cpu_count() or 1
     settings = Settings(
         output_dir=output_dir,
-        layer=layer_name,
+        layers=layer_names,
+        methods=chosen_methods,
+        method_options=MethodOptions(
+            chunk_size=chunk_size or (256 if torch_device.type == "cuda" else 32),
+            smooth_samples=smooth_samples,
+            smooth_noise=smooth_noise,
+            smooth_guided=smooth_guided,
+            seed=seed,
+        ),
         target=target_spec,
         top_k=top_k,
         save_raw=save_raw,
@@ -271,7 +342,6 @@ def explain(
         workers=workers if workers is not None else max(0, min(4, cpu_count - 1)),
         device=torch_device,
         crop=crop,
-        guided=guided,
         alpha=alpha,
         png_level=png_level,
         write_threads=max(2, min(8, cpu_count)),
@@ -281,6 +351,8 @@ def explain(
         summary = run_explain(items, loaded, settings, reporter)
     except LayerUnusable as exc:
         raise click.BadParameter(str(exc), param_hint="'--layer'") from None
+    except CamNotApplicable as exc:
+        raise click.BadParameter(str(exc), param_hint="'--method'") from None
     except WriteFailed as exc:
         raise click.ClickException(str(exc)) from None
     except BrokenPipeError:
@@ -289,8 +361,19 @@ def explain(
         ctx.exit(1)
     finally:
         reporter.close()
-    _report(summary, output_dir, loaded.name, layer_name)
+    _report(summary, output_dir, loaded.name, ", ".join(layer_names))
     ctx.exit(1 if summary.failed else 0)
+
+
+def _methods(values: tuple[str, ...], guided: bool | None) -> tuple[str, ...]:
+    chosen = list(parse_methods(values) if values else DEFAULT_METHODS)
+    if guided is True and "guided" not in chosen:
+        chosen.append("guided")
+    if guided is False and "guided" in chosen:
+        chosen.remove("guided")
+    if not chosen:
+        raise ValueError("no method left after --no-guided")
+    return tuple(m for m in ALL_METHODS if m in chosen)
 
 
 def _check_labels(items: list[Any], classes: Any) -> None:

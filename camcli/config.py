@@ -9,6 +9,7 @@ from typing import Literal
 import torch
 
 from camcli.classes import ClassIndex
+from camcli.methods import DEFAULT_METHODS, MethodOptions
 
 __all__ = ["Settings", "TargetSpec", "parse_target", "resolve_device"]
 
@@ -76,7 +77,9 @@ class Settings:
 
     Attributes:
         output_dir: where outputs go (mirrors the input tree).
-        layer: the target layer (dotted module name).
+        layers: the target layers (dotted module names).
+        methods: the explanation methods, in canonical order.
+        method_options: settings of Score-CAM and SmoothGrad.
         target: which class to explain.
         top_k: number of predictions recorded.
         save_raw: also write the raw CAM and guided gradient as ``.npy``.
@@ -84,7 +87,6 @@ class Settings:
         workers: decoding processes (0 decodes in the main process).
         device: where the model runs.
         crop: centre-crop instead of resizing the whole image.
-        guided: compute guided backprop.
         alpha: heatmap weight in the overlay.
         png_level: zlib level of the PNGs.
         write_threads: threads that encode and write files.
@@ -92,7 +94,9 @@ class Settings:
     """
 
     output_dir: Path
-    layer: str
+    layers: tuple[str, ...]
+    methods: tuple[str, ...] = DEFAULT_METHODS
+    method_options: MethodOptions = field(default_factory=MethodOptions)
     target: TargetSpec = TargetSpec("pred")
     top_k: int = 5
     save_raw: bool = False
@@ -100,7 +104,6 @@ class Settings:
     workers: int = 2
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     crop: bool = False
-    guided: bool = True
     alpha: float = 0.5
     png_level: int = 1
     write_threads: int = 2

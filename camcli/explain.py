@@ -87,12 +87,13 @@ def top_predictions(logits: torch.Tensor, k: int) -> Predictions:
 
 @dataclass
 class Explanation:
-    """What one batch produced.
+    """What one forward pass (and its gradients) produced for a batch.
 
     Attributes:
         logits: model output, ``(N, classes)``.
         targets: the class explained per image, ``(N,)``.
-        cams: unnormalised Grad-CAM per layer name, ``(N, h, w)``.
+        activations: each layer's output, ``(N, C, h, w)``, detached.
+        gradients: d(target logit)/d(activations) per layer (empty when not asked for).
         guided: guided-backprop gradient w.r.t. the (normalised) input, ``(N, 3, S, S)``,
             or ``None`` when not asked for.
         guided_calls: activation calls that followed the guided rule, per name.
@@ -102,10 +103,18 @@ class Explanation:
 
     logits: torch.Tensor
     targets: torch.Tensor
-    cams: dict[str, torch.Tensor]
+    activations: dict[str, torch.Tensor]
+    gradients: dict[str, torch.Tensor] = field(default_factory=dict)
     guided: torch.Tensor | None = None
     guided_calls: dict[str, int] = field(default_factory=dict)
     unchanged_calls: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def cams(self) -> dict[str, torch.Tensor]:
+        """Unnormalised Grad-CAM per layer, ``(N, h, w)``."""
+        return {
+            name: grad_cam(self.activations[name], grad) for name, grad in self.gradients.items()
+        }
 
 
 def explain_batch(
@@ -114,11 +123,14 @@ def explain_batch(
     layers: str | list[str],
     targets: torch.Tensor | None = None,
     guided: bool = True,
+    layer_gradients: bool = True,
 ) -> Explanation:
-    """Grad-CAM at ``layers`` and (optionally) guided backprop, for a batch, in one forward.
+    """Activations and gradients at ``layers`` and (optionally) guided backprop, in one forward.
 
     The model is put in eval mode with frozen parameters for the call and restored after;
-    hooks are removed even when the forward pass fails.
+    hooks are removed even when the forward pass fails. Costs one forward pass, one gradient
+    to the layers (when ``layer_gradients``) and one to the input (when ``guided``), all on
+    one graph.
 
     Args:
         model: the classifier, returning logits ``(N, classes)``.
@@ -126,6 +138,7 @@ def explain_batch(
         layers: dotted name(s) of the layer(s) to explain.
         targets: the class to explain per image, ``(N,)``; ``None`` explains the top-1.
         guided: also compute guided backprop to the input.
+        layer_gradients: compute the gradients at the layers (gradient-based CAMs need them).
 
     Returns:
         The explanation of the batch.
@@ -156,11 +169,10 @@ def explain_batch(
         activations = [capture.activations[name] for name in names]
         chosen = logits.detach().argmax(dim=1) if targets is None else targets.to(logits.device)
         score = logits.gather(1, chosen[:, None]).sum()
-        gradients = torch.autograd.grad(score, activations, retain_graph=guided)
-        cams = {
-            name: grad_cam(act.detach(), grad)
-            for name, act, grad in zip(names, activations, gradients, strict=True)
-        }
+        gradients: dict[str, torch.Tensor] = {}
+        if layer_gradients:
+            grads = torch.autograd.grad(score, activations, retain_graph=guided)
+            gradients = dict(zip(names, grads, strict=True))
         guided_grad = None
         if guided:
             mode.rule.guided = True
@@ -168,7 +180,8 @@ def explain_batch(
     return Explanation(
         logits=logits.detach(),
         targets=chosen,
-        cams=cams,
+        activations={name: act.detach() for name, act in zip(names, activations, strict=True)},
+        gradients=gradients,
         guided=guided_grad,
         guided_calls=dict(mode.guided) if guided else {},
         unchanged_calls=dict(mode.unchanged) if guided else {},

@@ -20,17 +20,24 @@ import torch
 from camcli.config import Settings
 from camcli.decode import Batch, make_loader
 from camcli.discover import ImageItem
-from camcli.explain import explain_batch, normalise_maps, top_predictions
+from camcli.explain import normalise_maps, top_predictions
 from camcli.guided import GUIDED_RULE
+from camcli.methods import BatchMethods, compute_methods
 from camcli.models import LoadedModel
-from camcli.render import RenderedImage, jet_lut, render_batch, to_input_resolution
+from camcli.render import (
+    guided_to_unit,
+    jet_lut,
+    render_batch,
+    saliency_to_unit,
+    to_input_resolution,
+)
 from camcli.write import (
     IndexWriter,
-    OutputFiles,
+    artifact_path,
     atomic_write_bytes,
     encode_npy,
     encode_png,
-    output_files,
+    record_path,
     write_json,
 )
 
@@ -62,6 +69,10 @@ class RunSummary:
     seconds: float = 0.0
 
 
+# One file to write: its path and a function producing its bytes (run in a writer thread).
+FileJob = tuple[Path, Callable[[], bytes]]
+
+
 @dataclass
 class _Pending:
     item: ImageItem
@@ -69,23 +80,11 @@ class _Pending:
     future: Future[None]
 
 
-def _write_image(
-    files: OutputFiles,
-    rendered: RenderedImage,
-    raw: tuple[np.ndarray, np.ndarray | None] | None,
-    record: dict[str, Any],
-    png_level: int,
-) -> None:
-    """Encode and write one image's files; the JSON record last."""
-    atomic_write_bytes(files.heatmap, encode_png(rendered.heatmap, png_level))
-    atomic_write_bytes(files.overlay, encode_png(rendered.overlay, png_level))
-    if rendered.guided is not None:
-        atomic_write_bytes(files.guided, encode_png(rendered.guided, png_level))
-    if raw is not None:
-        atomic_write_bytes(files.cam_raw, encode_npy(raw[0]))
-        if raw[1] is not None:
-            atomic_write_bytes(files.guided_raw, encode_npy(raw[1]))
-    write_json(files.record, record)
+def _write_files(jobs: list[FileJob], record_file: Path, record: dict[str, Any]) -> None:
+    """Encode and write one image's files; the JSON record last, so it marks completion."""
+    for path, produce in jobs:
+        atomic_write_bytes(path, produce())
+    write_json(record_file, record)
 
 
 def _batch_targets(
@@ -100,6 +99,24 @@ def _batch_targets(
     if any(label is None for label in labels):
         raise ValueError("--target label needs a class folder for every image")
     return torch.tensor(labels, dtype=torch.long)
+
+
+def _map_keys(result: BatchMethods, layers: Sequence[str]) -> dict[str, torch.Tensor]:
+    """Maps to render: ``method`` (fused or only layer) and ``method@layer`` per layer."""
+    maps: dict[str, torch.Tensor] = {}
+    for method, per_layer in result.maps.items():
+        maps[method] = result.unit_map(method)
+        if len(layers) > 1:
+            for layer, values in per_layer.items():
+                maps[f"{method}@{layer}"] = normalise_maps(values)
+    return maps
+
+
+def _pictures(result: BatchMethods) -> dict[str, torch.Tensor]:
+    return {
+        method: saliency_to_unit(grads) if method == "smoothgrad" else guided_to_unit(grads)
+        for method, grads in result.images.items()
+    }
 
 
 def run_explain(
@@ -127,8 +144,7 @@ def run_explain(
     device = settings.device
     module = model.module.to(device)
     prep = model.preprocessing
-    classes = model.classes
-    label_indices = [classes.resolve(item.label) if item.label else None for item in items]
+    label_indices = [model.classes.resolve(item.label) if item.label else None for item in items]
     mean = torch.tensor(prep.mean, device=device).view(1, 3, 1, 1)
     std = torch.tensor(prep.std, device=device).view(1, 3, 1, 1)
     lut = jet_lut(device)
@@ -181,63 +197,29 @@ def run_explain(
                 continue
             inputs = batch.inputs.to(device, non_blocking=True).float().div_(255.0)
             inputs = (inputs - mean) / std
-            explanation = explain_batch(
+            result = compute_methods(
                 module,
                 inputs,
-                settings.layer,
+                settings.layers,
+                settings.methods,
                 _batch_targets(settings, label_indices, batch),
-                guided=settings.guided,
+                settings.method_options,
+                seeds=batch.indices,
             )
-            cam = explanation.cams[settings.layer]
+            maps = _map_keys(result, settings.layers)
             pixels = [p.to(device, non_blocking=True) for p in batch.pixels]
             rendered, peaks = render_batch(
-                normalise_maps(cam),
-                explanation.guided,
-                pixels,
-                batch.thetas.to(device),
-                lut,
-                settings.alpha,
+                maps, _pictures(result), pixels, batch.thetas.to(device), lut, settings.alpha
             )
-            raws: list[tuple[np.ndarray, np.ndarray | None] | None] = [None] * len(batch)
-            if settings.save_raw:
-                cam_input = to_input_resolution(cam, prep.size).cpu().numpy()
-                guided_np = (
-                    explanation.guided.float().cpu().numpy()
-                    if explanation.guided is not None
-                    else None
-                )
-                raws = [
-                    (cam_input[j], guided_np[j] if guided_np is not None else None)
-                    for j in range(len(batch))
-                ]
-            predictions = top_predictions(explanation.logits, settings.top_k)
-            probabilities = explanation.logits.float().softmax(dim=1)
-            targets = explanation.targets
-            numbers = {
-                "top_i": predictions.indices.tolist(),
-                "top_p": predictions.probabilities.tolist(),
-                "top_l": predictions.logits.tolist(),
-                "target": targets.tolist(),
-                "target_p": probabilities.gather(1, targets[:, None])[:, 0].tolist(),
-                "target_l": explanation.logits.float().gather(1, targets[:, None])[:, 0].tolist(),
-                "cam_max": cam.flatten(1).amax(dim=1).tolist(),
-                "peaks": peaks,
-            }
-            guided_info = (
-                {
-                    "rule": GUIDED_RULE,
-                    "guided_calls": explanation.guided_calls,
-                    "unchanged_calls": explanation.unchanged_calls,
-                }
-                if settings.guided
-                else None
-            )
+            numbers = _batch_numbers(result, settings, peaks)
+            raws = _raw_arrays(result, settings, prep.size) if settings.save_raw else {}
             for j, item_index in enumerate(batch.indices):
                 item = items[item_index]
-                files = output_files(settings.output_dir, item.relative)
                 height, width = (int(s) for s in batch.pixels[j].shape[:2])
+                jobs, files = _file_jobs(item, rendered[j], raws, j, settings)
                 record = _record(
                     item,
+                    item_index,
                     label_indices[item_index],
                     model,
                     settings,
@@ -247,10 +229,10 @@ def run_explain(
                     numbers,
                     width,
                     height,
-                    guided_info,
+                    result,
                 )
                 future = pool.submit(
-                    _write_image, files, rendered[j], raws[j], record, settings.png_level
+                    _write_files, jobs, record_path(settings.output_dir, item.relative), record
                 )
                 pending.append(_Pending(item, record, future))
             while pending and (pending[0].future.done() or len(pending) > max_pending):
@@ -265,6 +247,84 @@ def run_explain(
     return summary
 
 
+def _batch_numbers(
+    result: BatchMethods, settings: Settings, peaks: dict[str, list[tuple[int, int]]]
+) -> dict[str, Any]:
+    """Everything the records need from the device, copied back once per batch."""
+    explanation = result.explanation
+    predictions = top_predictions(explanation.logits, settings.top_k)
+    logits = explanation.logits.float()
+    targets = explanation.targets
+    maxima = {
+        f"{method}@{layer}": values.flatten(1).amax(dim=1).tolist()
+        for method, per_layer in result.maps.items()
+        for layer, values in per_layer.items()
+    }
+    return {
+        "top_i": predictions.indices.tolist(),
+        "top_p": predictions.probabilities.tolist(),
+        "top_l": predictions.logits.tolist(),
+        "target": targets.tolist(),
+        "target_p": logits.softmax(dim=1).gather(1, targets[:, None])[:, 0].tolist(),
+        "target_l": logits.gather(1, targets[:, None])[:, 0].tolist(),
+        "max": maxima,
+        "peaks": peaks,
+    }
+
+
+def _raw_arrays(result: BatchMethods, settings: Settings, size: int) -> dict[str, np.ndarray]:
+    """Float arrays at the model's input resolution, per output key."""
+    raws: dict[str, np.ndarray] = {}
+    for method, per_layer in result.maps.items():
+        for layer, values in per_layer.items():
+            key = f"{method}@{layer}" if len(settings.layers) > 1 else method
+            raws[key] = to_input_resolution(values, size).cpu().numpy()
+        if method in result.fused:
+            raws[method] = result.fused[method].float().cpu().numpy()
+    for method, grads in result.images.items():
+        raws[method] = grads.float().cpu().numpy()
+    return raws
+
+
+def _file_jobs(
+    item: ImageItem,
+    rendered: Any,
+    raws: dict[str, np.ndarray],
+    j: int,
+    settings: Settings,
+) -> tuple[list[FileJob], dict[str, dict[str, str]]]:
+    """The files of one image, and their listing per method (names relative to the JSON)."""
+    level = settings.png_level
+    out, rel = settings.output_dir, item.relative
+    jobs: list[FileJob] = []
+    files: dict[str, dict[str, str]] = {}
+
+    def add(method: str, role: str, suffix: str, produce: Callable[[], bytes]) -> None:
+        path = artifact_path(out, rel, suffix)
+        jobs.append((path, produce))
+        files.setdefault(method, {})[role] = path.name
+
+    def png(array: np.ndarray) -> Callable[[], bytes]:
+        return lambda: encode_png(array, level)
+
+    def npy(array: np.ndarray) -> Callable[[], bytes]:
+        return lambda: encode_npy(np.ascontiguousarray(array))
+
+    for key in rendered.heatmaps:
+        method, _, layer = key.partition("@")
+        stem = f"{method}.{layer}" if layer else method
+        prefix = f"{layer}." if layer else ""
+        add(method, f"{prefix}heatmap", f"{stem}.png", png(rendered.heatmaps[key]))
+        add(method, f"{prefix}overlay", f"{stem}.overlay.png", png(rendered.overlays[key]))
+        if key in raws:
+            add(method, f"{prefix}raw", f"{stem}.npy", npy(raws[key][j]))
+    for method, picture in rendered.pictures.items():
+        add(method, "image", f"{method}.png", png(picture))
+        if method in raws:
+            add(method, "raw", f"{method}.npy", npy(raws[method][j]))
+    return jobs, files
+
+
 def _static_fields(model: LoadedModel, settings: Settings) -> dict[str, Any]:
     prep = model.preprocessing
     view: dict[str, Any] = {
@@ -276,21 +336,28 @@ def _static_fields(model: LoadedModel, settings: Settings) -> dict[str, Any]:
     }
     if settings.crop:
         view["resize_size"] = prep.resize_size
-    return {"model": model.name, "weights": model.weights, "layer": settings.layer, "view": view}
+    return {
+        "model": model.name,
+        "weights": model.weights,
+        "layers": list(settings.layers),
+        "methods": list(settings.methods),
+        "view": view,
+    }
 
 
 def _record(
     item: ImageItem,
+    item_index: int,
     label_index: int | None,
     model: LoadedModel,
     settings: Settings,
     static: dict[str, Any],
-    files: OutputFiles,
+    files: dict[str, dict[str, str]],
     j: int,
     numbers: dict[str, Any],
     width: int,
     height: int,
-    guided_info: dict[str, Any] | None,
+    result: BatchMethods,
 ) -> dict[str, Any]:
     classes = model.classes
     predictions = [
@@ -313,14 +380,6 @@ def _record(
             "name": classes.name(label_index) if label_index is not None else None,
         }
     target_index = numbers["target"][j]
-    listed = {"heatmap": files.heatmap.name, "overlay": files.overlay.name}
-    if settings.guided:
-        listed["guided"] = files.guided.name
-    if settings.save_raw:
-        listed["cam_raw"] = files.cam_raw.name
-        if settings.guided:
-            listed["guided_raw"] = files.guided_raw.name
-    peak_x, peak_y = numbers["peaks"][j]
     record: dict[str, Any] = {
         "image": str(item.relative),
         "source": str(Path(item.path).resolve()),
@@ -338,21 +397,69 @@ def _record(
             "probability": round(numbers["target_p"][j], 6),
             "logit": round(numbers["target_l"][j], 4),
         },
-        "gradcam": {"max": numbers["cam_max"][j], "peak": {"x": peak_x, "y": peak_y}},
+        "maps": _maps_entry(result, settings, numbers, j),
     }
-    if guided_info is not None:
-        record["guided_backprop"] = guided_info
-    record["files"] = listed
+    explanation = result.explanation
+    if explanation.guided is not None or (
+        "smoothgrad" in result.images and settings.method_options.smooth_guided
+    ):
+        record["guided_backprop"] = {
+            "rule": GUIDED_RULE,
+            "guided_calls": explanation.guided_calls,
+            "unchanged_calls": explanation.unchanged_calls,
+        }
+    if "smoothgrad" in result.images:
+        options = settings.method_options
+        record["smoothgrad"] = {
+            "samples": options.smooth_samples,
+            "noise": options.smooth_noise,
+            "gradients": "guided" if options.smooth_guided else "plain",
+            "seed": options.seed + item_index,
+        }
+    record["files"] = files
     return record
 
 
+def _point(xy: tuple[int, int]) -> dict[str, int]:
+    return {"x": int(xy[0]), "y": int(xy[1])}
+
+
+def _maps_entry(
+    result: BatchMethods, settings: Settings, numbers: dict[str, Any], j: int
+) -> dict[str, Any]:
+    entries: dict[str, Any] = {}
+    layers = settings.layers
+    for method, per_layer in result.maps.items():
+        entry: dict[str, Any] = {"peak": _point(numbers["peaks"][method][j])}
+        if len(layers) == 1:
+            entry["layer"] = layers[0]
+            entry["max"] = numbers["max"][f"{method}@{layers[0]}"][j]
+        else:
+            entry["layer"] = "fused"
+            entry["fused_from"] = list(layers)
+            entry["layers"] = {
+                layer: {
+                    "max": numbers["max"][f"{method}@{layer}"][j],
+                    "peak": dict(
+                        zip(("x", "y"), numbers["peaks"][f"{method}@{layer}"][j], strict=True)
+                    ),
+                }
+                for layer in per_layer
+            }
+        if method == "cam":
+            heads = {layer: head.name for layer, head in result.heads.items()}
+            entry["classifier"] = heads
+            entry["relu_before_pooling"] = any(h.relu_first for h in result.heads.values())
+        entries[method] = entry
+    return entries
+
+
 def _index_entry(item: ImageItem, record: dict[str, Any], output_dir: Path) -> dict[str, Any]:
-    files = output_files(output_dir, item.relative)
     top = record["predictions"][0]
     return {
         "image": str(item.relative),
         "status": "ok",
-        "record": files.record.relative_to(output_dir).as_posix(),
+        "record": record_path(output_dir, item.relative).relative_to(output_dir).as_posix(),
         "prediction": {
             "index": top["index"],
             "name": top["name"],
@@ -361,6 +468,3 @@ def _index_entry(item: ImageItem, record: dict[str, Any], output_dir: Path) -> d
         "target": record["target"]["index"],
         "correct": record["correct"],
     }
-
-
-Callback = Callable[[dict[str, Any]], None]

@@ -22,6 +22,7 @@ __all__ = [
     "original_grid",
     "overlay",
     "render_batch",
+    "saliency_to_unit",
     "sample_on_original",
     "to_input_resolution",
 ]
@@ -127,64 +128,94 @@ def guided_to_unit(gradients: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     return (scaled * 0.1 + 0.5).clamp(0, 1)
 
 
+def saliency_to_unit(gradients: torch.Tensor, quantile: float = 0.99) -> torch.Tensor:
+    """Input gradients ``(N, 3, H, W)`` to a grey saliency picture ``(N, 1, H, W)`` in [0, 1].
+
+    SmoothGrad's usual display: the absolute gradient, maximum over colour channels, divided
+    by its 99th percentile per image (so a few extreme pixels do not flatten the rest).
+    """
+    magnitude = gradients.float().abs().amax(dim=1, keepdim=True)
+    flat = magnitude.flatten(1)
+    k = max(1, round(quantile * flat.shape[1]))
+    scale = flat.kthvalue(k, dim=1).values.view(-1, 1, 1, 1)
+    unit = torch.where(scale > 0, magnitude / scale.clamp(min=1e-12), torch.zeros_like(magnitude))
+    return unit.clamp(0, 1)
+
+
 @dataclass
 class RenderedImage:
-    """The pictures of one image, uint8 RGB at its original size, on the CPU."""
+    """The pictures of one image, uint8 at its original size, on the CPU.
 
-    heatmap: np.ndarray
-    overlay: np.ndarray
-    guided: np.ndarray | None
+    Attributes:
+        heatmaps: coloured map per key, ``(H, W, 3)`` RGB.
+        overlays: photo blended with the coloured map, per key, ``(H, W, 3)`` RGB.
+        pictures: gradient pictures per key, ``(H, W, 3)`` RGB or ``(H, W)`` grey.
+
+    """
+
+    heatmaps: dict[str, np.ndarray]
+    overlays: dict[str, np.ndarray]
+    pictures: dict[str, np.ndarray]
 
 
 def render_batch(
-    cams: torch.Tensor,
-    guided: torch.Tensor | None,
+    maps: dict[str, torch.Tensor],
+    pictures: dict[str, torch.Tensor],
     pixels: list[torch.Tensor],
     thetas: torch.Tensor,
     lut: torch.Tensor,
     alpha: float = 0.5,
-) -> tuple[list[RenderedImage], list[tuple[int, int]]]:
-    """Render the pictures of a batch at each image's original size.
+) -> tuple[list[RenderedImage], dict[str, list[tuple[int, int]]]]:
+    """Render the maps and pictures of a batch at each image's original size.
 
     Args:
-        cams: normalised maps in [0, 1], ``(N, h, w)``, on the device.
-        guided: guided-backprop gradients ``(N, 3, S, S)`` or ``None``.
+        maps: normalised maps in [0, 1] per key, ``(N, h, w)`` at any resolution covering the
+            model input, on the device.
+        pictures: gradient pictures in [0, 1] per key, ``(N, C, S, S)`` with C = 3 or 1.
         pixels: original photos, N x ``(H, W, 3)`` uint8, on the device.
         thetas: ``(N, 2, 3)`` maps from original to model-input coordinates.
         lut: colour table from :func:`jet_lut`, on the device.
         alpha: heatmap weight in the overlay.
 
     Returns:
-        One :class:`RenderedImage` per image, in batch order, and the ``(x, y)`` pixel of
-        each image's heatmap maximum (first one in row order).
+        One :class:`RenderedImage` per image, in batch order, and per map key the ``(x, y)``
+        pixel of each image's maximum (first in row order).
 
     """
-    guided_unit = guided_to_unit(guided) if guided is not None else None
-    heat_list, over_list, guided_list, peak_list = [], [], [], []
+    on_device: list[
+        tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, torch.Tensor]]
+    ] = []
+    argmax: dict[str, list[torch.Tensor]] = {key: [] for key in maps}
     for i, photo in enumerate(pixels):
         height, width = int(photo.shape[0]), int(photo.shape[1])
         grid, inside = original_grid(thetas[i], height, width)
-        cam = sample_on_original(cams[i : i + 1], grid, inside)[0]
-        peak_list.append(cam.flatten().argmax())
-        heat = colorize(cam, lut)
-        blended = overlay(photo, heat, alpha)
-        blended = torch.where(inside[..., None], blended, photo)
-        heat_list.append(heat)
-        over_list.append(blended)
-        if guided_unit is not None:
-            picture = sample_on_original(guided_unit[i], grid, inside, outside=0.5)
-            guided_list.append((picture * 255.0).round().to(torch.uint8).permute(1, 2, 0))
-    # Copies back: uint8 pictures and one small tensor of peak positions.
+        heats, overs, pics = {}, {}, {}
+        for key, batch_maps in maps.items():
+            cam = sample_on_original(batch_maps[i : i + 1], grid, inside)[0]
+            argmax[key].append(cam.flatten().argmax())
+            heat = colorize(cam, lut)
+            heats[key] = heat
+            overs[key] = torch.where(inside[..., None], overlay(photo, heat, alpha), photo)
+        for key, batch_pictures in pictures.items():
+            picture = sample_on_original(batch_pictures[i], grid, inside, outside=0.5)
+            as_uint8 = (picture * 255.0).round().to(torch.uint8)
+            pics[key] = as_uint8[0] if as_uint8.shape[0] == 1 else as_uint8.permute(1, 2, 0)
+        on_device.append((heats, overs, pics))
+    # Copies back: uint8 pictures and one small tensor of peak positions per key.
     widths = [int(photo.shape[1]) for photo in pixels]
-    peaks = [
-        (i % w, i // w) for i, w in zip(torch.stack(peak_list).cpu().tolist(), widths, strict=True)
-    ]
-    heat_cpu = [t.cpu().numpy() for t in heat_list]
-    over_cpu = [t.cpu().numpy() for t in over_list]
-    guided_cpu: list[np.ndarray | None] = (
-        [t.contiguous().cpu().numpy() for t in guided_list] if guided_list else [None] * len(pixels)
-    )
+    peaks = {
+        key: [
+            (i % w, i // w) for i, w in zip(torch.stack(found).cpu().tolist(), widths, strict=True)
+        ]
+        for key, found in argmax.items()
+        if found
+    }
     rendered = [
-        RenderedImage(h, o, g) for h, o, g in zip(heat_cpu, over_cpu, guided_cpu, strict=True)
+        RenderedImage(
+            heatmaps={k: v.cpu().numpy() for k, v in heats.items()},
+            overlays={k: v.cpu().numpy() for k, v in overs.items()},
+            pictures={k: v.contiguous().cpu().numpy() for k, v in pics.items()},
+        )
+        for heats, overs, pics in on_device
     ]
     return rendered, peaks

@@ -12,7 +12,6 @@ import io
 import json
 import os
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -22,10 +21,11 @@ import numpy as np
 __all__ = [
     "INDEX_NAME",
     "IndexWriter",
-    "OutputFiles",
+    "artifact_path",
     "atomic_write_bytes",
+    "encode_npy",
     "encode_png",
-    "output_files",
+    "record_path",
     "write_json",
 ]
 
@@ -88,34 +88,19 @@ def write_json(path: Path, record: dict[str, Any]) -> None:
     atomic_write_bytes(path, (json.dumps(record, indent=2, ensure_ascii=False) + "\n").encode())
 
 
-@dataclass(frozen=True)
-class OutputFiles:
-    """Where one image's outputs go.
+def record_path(output_dir: Path, relative: PurePosixPath) -> Path:
+    """Path of the JSON record of the image at ``relative`` (its path under the input root)."""
+    return artifact_path(output_dir, relative, "json")
 
-    Names keep the full input file name: ``a.jpg`` and ``a.png`` in one folder get
-    ``a.jpg.json`` and ``a.png.json``.
+
+def artifact_path(output_dir: Path, relative: PurePosixPath, suffix: str) -> Path:
+    """Path of one output of an image: ``<output>/<folders>/<file name>.<suffix>``.
+
+    The whole input file name is kept, so ``a.jpg`` and ``a.png`` in one folder get
+    ``a.jpg.gradcam.png`` and ``a.png.gradcam.png``.
     """
-
-    record: Path
-    heatmap: Path
-    overlay: Path
-    guided: Path
-    cam_raw: Path
-    guided_raw: Path
-
-
-def output_files(output_dir: Path, relative: PurePosixPath) -> OutputFiles:
-    """The output paths of the image at ``relative`` (its path under the input root)."""
     folder = output_dir.joinpath(*relative.parts[:-1])
-    name = relative.name
-    return OutputFiles(
-        record=folder / f"{name}.json",
-        heatmap=folder / f"{name}.gradcam.png",
-        overlay=folder / f"{name}.overlay.png",
-        guided=folder / f"{name}.guided.png",
-        cam_raw=folder / f"{name}.gradcam.npy",
-        guided_raw=folder / f"{name}.guided.npy",
-    )
+    return folder / f"{relative.name}.{suffix}"
 
 
 class IndexWriter:

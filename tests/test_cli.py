@@ -63,11 +63,19 @@ def test_outputs_per_image_at_original_size_and_no_name_collisions(three: Path, 
         record = json.loads((out / f"{name}.json").read_text())
         assert record["image"] == name and record["status"] == "ok"
         assert (record["width"], record["height"]) == size
-        assert set(record["files"]) == {"heatmap", "overlay", "guided"}
-        for file_name in record["files"].values():
-            picture = Image.open((out / name).parent / file_name)
-            assert picture.size == size and picture.mode == "RGB"
-        assert record["layer"] == "features.3" and record["model"] == TINY
+        assert record["files"] == {
+            "gradcam": {
+                "heatmap": f"{Path(name).name}.gradcam.png",
+                "overlay": f"{Path(name).name}.gradcam.overlay.png",
+            },
+            "guided": {"image": f"{Path(name).name}.guided.png"},
+        }
+        for listing in record["files"].values():
+            for file_name in listing.values():
+                picture = Image.open((out / name).parent / file_name)
+                assert picture.size == size and picture.mode == "RGB"
+        assert record["layers"] == ["features.3"] and record["model"] == TINY
+        assert record["methods"] == ["gradcam", "guided"]
         assert len(record["predictions"]) == 5
         assert record["target"]["mode"] == "pred"
         assert record["target"]["index"] == record["predictions"][0]["index"]
@@ -114,7 +122,7 @@ def test_single_image_input(three: Path, tmp_path: Path):
     out = tmp_path / "out"
     result = explain(three / "espresso" / "b.jpg", out)
     assert result.exit_code == 0
-    assert (out / "b.jpg.json").exists() and (out / "b.jpg.overlay.png").exists()
+    assert (out / "b.jpg.json").exists() and (out / "b.jpg.gradcam.overlay.png").exists()
 
 
 def test_no_images_is_one_sentence_and_non_zero(tmp_path: Path):
@@ -186,11 +194,11 @@ def test_save_raw_writes_float_arrays_listed_in_the_json(three: Path, tmp_path: 
     out = tmp_path / "out"
     assert explain(three, out, "--save-raw").exit_code == 0
     record = json.loads((out / "espresso/b.jpg.json").read_text())
-    cam = np.load(out / "espresso" / record["files"]["cam_raw"])
-    guided = np.load(out / "espresso" / record["files"]["guided_raw"])
+    cam = np.load(out / "espresso" / record["files"]["gradcam"]["raw"])
+    guided = np.load(out / "espresso" / record["files"]["guided"]["raw"])
     assert cam.shape == (32, 32) and cam.dtype == np.float32 and cam.min() >= 0
     assert guided.shape == (3, 32, 32) and guided.dtype == np.float32
-    assert np.isclose(cam.max(), record["gradcam"]["max"], rtol=0.5)
+    assert np.isclose(cam.max(), record["maps"]["gradcam"]["max"], rtol=0.5)
 
 
 def test_no_guided_skips_the_guided_picture(three: Path, tmp_path: Path):
@@ -210,7 +218,7 @@ def test_crop_and_resize_views_put_the_heatmap_on_the_square(tmp_path: Path):
         assert result.exit_code == 0, result.output
         record = json.loads((out / "sq.png.json").read_text())
         assert record["view"]["mode"] == view[2:]
-        peak = record["gradcam"]["peak"]
+        peak = record["maps"]["gradcam"]["peak"]
         assert box[0] <= peak["x"] < box[2] and box[1] <= peak["y"] < box[3]
         heat = np.asarray(Image.open(out / "sq.png.gradcam.png"))
         assert heat[90, 200, 0] > 120 and heat[90, 200, 2] < 60  # red on the square
@@ -248,7 +256,7 @@ def test_torchvision_model_from_the_cache_and_from_weights(three: Path, tmp_path
     )
     assert result.exit_code == 0, result.output
     records = jsonl(result)
-    assert records[0]["layer"] == "features.12" and records[0]["weights"] == str(weights)
+    assert records[0]["layers"] == ["features.12"] and records[0]["weights"] == str(weights)
     # 3. the torch hub cache under TORCH_HOME, under the name torchvision expects
     cache = Path(torch.hub.get_dir()) / "checkpoints"
     cache.mkdir(parents=True, exist_ok=True)
@@ -267,7 +275,7 @@ def test_torchvision_model_from_the_cache_and_from_weights(three: Path, tmp_path
         "features.9",
     )
     assert result.exit_code == 0, result.output
-    assert jsonl(result)[0]["layer"] == "features.9"
+    assert jsonl(result)[0]["layers"] == ["features.9"]
 
 
 def test_unsafe_weights_file_is_refused(three: Path, tmp_path: Path):
@@ -311,8 +319,12 @@ def test_results_do_not_depend_on_batch_size(three: Path, tmp_path: Path):
     for name, record in one.items():
         other = three_at_once[name]
         assert record["predictions"] == other["predictions"]
-        assert record["gradcam"]["peak"] == other["gradcam"]["peak"]
-        assert np.isclose(record["gradcam"]["max"], other["gradcam"]["max"], rtol=1e-4)
+        assert record["maps"] == other["maps"] or (
+            record["maps"]["gradcam"]["peak"] == other["maps"]["gradcam"]["peak"]
+            and np.isclose(
+                record["maps"]["gradcam"]["max"], other["maps"]["gradcam"]["max"], rtol=1e-4
+            )
+        )
 
 
 def test_decoding_in_worker_processes(three: Path, tmp_path: Path):
@@ -329,7 +341,7 @@ def test_alpha_zero_overlay_is_the_photo_and_png_level_trades_size(tmp_path: Pat
     out0 = tmp_path / "a0"
     result = explain(tmp_path / "in", out0, "--alpha", "0", "--png-level", "0")
     assert result.exit_code == 0, result.output
-    np.testing.assert_array_equal(np.asarray(Image.open(out0 / "p.png.overlay.png")), photo)
+    np.testing.assert_array_equal(np.asarray(Image.open(out0 / "p.png.gradcam.overlay.png")), photo)
     out9 = tmp_path / "a9"
     assert explain(tmp_path / "in", out9, "--png-level", "9").exit_code == 0
     size0 = (out0 / "p.png.gradcam.png").stat().st_size
@@ -362,6 +374,6 @@ def test_exif_rotated_photo_is_explained_as_shown(tmp_path: Path):
     assert result.exit_code == 0, result.output
     record = json.loads((out / "phone.jpg.json").read_text())
     assert (record["width"], record["height"]) == (120, 80)
-    peak = record["gradcam"]["peak"]
+    peak = record["maps"]["gradcam"]["peak"]
     assert 78 <= peak["x"] <= 112 and 8 <= peak["y"] <= 42
-    assert Image.open(out / "phone.jpg.overlay.png").size == (120, 80)
+    assert Image.open(out / "phone.jpg.gradcam.overlay.png").size == (120, 80)

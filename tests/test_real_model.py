@@ -83,14 +83,14 @@ def test_heatmap_of_each_class_peaks_in_its_photo_of_a_collage(embedded: LoadedM
     result = explain_batch(embedded.module, x, embedded.default_layer, targets, guided=True)
     pixels = torch.from_numpy(np.asarray(collage).copy())
     _, peaks = render_batch(
-        normalise_maps(result.cams[embedded.default_layer]),
-        result.guided,
+        {"gradcam": normalise_maps(result.cams[embedded.default_layer])},
+        {},
         [pixels] * 4,
         thetas,
         jet_lut(),
     )
     half = collage.width // 2
-    for k, ((name, label), (px, py)) in enumerate(zip(TILES, peaks, strict=True)):
+    for k, ((name, label), (px, py)) in enumerate(zip(TILES, peaks["gradcam"], strict=True)):
         tile = (py >= half) * 2 + (px >= half)
         assert tile == k, f"{label}: heatmap peak at {(px, py)} is in tile {tile}, not {k} ({name})"
 
@@ -110,7 +110,9 @@ def test_quick_start_command_on_sample_images(tmp_path: Path):
     assert cat["guided_backprop"]["guided_calls"] == {"hardtanh": 33}
     assert records["espresso/coffee.png"]["correct"] is True
     # The espresso heatmap peaks on the cup (the cup fills roughly x 150-450, y 30-250).
-    peak = records["espresso/coffee.png"]["gradcam"]["peak"]
+    peak = records["espresso/coffee.png"]["maps"]["gradcam"]["peak"]
     assert 150 <= peak["x"] <= 450 and 30 <= peak["y"] <= 250
-    overlay = Image.open(out / "espresso" / records["espresso/coffee.png"]["files"]["overlay"])
+    overlay = Image.open(
+        out / "espresso" / records["espresso/coffee.png"]["files"]["gradcam"]["overlay"]
+    )
     assert overlay.size == (600, 400)

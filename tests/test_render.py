@@ -122,24 +122,24 @@ def test_heatmap_lands_on_the_salient_square(crop: bool):
     x = torch.from_numpy(array.copy()).permute(2, 0, 1)[None].float() / 255
     result = explain_batch(BrightnessNet(), x, "layer", guided=True)
     rendered, peaks = render_batch(
-        normalise_maps(result.cams["layer"]),
-        result.guided,
+        {"gradcam": normalise_maps(result.cams["layer"])},
+        {"guided": guided_to_unit(result.guided)},
         [torch.from_numpy(np.asarray(image).copy())],
         torch.tensor([geometry.theta()]),
         jet_lut(),
     )
-    heat = rendered[0].heatmap
+    heat = rendered[0].heatmaps["gradcam"]
     assert heat.shape == (height, width, 3)
     red = (heat[..., 0] > 120) & (heat[..., 2] < 60)  # hot pixels
     ys, xs = np.nonzero(red)
     assert box[0] - 2 <= xs.min() and xs.max() <= box[2] + 2
     assert box[1] - 2 <= ys.min() and ys.max() <= box[3] + 2
-    px, py = peaks[0]
+    px, py = peaks["gradcam"][0]
     assert box[0] <= px < box[2] and box[1] <= py < box[3]
-    assert rendered[0].guided is not None and rendered[0].guided.shape == (height, width, 3)
+    assert rendered[0].pictures["guided"].shape == (height, width, 3)
     if crop:
         # outside the crop: the overlay is the photo itself, the heatmap is cold
-        assert (rendered[0].overlay[:, :20] == np.asarray(image)[:, :20]).all()
+        assert (rendered[0].overlays["gradcam"][:, :20] == np.asarray(image)[:, :20]).all()
         assert (heat[:, :20] == [0, 0, 128]).all()
 
 

@@ -1,0 +1,231 @@
+"""Explanation methods, computed together for a batch from one forward pass.
+
+Map methods give one ``(N, h, w)`` map per layer: the gradient-weighted CAMs (sharing one
+gradient to the layers), CAM, Eigen-CAM and Score-CAM. Image methods give a ``(N, 3, S, S)``
+picture at the input resolution: guided backprop, guided Grad-CAM and SmoothGrad.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from camcli.explain import Explanation, explain_batch, normalise_maps
+from camcli.methods.activation import (
+    CamNotApplicable,
+    LinearHead,
+    class_activation_map,
+    eigencam,
+    find_linear_head,
+)
+from camcli.methods.gradient import gradcam, gradcam_plus_plus, hirescam, layercam, xgradcam
+from camcli.methods.perturbation import scorecam, smoothgrad
+
+__all__ = [
+    "ALL_METHODS",
+    "DEFAULT_METHODS",
+    "IMAGE_METHODS",
+    "MAP_METHODS",
+    "BatchMethods",
+    "CamNotApplicable",
+    "MethodOptions",
+    "compute_methods",
+    "parse_methods",
+]
+
+GRADIENT_MAPS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "gradcam": gradcam,
+    "gradcam++": gradcam_plus_plus,
+    "xgradcam": xgradcam,
+    "layercam": layercam,
+    "hirescam": hirescam,
+}
+MAP_METHODS = (*GRADIENT_MAPS, "cam", "eigencam", "scorecam")
+IMAGE_METHODS = ("guided", "guided-gradcam", "smoothgrad")
+ALL_METHODS = MAP_METHODS + IMAGE_METHODS
+DEFAULT_METHODS = ("gradcam", "guided")
+_ALIASES = {
+    "grad-cam": "gradcam",
+    "grad-cam++": "gradcam++",
+    "gradcampp": "gradcam++",
+    "gradcamplusplus": "gradcam++",
+    "guided-backprop": "guided",
+    "guidedbackprop": "guided",
+    "score-cam": "scorecam",
+    "eigen-cam": "eigencam",
+    "layer-cam": "layercam",
+    "xgrad-cam": "xgradcam",
+    "hires-cam": "hirescam",
+    "guided-grad-cam": "guided-gradcam",
+}
+
+
+def parse_methods(values: Sequence[str]) -> tuple[str, ...]:
+    """Read ``--method`` values (repeatable, comma-separated), in canonical order, no repeats.
+
+    Raises:
+        ValueError: naming an unknown method and listing the known ones.
+
+    """
+    chosen: set[str] = set()
+    for value in values:
+        for part in value.split(","):
+            name = part.strip().lower().replace("_", "-")
+            if not name:
+                continue
+            name = _ALIASES.get(name, name)
+            if name not in ALL_METHODS:
+                raise ValueError(
+                    f"unknown method {part.strip()!r}; known: {', '.join(ALL_METHODS)}"
+                )
+            chosen.add(name)
+    if not chosen:
+        raise ValueError(f"no method given; known: {', '.join(ALL_METHODS)}")
+    return tuple(m for m in ALL_METHODS if m in chosen)
+
+
+@dataclass(frozen=True)
+class MethodOptions:
+    """Settings of the methods that make extra passes.
+
+    Attributes:
+        chunk_size: modified images per forward pass in Score-CAM and SmoothGrad.
+        smooth_samples: noisy copies per image in SmoothGrad.
+        smooth_noise: SmoothGrad noise level, relative to each image's value range.
+        smooth_guided: average guided-backprop gradients instead of plain ones.
+        seed: base seed of SmoothGrad's noise (an image's seed is ``seed + its index``).
+
+    """
+
+    chunk_size: int = 64
+    smooth_samples: int = 16
+    smooth_noise: float = 0.15
+    smooth_guided: bool = False
+    seed: int = 0
+
+
+@dataclass
+class BatchMethods:
+    """What the methods produced for a batch.
+
+    Attributes:
+        explanation: the forward pass and gradients they share.
+        maps: unnormalised maps per method and layer, ``(N, h, w)``.
+        fused: per map method with several layers: the element-wise maximum of the layers'
+            normalised maps at the input resolution, ``(N, S, S)`` in [0, 1].
+        images: per image method, the gradient picture ``(N, 3, S, S)``.
+        heads: the linear head CAM used, per layer.
+
+    """
+
+    explanation: Explanation
+    maps: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+    fused: dict[str, torch.Tensor] = field(default_factory=dict)
+    images: dict[str, torch.Tensor] = field(default_factory=dict)
+    heads: dict[str, LinearHead] = field(default_factory=dict)
+
+    def unit_map(self, method: str) -> torch.Tensor:
+        """The method's final map in [0, 1]: the fused one, or the only layer's."""
+        if method in self.fused:
+            return self.fused[method]
+        (only,) = self.maps[method].values()
+        return normalise_maps(only)
+
+
+def _to_size(maps: torch.Tensor, size: int) -> torch.Tensor:
+    return F.interpolate(maps[:, None], size=(size, size), mode="bilinear", align_corners=False)[
+        :, 0
+    ]
+
+
+def compute_methods(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    layers: Sequence[str],
+    methods: Sequence[str],
+    targets: torch.Tensor | None,
+    options: MethodOptions,
+    seeds: Sequence[int] | None = None,
+) -> BatchMethods:
+    """Compute every requested method for a batch, sharing one forward pass.
+
+    Cost per batch: one forward; one gradient to the layers if any gradient-based method is
+    asked for (all of them share it); one gradient to the input for guided backprop / guided
+    Grad-CAM; Score-CAM adds ``N * C / chunk_size`` forward passes, SmoothGrad
+    ``N * samples / chunk_size`` forward + backward passes.
+
+    Args:
+        model: the classifier.
+        inputs: the normalised batch ``(N, 3, S, S)``.
+        layers: target layer names.
+        methods: method names (see :data:`ALL_METHODS`).
+        targets: the class per image, or ``None`` for the top-1.
+        options: settings of Score-CAM and SmoothGrad.
+        seeds: per-image noise seeds for SmoothGrad (default: ``options.seed + position``).
+
+    Returns:
+        The maps and pictures.
+
+    Raises:
+        CamNotApplicable: when ``cam`` is asked for a model without a linear head.
+
+    """
+    wanted = set(methods)
+    need_gradients = bool(wanted & (set(GRADIENT_MAPS) | {"guided-gradcam"}))
+    need_guided = bool(wanted & {"guided", "guided-gradcam"})
+    explanation = explain_batch(
+        model, inputs, list(layers), targets, guided=need_guided, layer_gradients=need_gradients
+    )
+    result = BatchMethods(explanation)
+    chosen = explanation.targets
+    size = inputs.shape[-1]
+    for method in methods:
+        if method not in MAP_METHODS and not (
+            method == "guided-gradcam" and "gradcam" not in wanted
+        ):
+            continue
+        name = "gradcam" if method == "guided-gradcam" else method
+        per_layer: dict[str, torch.Tensor] = {}
+        for layer in layers:
+            activations = explanation.activations[layer]
+            if name in GRADIENT_MAPS:
+                per_layer[layer] = GRADIENT_MAPS[name](activations, explanation.gradients[layer])
+            elif name == "cam":
+                head = find_linear_head(model, activations, explanation.logits, layer)
+                result.heads[layer] = head
+                per_layer[layer] = class_activation_map(activations, head, chosen)
+            elif name == "eigencam":
+                per_layer[layer] = eigencam(activations)
+            elif name == "scorecam":
+                per_layer[layer] = scorecam(model, inputs, activations, chosen, options.chunk_size)
+        result.maps[name] = per_layer
+        if len(layers) > 1:
+            stacked = torch.stack([_to_size(normalise_maps(m), size) for m in per_layer.values()])
+            result.fused[name] = stacked.amax(dim=0)
+    if "guided" in wanted and explanation.guided is not None:
+        result.images["guided"] = explanation.guided
+    if "guided-gradcam" in wanted and explanation.guided is not None:
+        cam = result.unit_map("gradcam")
+        if cam.shape[-1] != size:
+            cam = _to_size(cam, size)
+        result.images["guided-gradcam"] = explanation.guided * cam[:, None]
+        if "gradcam" not in wanted:
+            del result.maps["gradcam"]
+            result.fused.pop("gradcam", None)
+    if "smoothgrad" in wanted:
+        image_seeds = seeds if seeds is not None else range(inputs.shape[0])
+        result.images["smoothgrad"] = smoothgrad(
+            model,
+            inputs,
+            chosen,
+            [options.seed + int(s) for s in image_seeds],
+            options.smooth_samples,
+            options.smooth_noise,
+            options.smooth_guided,
+            options.chunk_size,
+        )
+    return result
