@@ -75,7 +75,10 @@ class LayerCapture:
                 raise LayerUnusable(
                     f"layer {name!r} outputs {shape}; a CAM needs a 4-D (N, C, H, W) feature map"
                 )
-            captured = output.detach().requires_grad_(True) if self.detach else output
+            # Start the graph here unless an earlier captured layer already did: the
+            # gradient must reach every captured layer.
+            start_here = self.detach and not output.requires_grad
+            captured = output.detach().requires_grad_(True) if start_here else output
             self.activations[name] = captured
             return captured.clone()
 

@@ -1,0 +1,394 @@
+"""The methods: closed forms on tiny models, sharing of passes, chunking, and two references."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+
+from camcli import explain as explain_module
+from camcli.explain import normalise_maps
+from camcli.methods import (
+    CamNotApplicable,
+    MethodOptions,
+    compute_methods,
+    parse_methods,
+)
+from camcli.methods.activation import eigencam
+
+from .test_explain import FeatureHead
+
+A = torch.tensor([[[[1.0, 2.0], [3.0, 4.0]], [[4.0, 0.0], [0.0, 0.0]]]])
+W = torch.tensor([[1.0, -1.0], [0.5, 2.0]])
+ALL_MAPS = ["gradcam", "gradcam++", "xgradcam", "layercam", "hirescam", "cam", "eigencam"]
+
+
+def _maps(model: nn.Module, x: torch.Tensor, layer: str, methods: list[str], targets=None, **kw):
+    options = MethodOptions(**kw)
+    return compute_methods(model, x, [layer], methods, targets, options)
+
+
+def test_closed_forms_on_a_pooled_linear_head():
+    """Layer -> global average pool -> linear: every gradient is W[c] / (h w), constant."""
+    model = FeatureHead(W)
+    result = _maps(model, A, "feat", ALL_MAPS, torch.tensor([0]))
+    maps = {m: result.maps[m]["feat"][0] for m in ALL_MAPS}
+    a0, a1 = A[0, 0], A[0, 1]
+    # Grad-CAM: weights W[0]/4 = (0.25, -0.25)
+    gradcam = (0.25 * a0 - 0.25 * a1).clamp(min=0)
+    torch.testing.assert_close(maps["gradcam"], gradcam)
+    # Constant gradients: HiResCAM and XGrad-CAM equal Grad-CAM, CAM is h*w times Grad-CAM
+    torch.testing.assert_close(maps["hirescam"], gradcam)
+    torch.testing.assert_close(maps["xgradcam"], gradcam)
+    torch.testing.assert_close(maps["cam"], 4 * gradcam)
+    # LayerCAM: ReLU(sum_k ReLU(g_k) A_k) = 0.25 * A0
+    torch.testing.assert_close(maps["layercam"], 0.25 * a0)
+    # Grad-CAM++: alpha_0 = g^2 / (2 g^2 + sum(A0) g^3) with g = 0.25, sum(A0) = 10
+    alpha = 0.0625 / (2 * 0.0625 + 10 * 0.015625)
+    weight = 4 * alpha * 0.25  # summed over the 4 positions; channel 1 has ReLU(g) = 0
+    torch.testing.assert_close(maps["gradcam++"], weight * a0, rtol=1e-5, atol=1e-6)
+    assert result.heads["feat"].name == "fc" and not result.heads["feat"].relu_first
+
+
+def test_cam_through_a_relu_before_pooling_like_densenet():
+    model = FeatureHead(W, relu_after=True)
+    x = torch.tensor([[[[1.0, -2.0], [3.0, 4.0]], [[-4.0, 1.0], [0.0, 2.0]]]])
+    result = _maps(model, x, "feat", ["cam"], torch.tensor([1]))
+    assert result.heads["feat"].relu_first
+    expected = (0.5 * x[0, 0].clamp(min=0) + 2.0 * x[0, 1].clamp(min=0)).clamp(min=0)
+    torch.testing.assert_close(result.maps["cam"]["feat"][0], expected)
+
+
+def test_cam_refuses_heads_that_are_not_one_linear_layer():
+    torch.manual_seed(0)
+    vgg = torchvision.models.vgg11(weights=None)
+    with pytest.raises(CamNotApplicable, match="use gradcam"):
+        _maps(vgg, torch.randn(1, 3, 64, 64), "features.19", ["cam"])
+
+
+def test_eigencam_is_the_first_component_with_a_fixed_sign():
+    """Rank-one activations A_k(p) = u_k s(p): the component is s minus its mean."""
+    s = torch.tensor([[0.0, 1.0, 2.0], [3.0, 9.0, 1.0], [0.5, 0.0, 4.0]])
+    u = torch.tensor([1.0, 2.0, -0.5, 3.0])
+    acts = (u[:, None, None] * s)[None]
+    expected = normalise_maps((s - s.mean()).clamp(min=0)[None])
+    torch.testing.assert_close(normalise_maps(eigencam(acts)), expected, atol=1e-5, rtol=1e-5)
+    # The same activations with every channel negated still give a map that follows the
+    # channel mean (which is now -s): the sign is fixed by that correlation, not by the SVD.
+    flipped = normalise_maps(eigencam(-acts))
+    torch.testing.assert_close(
+        flipped, normalise_maps((s.mean() - s).clamp(min=0)[None]), atol=1e-5, rtol=1e-5
+    )
+
+
+def test_scorecam_matches_a_plain_loop_and_respects_the_chunk_bound():
+    torch.manual_seed(0)
+
+    class Tiny(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 6, 3, stride=2, padding=1)
+            self.head = nn.Linear(6, 10)
+            self.sizes: list[int] = []
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            self.sizes.append(x.shape[0])
+            return self.head(F.relu(self.conv(x)).mean(dim=(2, 3)))
+
+    model = Tiny().eval()
+    x = torch.randn(50, 3, 16, 16)
+    targets = torch.randint(0, 10, (50,))
+    result = _maps(model, x, "conv", ["scorecam"], targets, chunk_size=16)
+    # the memory bound: never more than chunk_size masked images in one forward pass
+    assert max(model.sizes[1:]) <= 16
+    assert sum(model.sizes[1:]) == 50 * 6
+    ours = result.maps["scorecam"]["conv"]
+    acts = result.explanation.activations["conv"]
+    for i in (0, 17, 49):  # a plain per-image, per-channel loop from the paper
+        scores = []
+        for k in range(6):
+            a = acts[i, k]
+            mask = (a - a.min()) / (a.max() - a.min()) if a.max() > a.min() else torch.zeros_like(a)
+            mask = F.interpolate(
+                mask[None, None], size=(16, 16), mode="bilinear", align_corners=False
+            )
+            with torch.no_grad():
+                scores.append(model(x[i : i + 1] * mask)[0, targets[i]])
+        weights = torch.softmax(torch.stack(scores), dim=0)
+        expected = (weights[:, None, None] * acts[i]).sum(0).clamp(min=0)
+        torch.testing.assert_close(ours[i], expected, rtol=1e-4, atol=1e-5)
+
+
+def test_gradient_methods_share_one_forward_and_one_gradient(monkeypatch: pytest.MonkeyPatch):
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(weights=None).eval()
+    forwards = []
+    model.register_forward_pre_hook(lambda m, i: forwards.append(1))
+    calls = []
+    real_grad = torch.autograd.grad
+
+    def counting_grad(*args, **kwargs):
+        calls.append(1)
+        return real_grad(*args, **kwargs)
+
+    monkeypatch.setattr(explain_module.torch.autograd, "grad", counting_grad)
+    _maps(
+        model,
+        torch.randn(2, 3, 64, 64),
+        "layer4",
+        ["gradcam", "gradcam++", "xgradcam", "layercam", "hirescam"],
+    )
+    assert len(forwards) == 1 and len(calls) == 1
+    forwards.clear()
+    calls.clear()
+    _maps(model, torch.randn(2, 3, 64, 64), "layer4", ["gradcam", "layercam", "guided"])
+    assert len(forwards) == 1 and len(calls) == 2  # + one gradient to the input
+
+
+def test_several_layers_give_one_map_each_and_a_fused_maximum():
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(weights=None).eval()
+    result = compute_methods(
+        model,
+        torch.randn(2, 3, 64, 64),
+        ["layer3", "layer4"],
+        ["gradcam", "layercam"],
+        None,
+        MethodOptions(),
+    )
+    assert set(result.maps["gradcam"]) == {"layer3", "layer4"}
+    fused = result.fused["gradcam"]
+    assert fused.shape == (2, 64, 64)
+    up = [
+        F.interpolate(
+            normalise_maps(m)[:, None], size=(64, 64), mode="bilinear", align_corners=False
+        )[:, 0]
+        for m in result.maps["gradcam"].values()
+    ]
+    torch.testing.assert_close(fused, torch.maximum(*up))
+
+
+def test_guided_gradcam_is_guided_backprop_times_the_upsampled_cam():
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(weights=None).eval()
+    x = torch.randn(2, 3, 64, 64)
+    result = compute_methods(
+        model, x, ["layer4"], ["guided-gradcam"], torch.tensor([3, 4]), MethodOptions()
+    )
+    assert "gradcam" not in result.maps  # computed for guided-gradcam, not reported
+    cam = F.interpolate(
+        normalise_maps(result.explanation.cams["layer4"])[:, None],
+        size=(64, 64),
+        mode="bilinear",
+        align_corners=False,
+    )
+    torch.testing.assert_close(result.images["guided-gradcam"], result.explanation.guided * cam)
+
+
+def test_smoothgrad_is_seeded_per_image_and_averages_noisy_gradients():
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(weights=None).eval()
+    x = torch.randn(3, 3, 32, 32)
+    targets = torch.tensor([1, 2, 3])
+    options = MethodOptions(smooth_samples=4, smooth_noise=0.0, chunk_size=5)
+    batch = compute_methods(
+        model, x, ["layer4"], ["smoothgrad"], targets, options, seeds=[10, 11, 12]
+    )
+    # zero noise: the average of identical plain gradients is the plain gradient
+    xx = x.clone().requires_grad_(True)
+    plain = torch.autograd.grad(model(xx).gather(1, targets[:, None]).sum(), xx)[0]
+    torch.testing.assert_close(batch.images["smoothgrad"], plain, rtol=1e-4, atol=1e-6)
+    noisy = MethodOptions(smooth_samples=4, smooth_noise=0.2, chunk_size=3)
+    together = compute_methods(
+        model, x, ["layer4"], ["smoothgrad"], targets, noisy, seeds=[10, 11, 12]
+    ).images["smoothgrad"]
+    alone = compute_methods(
+        model, x[1:2], ["layer4"], ["smoothgrad"], targets[1:2], noisy, seeds=[11]
+    ).images["smoothgrad"]
+    torch.testing.assert_close(together[1:2], alone, rtol=1e-4, atol=1e-6)
+    assert not torch.allclose(together, plain)
+
+
+def test_parse_methods_accepts_commas_repeats_and_aliases():
+    assert parse_methods(["guided,gradcam", "Grad-CAM++", "gradcam"]) == (
+        "gradcam",
+        "gradcam++",
+        "guided",
+    )
+    with pytest.raises(ValueError, match="unknown method 'foo'; known: gradcam"):
+        parse_methods(["foo"])
+
+
+# --- agreement with independent implementations ------------------------------------------
+
+
+def _reference_copy(model: nn.Module) -> nn.Module:
+    ref = copy.deepcopy(model)
+    for module in ref.modules():
+        if isinstance(module, nn.ReLU):
+            module.inplace = False
+    return ref
+
+
+def _reference_model(name: str, model: nn.Module, layer: str) -> tuple[nn.Module, str]:
+    """The model for a reference library, and the layer's name in it.
+
+    torchvision's DenseNet ends with ``F.relu(features, inplace=True)``: the references
+    capture ``features.norm5`` and the in-place ReLU then overwrites what they captured
+    (pitfall 1), so they would weight post-ReLU activations. They get the same function with
+    an out-of-place ReLU module instead.
+    """
+    if name.startswith("densenet"):
+        explicit = nn.Sequential(
+            model.features, nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(1), model.classifier
+        )
+        return _reference_copy(explicit), "0." + layer.removeprefix("features.")
+    return _reference_copy(model), layer
+
+
+def _correlation(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.flatten().double(), b.flatten().double()
+    a, b = a - a.mean(), b - b.mean()
+    denominator = float(a.norm() * b.norm())
+    if denominator == 0.0:
+        return 1.0 if float(a.norm()) == float(b.norm()) else 0.0
+    return float(a @ b) / denominator
+
+
+CASES = [("resnet18", "layer4"), ("vgg11", "features.18"), ("densenet121", "features.norm5")]
+PGC_NAMES = {
+    "gradcam": "GradCAM",
+    "gradcam++": "GradCAMPlusPlus",
+    "xgradcam": "XGradCAM",
+    "layercam": "LayerCAM",
+    "hirescam": "HiResCAM",
+}
+TORCHCAM_NAMES = {
+    "gradcam": "GradCAM",
+    "gradcam++": "GradCAMpp",
+    "xgradcam": "XGradCAM",
+    "layercam": "LayerCAM",
+}
+
+
+@pytest.fixture(scope="module", params=CASES, ids=[c[0] for c in CASES])
+def case(request):
+    name, layer = request.param
+    torch.manual_seed(0)
+    model = torchvision.models.get_model(name, weights=None).eval()
+    x = torch.randn(3, 3, 128, 128)
+    with torch.no_grad():
+        targets = model(x).argmax(1)  # random weights: the top-1 gives non-empty maps
+    ours = compute_methods(model, x, [layer], list(PGC_NAMES), targets, MethodOptions())
+    return name, layer, model, x, targets, ours
+
+
+@pytest.mark.parametrize("method", list(PGC_NAMES))
+def test_gradient_methods_agree_with_pytorch_grad_cam(case, method: str):
+    pgc = pytest.importorskip("pytorch_grad_cam")
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    name, layer, model, x, targets, ours = case
+    ref, ref_layer = _reference_model(name, model, layer)
+    with getattr(pgc, PGC_NAMES[method])(
+        model=ref, target_layers=[ref.get_submodule(ref_layer)]
+    ) as cam:
+        theirs = torch.from_numpy(cam(x, targets=[ClassifierOutputTarget(int(t)) for t in targets]))
+    mine = F.interpolate(
+        ours.maps[method][layer][:, None], size=x.shape[-2:], mode="bilinear", align_corners=False
+    )[:, 0]
+    correlations = [_correlation(mine[i], theirs[i]) for i in range(3)]
+    print(f"{name} {method} vs pytorch-grad-cam: per-image correlation {correlations}")
+    assert min(correlations) > 0.99, correlations
+
+
+@pytest.mark.parametrize("method", list(TORCHCAM_NAMES))
+def test_gradient_methods_agree_with_torchcam(case, method: str):
+    torchcam_methods = pytest.importorskip("torchcam.methods")
+    name, layer, model, x, targets, ours = case
+    ref, ref_layer = _reference_model(name, model, layer)
+    extractor = getattr(torchcam_methods, TORCHCAM_NAMES[method])(
+        ref, target_layer=ref_layer, input_shape=tuple(x.shape[1:])
+    )
+    with extractor:
+        scores = ref(x)
+        theirs = extractor(class_idx=targets.tolist(), scores=scores)[0]
+    correlations = [_correlation(ours.maps[method][layer][i], theirs[i]) for i in range(3)]
+    print(f"{name} {method} vs torchcam: per-image correlation {correlations}")
+    # torchcam 0.5's Grad-CAM++ is not Eq. 19 of the paper: its denominator sums g^3 * A over
+    # positions instead of (sum A) * g^3, and `alpha[mask].div_(...)` divides a boolean-indexed
+    # copy, so its alpha stays g^2. pytorch-grad-cam implements Eq. 19 as camcli does (above,
+    # correlation > 0.999); against torchcam the maps still agree closely, not exactly.
+    bound = 0.95 if method == "gradcam++" else 0.999
+    assert min(correlations) > bound, correlations
+
+
+def test_cam_agrees_with_torchcam_on_resnet():
+    torchcam_methods = pytest.importorskip("torchcam.methods")
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(weights=None).eval()
+    x = torch.randn(3, 3, 128, 128)
+    targets = torch.tensor([5, 50, 500])
+    ours = compute_methods(model, x, ["layer4"], ["cam"], targets, MethodOptions())
+    with torchcam_methods.CAM(model, target_layer="layer4", fc_layer="fc") as extractor:
+        model(x)
+        # torchcam's CAM applies no ReLU and min-max normalises: compare its raw map, rectified
+        theirs = extractor(class_idx=targets.tolist(), normalized=False)[0].clamp(min=0)
+    for i in range(3):
+        assert _correlation(ours.maps["cam"]["layer4"][i], theirs[i]) > 0.9999
+
+
+def test_eigencam_agrees_with_pytorch_grad_cam_up_to_its_arbitrary_sign():
+    pytest.importorskip("pytorch_grad_cam")
+    from pytorch_grad_cam.utils.svd_on_activations import get_2d_projection
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(weights=None).eval()
+    x = torch.randn(3, 3, 128, 128)
+    result = compute_methods(model, x, ["layer4"], ["eigencam"], None, MethodOptions())
+    acts = result.explanation.activations["layer4"]
+    theirs = torch.from_numpy(get_2d_projection(acts.numpy()))
+    for i in range(3):
+        mean_map = acts[i].mean(0)
+        sign = 1.0 if _correlation(theirs[i], mean_map) >= 0 else -1.0
+        expected = (sign * theirs[i]).clamp(min=0)
+        assert _correlation(result.maps["eigencam"]["layer4"][i], expected) > 0.9999
+
+
+def test_scorecam_agrees_with_torchcam_and_pytorch_grad_cam():
+    """torchcam upsamples masks like camcli (align_corners=False): near-identical.
+    pytorch-grad-cam upsamples with align_corners=True, which shifts every mask slightly;
+    its maps still correlate strongly."""
+    torchcam_methods = pytest.importorskip("torchcam.methods")
+    pgc = pytest.importorskip("pytorch_grad_cam")
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    torch.manual_seed(0)
+    model = _reference_copy(torchvision.models.resnet18(weights=None).eval())
+    x = torch.randn(3, 3, 64, 64)
+    targets = torch.tensor([7, 70, 700])
+    ours = compute_methods(
+        model, x, ["layer1"], ["scorecam"], targets, MethodOptions(chunk_size=64)
+    ).maps["scorecam"]["layer1"]
+    with torchcam_methods.ScoreCAM(
+        model, target_layer="layer1", batch_size=64, input_shape=(3, 64, 64)
+    ) as extractor:
+        scores = model(x)
+        by_torchcam = extractor(class_idx=targets.tolist(), scores=scores)[0]
+    with pgc.ScoreCAM(model=model, target_layers=[model.layer1]) as cam:
+        cam.batch_size = 64
+        by_pgc = torch.from_numpy(cam(x, targets=[ClassifierOutputTarget(int(t)) for t in targets]))
+    mine_up = F.interpolate(ours[:, None], size=(64, 64), mode="bilinear", align_corners=False)[
+        :, 0
+    ]
+    torchcam_corr = [_correlation(ours[i], by_torchcam[i]) for i in range(3)]
+    pgc_corr = [_correlation(mine_up[i], by_pgc[i]) for i in range(3)]
+    print(f"scorecam vs torchcam {torchcam_corr}, vs pytorch-grad-cam {pgc_corr}")
+    assert min(torchcam_corr) > 0.999, torchcam_corr
+    assert min(pgc_corr) > 0.95, pgc_corr
+    assert math.isfinite(sum(pgc_corr))
