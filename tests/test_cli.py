@@ -377,3 +377,100 @@ def test_exif_rotated_photo_is_explained_as_shown(tmp_path: Path):
     peak = record["maps"]["gradcam"]["peak"]
     assert 78 <= peak["x"] <= 112 and 8 <= peak["y"] <= 42
     assert Image.open(out / "phone.jpg.gradcam.overlay.png").size == (120, 80)
+
+
+def test_methods_repeatable_and_comma_separated_each_listed_under_its_name(
+    three: Path, tmp_path: Path
+):
+    out = tmp_path / "out"
+    result = explain(
+        three,
+        out,
+        "--jsonl",
+        "--method",
+        "gradcam++,eigencam",
+        "--method",
+        "cam",
+        "--method",
+        "guided-gradcam",
+        "--method",
+        "smoothgrad",
+        "--smooth-samples",
+        "2",
+    )
+    assert result.exit_code == 0, result.output
+    record = jsonl(result)[0]
+    assert record["methods"] == ["gradcam++", "cam", "eigencam", "guided-gradcam", "smoothgrad"]
+    assert set(record["files"]) == set(record["methods"])
+    assert set(record["maps"]) == {"gradcam++", "cam", "eigencam"}
+    assert record["files"]["cam"] == {
+        "heatmap": "b.jpg.cam.png",
+        "overlay": "b.jpg.cam.overlay.png",
+    }
+    assert record["files"]["guided-gradcam"] == {"image": "b.jpg.guided-gradcam.png"}
+    assert record["smoothgrad"]["samples"] == 2 and record["smoothgrad"]["gradients"] == "plain"
+    assert record["maps"]["cam"]["classifier"] == {"features.3": "fc"}
+    assert not (out / "espresso" / "b.jpg.gradcam.png").exists()  # not asked for
+    assert np.asarray(Image.open(out / "espresso" / "b.jpg.smoothgrad.png")).shape == (64, 64)
+
+
+def test_unknown_method_and_cam_on_a_model_without_a_linear_head(three: Path, tmp_path: Path):
+    result = explain(three, tmp_path / "out", "--method", "gradcam,foo")
+    assert result.exit_code == 2 and "'--method': unknown method 'foo'" in result.stderr
+    weights = tmp_path / "sq.pth"
+    torch.save(torchvision.models.squeezenet1_1(weights=None).state_dict(), weights)
+    result = run(
+        "explain",
+        three,
+        "-o",
+        tmp_path / "o2",
+        "--model",
+        "squeezenet1_1",
+        "--weights",
+        weights,
+        "-j",
+        "0",
+        "--method",
+        "cam",
+    )
+    assert result.exit_code == 2
+    assert "'--method': cam needs a model whose logits are one linear layer" in result.stderr
+
+
+def test_several_layers_write_one_map_each_and_a_fused_map(three: Path, tmp_path: Path):
+    out = tmp_path / "out"
+    result = explain(
+        three,
+        out,
+        "--jsonl",
+        "--layer",
+        "features.0",
+        "--layer",
+        "features.3",
+        "--save-raw",
+        "--no-guided",
+    )
+    assert result.exit_code == 0, result.output
+    record = jsonl(result)[0]
+    assert record["layers"] == ["features.0", "features.3"] and record["methods"] == ["gradcam"]
+    files = record["files"]["gradcam"]
+    assert files["heatmap"] == "b.jpg.gradcam.png"
+    assert files["features.0.heatmap"] == "b.jpg.gradcam.features.0.png"
+    assert files["features.3.overlay"] == "b.jpg.gradcam.features.3.overlay.png"
+    entry = record["maps"]["gradcam"]
+    assert entry["layer"] == "fused" and set(entry["layers"]) == {"features.0", "features.3"}
+    fused = np.load(out / "espresso" / files["raw"])
+    per_layer = [np.load(out / "espresso" / files[f"{name}.raw"]) for name in entry["layers"]]
+    maxima = [entry["layers"][name]["max"] for name in entry["layers"]]
+    normalised = [m / peak if peak > 0 else m for m, peak in zip(per_layer, maxima, strict=True)]
+    np.testing.assert_allclose(fused, np.maximum(*normalised), atol=1e-5)
+
+
+def test_smoothgrad_does_not_depend_on_the_batch(three: Path, tmp_path: Path):
+    args = ("--method", "smoothgrad", "--smooth-samples", "3", "--save-raw", "--seed", "7")
+    assert explain(three, tmp_path / "a", *args, "-b", "1").exit_code == 0
+    assert explain(three, tmp_path / "b", *args, "-b", "3", "--chunk-size", "4").exit_code == 0
+    for name in ("espresso/b.jpg", "tabby/a.png"):
+        a = np.load(tmp_path / "a" / f"{name}.smoothgrad.npy")
+        b = np.load(tmp_path / "b" / f"{name}.smoothgrad.npy")
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
