@@ -392,3 +392,32 @@ def test_scorecam_agrees_with_torchcam_and_pytorch_grad_cam():
     assert min(torchcam_corr) > 0.999, torchcam_corr
     assert min(pgc_corr) > 0.95, pgc_corr
     assert math.isfinite(sum(pgc_corr))
+
+
+@pytest.mark.parametrize(
+    ("arch", "layer", "head", "relu_first"),
+    [
+        ("densenet121", "features.norm5", "classifier", True),
+        ("efficientnet_b0", "features.8", "classifier.1", False),
+        ("resnet18", "layer4", "fc", False),
+    ],
+)
+def test_cam_finds_the_linear_head_of_torchvision_families(arch, layer, head, relu_first):
+    torch.manual_seed(0)
+    model = torchvision.models.get_model(arch, weights=None).eval()
+    x = torch.randn(2, 3, 64, 64)
+    targets = torch.tensor([3, 9])
+    result = compute_methods(model, x, [layer], ["cam"], targets, MethodOptions())
+    found = result.heads[layer]
+    assert (found.name, found.relu_first) == (head, relu_first)
+    acts = result.explanation.activations[layer]
+    acts = acts.clamp(min=0) if relu_first else acts
+    weight = model.get_submodule(head).weight.detach()[targets]
+    expected = (weight[:, :, None, None] * acts).sum(1).clamp(min=0)
+    torch.testing.assert_close(result.maps["cam"][layer], expected, rtol=1e-4, atol=1e-5)
+
+
+def test_cam_refuses_a_head_with_a_hidden_layer():
+    model = torchvision.models.mobilenet_v3_small(weights=None).eval()
+    with pytest.raises(CamNotApplicable):
+        _maps(model, torch.randn(1, 3, 64, 64), "features.12", ["cam"])
