@@ -7,21 +7,31 @@ Exit status: 0 every image explained, 1 some images failed or the run could not 
 
 from __future__ import annotations
 
+import datetime
 import difflib
 import json
 import os
 import sys
+import tomllib
 from pathlib import Path
 from typing import Any
 
 import click
-import tomllib
+import torch
 from tqdm import tqdm
 
 from camcli import __version__
 from camcli.config import Settings, parse_target, resolve_device
-from camcli.discover import NoImagesFound, discover_images
+from camcli.decode import DEFAULT_MAX_PIXELS
+from camcli.discover import (
+    NoImagesFound,
+    discover_images,
+    images_from_list,
+    in_shard,
+    read_path_list,
+)
 from camcli.hooks import LayerUnusable, UnknownLayer, resolve_layer
+from camcli.lock import LockHeld, run_lock
 from camcli.methods import (
     ALL_METHODS,
     DEFAULT_METHODS,
@@ -36,7 +46,19 @@ from camcli.models import (
     load_model,
     weights_status,
 )
-from camcli.pipeline import RunSummary, WriteFailed, run_explain
+from camcli.pipeline import RunSummary, WriteFailed, run_explain, settings_payload
+from camcli.runtime import (
+    Rank,
+    StopRequest,
+    build_summary,
+    current_rank,
+    gather_summaries,
+    init_group,
+    merge_indexes,
+    parse_shard,
+    stop_on_signals,
+    write_summary,
+)
 
 __all__ = ["main"]
 
@@ -93,7 +115,9 @@ def main() -> None:
 
 
 @main.command(context_settings=CONTEXT)
-@click.argument("input_path", metavar="INPUT", type=click.Path(exists=True, path_type=Path))
+@click.argument(
+    "input_path", metavar="INPUT", type=click.Path(exists=True, allow_dash=True, path_type=Path)
+)
 @click.option(
     "-o",
     "--output-dir",
@@ -241,6 +265,34 @@ def main() -> None:
     help="Never download weights (also set by CAMCLI_OFFLINE=1).",
 )
 @click.option(
+    "--force", is_flag=True, help="Redo every image, even those whose outputs are up to date."
+)
+@click.option(
+    "--null",
+    "-0",
+    is_flag=True,
+    help="With INPUT '-': paths on stdin are NUL-separated (find -print0), not one per line.",
+)
+@click.option(
+    "--root",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="With INPUT '-': relative paths are read from here and outputs mirror the tree "
+    "below it [default: the deepest folder holding every listed file].",
+)
+@click.option(
+    "--shard",
+    help="K/N: explain only shard K (0-based) of N, a stable split by file path, for "
+    "cron fan-out, SLURM arrays and indexed jobs.",
+)
+@click.option(
+    "--max-pixels",
+    type=click.IntRange(min=1),
+    default=DEFAULT_MAX_PIXELS,
+    show_default=True,
+    help="Refuse images with more pixels (decompression bombs); such files are reported "
+    "and skipped.",
+)
+@click.option(
     "--config",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     is_eager=True,
@@ -275,6 +327,11 @@ def explain(
     device: str,
     png_level: int,
     offline: bool,
+    force: bool,
+    null: bool,
+    root: Path | None,
+    shard: str | None,
+    max_pixels: int,
 ) -> None:
     """Explain every image under INPUT (a folder, walked recursively, or one image file).
 
@@ -301,10 +358,24 @@ def explain(
         raise click.BadParameter(f"unknown model {model_name!r}{hint}", param_hint="'--model'")
 
     output_dir = output_dir.expanduser()
+    rank = current_rank()
     try:
-        items = discover_images(input_path, exclude=output_dir)
+        shard_k, shard_n = parse_shard(shard) if shard else (0, 1)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="'--shard'") from None
+    if rank is not None and device == "auto" and torch.cuda.is_available():
+        torch_device = torch.device("cuda", rank.local_rank % torch.cuda.device_count())
+    try:
+        if str(input_path) == "-":
+            data = sys.stdin.buffer.read()
+            items = images_from_list(read_path_list(data, null), root)
+        else:
+            items = discover_images(input_path, exclude=output_dir)
     except NoImagesFound as exc:
         raise click.ClickException(str(exc)) from None
+    items = [i for i in items if in_shard(i, shard_k, shard_n)]
+    if rank is not None:
+        items = [i for i in items if in_shard(i, rank.rank, rank.world_size, salt="rank")]
     try:
         loaded = load_model(model_name, weights, offline)
     except ModelUnavailable as exc:
@@ -323,6 +394,9 @@ def explain(
     if target_spec.mode == "label":
         _check_labels(items, loaded.classes)
 
+    suffix = f".shard-{shard_k}-of-{shard_n}" if shard_n > 1 else ""
+    if rank is not None:
+        suffix += f".rank-{rank.rank}-of-{rank.world_size}"
     cpu_count = os.cpu_count() or 1
     settings = Settings(
         output_dir=output_dir,
@@ -345,10 +419,47 @@ def explain(
         alpha=alpha,
         png_level=png_level,
         write_threads=max(2, min(8, cpu_count)),
+        force=force,
+        max_pixels=max_pixels,
+        name_suffix=suffix,
     )
+    started = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+    if rank is not None:
+        init_group(rank)
+    try:
+        with run_lock(output_dir / settings.lock_name), stop_on_signals() as stop:
+            summary, code = _run(items, loaded, settings, jsonl, stop)
+    except LockHeld as exc:
+        raise click.ClickException(str(exc)) from None
+    record = build_summary(
+        status=summary.status,
+        exit_code=code,
+        counts={
+            "total": summary.total,
+            "explained": summary.explained,
+            "skipped": summary.skipped,
+            "failed": summary.failed,
+        },
+        seconds=summary.seconds,
+        failures=summary.failures,
+        settings=settings_payload(loaded, settings),
+        device=torch_device,
+        started=started,
+        shard=f"{shard_k}/{shard_n}" if shard_n > 1 else None,
+    )
+    _write_summaries(record, settings, rank, output_dir)
+    if summary.status != "broken-pipe":
+        _report(summary, output_dir, loaded.name, ", ".join(layer_names))
+    ctx.exit(code)
+
+
+def _run(
+    items: list[Any], loaded: Any, settings: Settings, jsonl: bool, stop: StopRequest
+) -> tuple[RunSummary, int]:
+    """Run the pipeline; map its outcome to the summary status and the exit code."""
     reporter = _Reporter(jsonl, len(items))
     try:
-        summary = run_explain(items, loaded, settings, reporter)
+        summary = run_explain(items, loaded, settings, reporter, stop.event)
     except LayerUnusable as exc:
         raise click.BadParameter(str(exc), param_hint="'--layer'") from None
     except CamNotApplicable as exc:
@@ -356,13 +467,50 @@ def explain(
     except WriteFailed as exc:
         raise click.ClickException(str(exc)) from None
     except BrokenPipeError:
-        # stdout closed by the reader (| head): stop quietly, files written so far are valid.
+        # stdout closed by the reader (| head): stop quietly; the files written are valid.
         _silence_stdout()
-        ctx.exit(1)
+        summary = RunSummary(total=len(items), status="broken-pipe")
+        return summary, 141
     finally:
         reporter.close()
-    _report(summary, output_dir, loaded.name, ", ".join(layer_names))
-    ctx.exit(1 if summary.failed else 0)
+    if stop.exit_code is not None:
+        return summary, stop.exit_code
+    return summary, 1 if summary.failed else 0
+
+
+def _write_summaries(
+    record: dict[str, Any], settings: Settings, rank: Rank | None, output_dir: Path
+) -> None:
+    """Write run.json (per shard); under torchrun, rank 0 merges every rank's summary."""
+    try:
+        if rank is None:
+            write_summary(output_dir / settings.summary_name, record)
+            return
+        summaries = gather_summaries(record, rank)
+        if rank.rank != 0:
+            return
+        base = settings.name_suffix.split(".rank-")[0]
+        parts = [f"index{base}.rank-{r}-of-{rank.world_size}.jsonl" for r in range(rank.world_size)]
+        merge_indexes(output_dir, parts, f"index{base}.jsonl")
+        merged = dict(record)
+        merged["counts"] = {
+            key: sum(s["counts"][key] for s in summaries) for key in record["counts"]
+        }
+        merged["failures"] = [f for s in summaries for f in s["failures"]]
+        merged["processes"] = len(summaries)
+        merged["status"] = (
+            "complete" if all(s["status"] == "complete" for s in summaries) else "incomplete"
+        )
+        merged["exit_code"] = max(s["exit_code"] for s in summaries)
+        merged["wall_seconds"] = max(s["wall_seconds"] for s in summaries)
+        explained = merged["counts"]["explained"]
+        merged["images_per_second"] = (
+            round(explained / merged["wall_seconds"], 3) if merged["wall_seconds"] else None
+        )
+        merged["devices"] = [s["device"] for s in summaries]
+        write_summary(output_dir / f"run{base}.json", merged)
+    except OSError as exc:
+        click.echo(f"camcli: cannot write the run summary: {exc}", err=True)
 
 
 def _methods(values: tuple[str, ...], guided: bool | None) -> tuple[str, ...]:

@@ -90,6 +90,9 @@ class Settings:
         alpha: heatmap weight in the overlay.
         png_level: zlib level of the PNGs.
         write_threads: threads that encode and write files.
+        force: redo images whose outputs are up to date.
+        max_pixels: refuse larger images (decompression bombs).
+        name_suffix: added to the index, summary and lock names (``.shard-K-of-N``).
 
     """
 
@@ -107,3 +110,21 @@ class Settings:
     alpha: float = 0.5
     png_level: int = 1
     write_threads: int = 2
+    force: bool = False
+    max_pixels: int = 178_956_970
+    name_suffix: str = ""
+
+    @property
+    def index_name(self) -> str:
+        """File name of the run index (per shard when sharded)."""
+        return f"index{self.name_suffix}.jsonl"
+
+    @property
+    def summary_name(self) -> str:
+        """File name of the run summary (per shard when sharded)."""
+        return f"run{self.name_suffix}.json"
+
+    @property
+    def lock_name(self) -> str:
+        """File name of the output directory's lock (per shard when sharded)."""
+        return f".camcli{self.name_suffix}.lock"

@@ -7,6 +7,10 @@ the model input, which the renderer uses to put maps back exactly where the mode
 
 from __future__ import annotations
 
+import hashlib
+import io
+import signal
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,10 +24,12 @@ from torch.utils.data import DataLoader, Dataset
 from camcli.models import Preprocessing
 
 __all__ = [
+    "DEFAULT_MAX_PIXELS",
     "Batch",
     "DecodeFailure",
     "DecodedImage",
     "ImageDataset",
+    "TooManyPixels",
     "ViewGeometry",
     "collate",
     "load_rgb",
@@ -92,14 +98,44 @@ def view_geometry(width: int, height: int, prep: Preprocessing, crop: bool) -> V
     return ViewGeometry(width, height, (rw, rh), (left, top, size, size))
 
 
-def load_rgb(path: Path) -> Image.Image:
+DEFAULT_MAX_PIXELS = 178_956_970  # Pillow's own error threshold (2 x MAX_IMAGE_PIXELS)
+
+
+class TooManyPixels(ValueError):
+    """The image is larger than the pixel limit (a possible decompression bomb)."""
+
+
+def load_rgb(source: Path | bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     """Open an image as the viewer shows it: EXIF rotation applied, RGB, alpha on white.
 
-    Raises:
-        OSError, ValueError: when the file cannot be decoded.
+    Animated images give their first frame; 16-bit greyscale is scaled to 8 bits; palette and
+    alpha images are composited on white.
 
+    Args:
+        source: a path or the file's bytes.
+        max_pixels: refuse images with more pixels than this (checked from the header,
+            before decoding).
+
+    Raises:
+        TooManyPixels: over the limit.
+        OSError, ValueError: when the file cannot be decoded.
     """
-    with Image.open(path) as opened:
+    stream = io.BytesIO(source) if isinstance(source, bytes) else source
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        previous = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = None  # the limit below replaces Pillow's
+        try:
+            opened = Image.open(stream)
+        finally:
+            Image.MAX_IMAGE_PIXELS = previous
+    with opened:
+        pixels = opened.width * opened.height
+        if pixels > max_pixels:
+            raise TooManyPixels(
+                f"image has {opened.width} x {opened.height} = {pixels} pixels, more than the "
+                f"limit of {max_pixels} (--max-pixels)"
+            )
         opened.load()
         image = ImageOps.exif_transpose(opened)
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
@@ -138,6 +174,7 @@ class DecodedImage:
     """A decoded image, as the loader yields it."""
 
     index: int
+    sha256: str  # of the file's bytes, for resuming
     pixels: torch.Tensor  # (H, W, 3) uint8, original size, EXIF applied
     model_input: torch.Tensor  # (3, S, S) uint8
     theta: torch.Tensor  # (2, 3) float32, see ViewGeometry.theta
@@ -161,24 +198,40 @@ class ImageDataset(Dataset[DecodedImage | DecodeFailure]):
 
     """
 
-    def __init__(self, paths: Sequence[Path], prep: Preprocessing, crop: bool) -> None:
+    def __init__(
+        self,
+        paths: Sequence[Path],
+        prep: Preprocessing,
+        crop: bool,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+    ) -> None:
         self.paths = list(paths)
         self.prep = prep
         self.crop = crop
+        self.max_pixels = max_pixels
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int) -> DecodedImage | DecodeFailure:
         try:
-            image = load_rgb(self.paths[index])
+            data = self.paths[index].read_bytes()
+        except OSError as exc:
+            return DecodeFailure(index, f"cannot read file: {exc.strerror or exc}")
+        try:
+            image = load_rgb(data, self.max_pixels)
             array, geometry = model_input(image, self.prep, self.crop)
             pixels = torch.from_numpy(np.array(image, dtype=np.uint8, copy=True))
+        except TooManyPixels as exc:
+            return DecodeFailure(index, str(exc))
         except Exception as exc:  # any decoder error: report this file, keep the run going
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            if not data:
+                reason = "the file is empty"
             return DecodeFailure(index, f"cannot decode image: {reason or type(exc).__name__}")
         return DecodedImage(
             index=index,
+            sha256=hashlib.sha256(data).hexdigest(),
             pixels=pixels,
             model_input=torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1))),
             theta=torch.tensor(geometry.theta(), dtype=torch.float32),
@@ -190,6 +243,7 @@ class Batch:
     """Decoded images of one batch, plus the files of that batch that failed to decode."""
 
     indices: list[int]
+    sha256: list[str]
     inputs: torch.Tensor  # (N, 3, S, S) uint8
     thetas: torch.Tensor  # (N, 2, 3) float32
     pixels: list[torch.Tensor]  # N x (H, W, 3) uint8
@@ -197,6 +251,23 @@ class Batch:
 
     def __len__(self) -> int:
         return len(self.indices)
+
+    def split(self, size: int) -> list[Batch]:
+        """Split into consecutive parts of at most ``size`` images (failures go first)."""
+        parts = []
+        for start in range(0, len(self), size):
+            part = slice(start, start + size)
+            parts.append(
+                Batch(
+                    indices=self.indices[part],
+                    sha256=self.sha256[part],
+                    inputs=self.inputs[part],
+                    thetas=self.thetas[part],
+                    pixels=self.pixels[part],
+                    failures=self.failures if start == 0 else [],
+                )
+            )
+        return parts
 
 
 def collate(items: Sequence[DecodedImage | DecodeFailure]) -> Batch:
@@ -211,11 +282,18 @@ def collate(items: Sequence[DecodedImage | DecodeFailure]) -> Batch:
         thetas = torch.empty(0, 2, 3)
     return Batch(
         indices=[item.index for item in good],
+        sha256=[item.sha256 for item in good],
         inputs=inputs,
         thetas=thetas,
         pixels=[item.pixels for item in good],
         failures=failures,
     )
+
+
+def _leave_signals_to_the_main_process(_worker_id: int) -> None:
+    # Ctrl-C reaches the whole process group; the main process decides how to stop.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def make_loader(
@@ -225,10 +303,12 @@ def make_loader(
     batch_size: int,
     workers: int,
     pin_memory: bool = False,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> DataLoader[Any]:
     """A loader that decodes in ``workers`` processes (0: in this process), in order."""
     return DataLoader(
-        ImageDataset(paths, prep, crop),
+        ImageDataset(paths, prep, crop, max_pixels),
+        worker_init_fn=_leave_signals_to_the_main_process,
         batch_size=batch_size,
         shuffle=False,
         num_workers=workers,

@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-__all__ = ["IMAGE_EXTENSIONS", "ImageItem", "NoImagesFound", "discover_images", "natural_key"]
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "ImageItem",
+    "NoImagesFound",
+    "discover_images",
+    "images_from_list",
+    "in_shard",
+    "natural_key",
+    "read_path_list",
+]
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
 
 
 class NoImagesFound(ValueError):
@@ -102,3 +112,57 @@ def discover_images(input_path: Path, exclude: Path | None = None) -> list[Image
         )
     items.sort(key=lambda item: tuple(natural_key(part) for part in item.relative.parts))
     return items
+
+
+def read_path_list(data: bytes, null_separated: bool) -> list[str]:
+    """Split a list of paths read from stdin: one per line, or NUL-separated (``--null``)."""
+    text = data.decode("utf-8", errors="surrogateescape")
+    parts = text.split("\0") if null_separated else text.splitlines()
+    return [p for p in parts if p.strip()]
+
+
+def images_from_list(paths: Sequence[str], root: Path | None) -> list[ImageItem]:
+    """Images named in a list, in the order given, duplicates dropped.
+
+    Outputs mirror each path relative to ``root``; without a root, relative to the deepest
+    folder that holds every listed file. A path outside the root keeps a relative path
+    starting with ``..``; the pipeline refuses it (outputs never leave the output directory).
+
+    Raises:
+        NoImagesFound: when the list is empty.
+
+    """
+    if not paths:
+        raise NoImagesFound("no paths on standard input")
+    base = (root or Path.cwd()).absolute()
+    absolute = [Path(os.path.normpath(base / p)) for p in paths]
+    anchor = (
+        root.absolute()
+        if root is not None
+        else Path(os.path.commonpath([a.parent for a in absolute]))
+    )
+    items: list[ImageItem] = []
+    seen: set[Path] = set()
+    for path in absolute:
+        if path in seen:
+            continue
+        seen.add(path)
+        try:
+            relative = PurePosixPath(path.relative_to(anchor).as_posix())
+        except ValueError:
+            relative = PurePosixPath("..", *path.parts[1:])  # refused later: outside the root
+        label = relative.parts[0] if len(relative.parts) > 1 and relative.parts[0] != ".." else None
+        items.append(ImageItem(path, relative, label))
+    return items
+
+
+def in_shard(item: ImageItem, index: int, count: int, salt: str = "") -> bool:
+    """Whether ``item`` belongs to shard ``index`` of ``count`` (0-based).
+
+    Decided by a hash of the image's relative path: stable across runs and machines, and an
+    image keeps its shard when others are added or removed. A different ``salt`` gives an
+    independent split (torchrun ranks inside a ``--shard``).
+    """
+    key = (salt + str(item.relative)).encode("utf-8", "surrogateescape")
+    digest = hashlib.sha1(key).digest()
+    return int.from_bytes(digest[:8], "big") % count == index

@@ -6,6 +6,9 @@ behind it, with a bounded number of images in flight so memory stays flat.
 
 from __future__ import annotations
 
+import contextlib
+import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -17,6 +20,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from camcli import __version__
 from camcli.config import Settings
 from camcli.decode import Batch, make_loader
 from camcli.discover import ImageItem
@@ -31,6 +35,7 @@ from camcli.render import (
     saliency_to_unit,
     to_input_resolution,
 )
+from camcli.resume import input_stat, settings_key, up_to_date
 from camcli.write import (
     IndexWriter,
     artifact_path,
@@ -41,7 +46,7 @@ from camcli.write import (
     write_json,
 )
 
-__all__ = ["Reporter", "RunSummary", "WriteFailed", "run_explain"]
+__all__ = ["Reporter", "RunSummary", "WriteFailed", "run_explain", "settings_payload"]
 
 
 class WriteFailed(RuntimeError):
@@ -64,7 +69,9 @@ class RunSummary:
 
     total: int
     explained: int = 0
+    skipped: int = 0
     failed: int = 0
+    status: str = "complete"
     failures: list[tuple[str, str]] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -88,14 +95,13 @@ def _write_files(jobs: list[FileJob], record_file: Path, record: dict[str, Any])
 
 
 def _batch_targets(
-    settings: Settings, label_indices: Sequence[int | None], batch: Batch
+    settings: Settings, labels: Sequence[int | None], batch: Batch
 ) -> torch.Tensor | None:
     mode = settings.target.mode
     if mode == "pred":
         return None
     if mode == "class":
         return torch.full((len(batch),), int(settings.target.index or 0), dtype=torch.long)
-    labels = [label_indices[i] for i in batch.indices]
     if any(label is None for label in labels):
         raise ValueError("--target label needs a class folder for every image")
     return torch.tensor(labels, dtype=torch.long)
@@ -124,53 +130,35 @@ def run_explain(
     model: LoadedModel,
     settings: Settings,
     reporter: Reporter,
+    stop: threading.Event | None = None,
 ) -> RunSummary:
     """Explain every image and write its files, the index and (via ``reporter``) records.
+
+    Images whose outputs are up to date (same input content, same settings, every file
+    present) are reused unless ``settings.force``. When ``stop`` is set, no new batch is
+    started; what is in flight is finished and written.
 
     Args:
         items: the images, in output order.
         model: the loaded model.
         settings: run settings.
         reporter: receives records and progress.
+        stop: set it (from a signal handler) to end the run early and cleanly.
 
     Returns:
-        Counts and failures.
+        Counts and failures; ``status`` is ``complete`` or ``interrupted``.
 
     Raises:
         WriteFailed: when an output cannot be written; files already written stay valid.
-
     """
     start = time.perf_counter()
     device = settings.device
     module = model.module.to(device)
-    prep = model.preprocessing
     label_indices = [model.classes.resolve(item.label) if item.label else None for item in items]
-    mean = torch.tensor(prep.mean, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(prep.std, device=device).view(1, 3, 1, 1)
-    lut = jet_lut(device)
-    loader = make_loader(
-        [item.path for item in items],
-        prep,
-        settings.crop,
-        settings.batch_size,
-        settings.workers,
-        pin_memory=device.type == "cuda",
-    )
+    key = settings_key(settings_payload(model, settings))
     summary = RunSummary(total=len(items))
-    index = IndexWriter(settings.output_dir)
-    pending: deque[_Pending] = deque()
-    max_pending = max(2 * settings.batch_size, 8)
-    static = _static_fields(model, settings)
-
-    def finish(entry: _Pending) -> None:
-        try:
-            entry.future.result()
-        except OSError as exc:
-            raise WriteFailed(f"cannot write outputs for {entry.item.relative}: {exc}") from exc
-        summary.explained += 1
-        reporter.record(entry.record)
-        index.add(_index_entry(entry.item, entry.record, settings.output_dir))
-        reporter.advance(1)
+    index = IndexWriter(settings.output_dir, settings.index_name)
+    stats = _input_stats(items)
 
     def fail(item: ImageItem, message: str) -> None:
         summary.failed += 1
@@ -190,61 +178,217 @@ def run_explain(
         max_workers=max(1, settings.write_threads), thread_name_prefix="camcli-write"
     )
     try:
-        for batch in loader:
-            for failure in batch.failures:
-                fail(items[failure.index], failure.message)
-            if len(batch) == 0:
-                continue
-            inputs = batch.inputs.to(device, non_blocking=True).float().div_(255.0)
-            inputs = (inputs - mean) / std
-            result = compute_methods(
-                module,
-                inputs,
-                settings.layers,
-                settings.methods,
-                _batch_targets(settings, label_indices, batch),
-                settings.method_options,
-                seeds=batch.indices,
-            )
-            maps = _map_keys(result, settings.layers)
-            pixels = [p.to(device, non_blocking=True) for p in batch.pixels]
-            rendered, peaks = render_batch(
-                maps, _pictures(result), pixels, batch.thetas.to(device), lut, settings.alpha
-            )
-            numbers = _batch_numbers(result, settings, peaks)
-            raws = _raw_arrays(result, settings, prep.size) if settings.save_raw else {}
-            for j, item_index in enumerate(batch.indices):
-                item = items[item_index]
-                height, width = (int(s) for s in batch.pixels[j].shape[:2])
-                jobs, files = _file_jobs(item, rendered[j], raws, j, settings)
-                record = _record(
+        todo = []
+        reusable = _reusable(items, settings, key)
+        for position, item in enumerate(items):
+            if ".." in item.relative.parts or item.relative.is_absolute():
+                fail(
                     item,
-                    item_index,
-                    label_indices[item_index],
-                    model,
-                    settings,
-                    static,
-                    files,
-                    j,
-                    numbers,
-                    width,
-                    height,
-                    result,
+                    "outside the input root (--root): its outputs would leave the output directory",
                 )
-                future = pool.submit(
-                    _write_files, jobs, record_path(settings.output_dir, item.relative), record
-                )
-                pending.append(_Pending(item, record, future))
-            while pending and (pending[0].future.done() or len(pending) > max_pending):
-                finish(pending.popleft())
-        while pending:
-            finish(pending.popleft())
+            elif (record := reusable[position]) is not None:
+                summary.skipped += 1
+                reporter.record({**record, "reused": True})
+                index.add({**_index_entry(item, record, settings.output_dir), "reused": True})
+                reporter.advance(1)
+            else:
+                todo.append(position)
+        if todo:
+            _explain_positions(
+                todo,
+                items,
+                model,
+                module,
+                settings,
+                label_indices,
+                key,
+                stats,
+                summary,
+                reporter,
+                index,
+                pool,
+                fail,
+                stop,
+            )
         completed = True
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
         index.close(complete=completed)
+    if stop is not None and stop.is_set():
+        summary.status = "interrupted"
     summary.seconds = time.perf_counter() - start
     return summary
+
+
+def _input_stats(items: Sequence[ImageItem]) -> list[dict[str, int] | None]:
+    # Taken before decoding: a file changed afterwards is found changed by the next run.
+    with ThreadPoolExecutor(max_workers=8) as threads:
+        return list(threads.map(lambda item: input_stat(item.path), items))
+
+
+def _reusable(
+    items: Sequence[ImageItem], settings: Settings, key: str
+) -> list[dict[str, Any] | None]:
+    if settings.force:
+        return [None] * len(items)
+
+    def check(item: ImageItem) -> dict[str, Any] | None:
+        if ".." in item.relative.parts:
+            return None
+        return up_to_date(record_path(settings.output_dir, item.relative), item.path, key)
+
+    with ThreadPoolExecutor(max_workers=8) as threads:
+        return list(threads.map(check, items))
+
+
+def _explain_positions(
+    todo: list[int],
+    items: Sequence[ImageItem],
+    model: LoadedModel,
+    module: torch.nn.Module,
+    settings: Settings,
+    label_indices: list[int | None],
+    key: str,
+    stats: list[dict[str, int] | None],
+    summary: RunSummary,
+    reporter: Reporter,
+    index: IndexWriter,
+    pool: ThreadPoolExecutor,
+    fail: Callable[[ImageItem, str], None],
+    stop: threading.Event | None,
+) -> None:
+    """Decode, explain, render and write the images at ``todo`` positions of ``items``."""
+    device = settings.device
+    prep = model.preprocessing
+    mean = torch.tensor(prep.mean, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(prep.std, device=device).view(1, 3, 1, 1)
+    lut = jet_lut(device)
+    loader = make_loader(
+        [items[p].path for p in todo],
+        prep,
+        settings.crop,
+        settings.batch_size,
+        settings.workers,
+        pin_memory=device.type == "cuda",
+        max_pixels=settings.max_pixels,
+    )
+    static = _static_fields(model, settings)
+    pending: deque[_Pending] = deque()
+    max_pending = max(2 * settings.batch_size, 8)
+    largest_ok = settings.batch_size
+
+    def finish(entry: _Pending) -> None:
+        try:
+            entry.future.result()
+        except OSError as exc:
+            raise WriteFailed(f"cannot write outputs for {entry.item.relative}: {exc}") from exc
+        summary.explained += 1
+        reporter.record(entry.record)
+        index.add(_index_entry(entry.item, entry.record, settings.output_dir))
+        reporter.advance(1)
+
+    def explain_part(part: Batch) -> None:
+        positions = [todo[i] for i in part.indices]
+        inputs = part.inputs.to(device, non_blocking=True).float().div_(255.0)
+        inputs = (inputs - mean) / std
+        result = compute_methods(
+            module,
+            inputs,
+            settings.layers,
+            settings.methods,
+            _batch_targets(settings, [label_indices[p] for p in positions], part),
+            settings.method_options,
+            seeds=positions,
+        )
+        maps = _map_keys(result, settings.layers)
+        pixels = [p.to(device, non_blocking=True) for p in part.pixels]
+        rendered, peaks = render_batch(
+            maps, _pictures(result), pixels, part.thetas.to(device), lut, settings.alpha
+        )
+        numbers = _batch_numbers(result, settings, peaks)
+        raws = _raw_arrays(result, settings, prep.size) if settings.save_raw else {}
+        for j, position in enumerate(positions):
+            item = items[position]
+            height, width = (int(s) for s in part.pixels[j].shape[:2])
+            jobs, files = _file_jobs(item, rendered[j], raws, j, settings)
+            record = _record(
+                item,
+                position,
+                label_indices[position],
+                model,
+                settings,
+                static,
+                files,
+                j,
+                numbers,
+                width,
+                height,
+                result,
+            )
+            record["settings_key"] = key
+            record["input"] = {**(stats[position] or {}), "sha256": part.sha256[j]}
+            future = pool.submit(
+                _write_files, jobs, record_path(settings.output_dir, item.relative), record
+            )
+            pending.append(_Pending(item, record, future))
+
+    def explain_with_fallback(part: Batch) -> None:
+        nonlocal largest_ok
+        try:
+            explain_part(part)
+        except torch.OutOfMemoryError:
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            if len(part) == 1:
+                fail(items[todo[part.indices[0]]], "out of memory even as a batch of one image")
+                return
+            largest_ok = max(1, len(part) // 2)
+            print(
+                f"camcli: out of memory with a batch of {len(part)} images; "
+                f"retrying in batches of {largest_ok}",
+                file=sys.stderr,
+            )
+            for half in part.split(largest_ok):
+                explain_with_fallback(half)
+
+    for batch in loader:
+        for failure in batch.failures:
+            fail(items[todo[failure.index]], failure.message)
+        for part in batch.split(largest_ok) if len(batch) else []:
+            explain_with_fallback(part)
+        while pending and (pending[0].future.done() or len(pending) > max_pending):
+            finish(pending.popleft())
+        if stop is not None and stop.is_set():
+            break
+    while pending:
+        finish(pending.popleft())
+
+
+def settings_payload(model: LoadedModel, settings: Settings) -> dict[str, Any]:
+    """Everything that shapes an image's outputs; its digest decides what a re-run redoes."""
+    weights = Path(model.weights)
+    weights_id: dict[str, Any] = {"path": model.weights}
+    with contextlib.suppress(OSError):
+        stat = weights.stat()
+        weights_id.update(size=stat.st_size, mtime_ns=stat.st_mtime_ns)
+    options = settings.method_options
+    return {
+        "camcli": __version__,
+        **_static_fields(model, settings),
+        "weights": weights_id,
+        "target": {"mode": settings.target.mode, "index": settings.target.index},
+        "top_k": settings.top_k,
+        "save_raw": settings.save_raw,
+        "alpha": settings.alpha,
+        "png_level": settings.png_level,
+        "method_options": {
+            "chunk_size": None,  # a performance knob: does not change results
+            "smooth_samples": options.smooth_samples,
+            "smooth_noise": options.smooth_noise,
+            "smooth_guided": options.smooth_guided,
+            "seed": options.seed,
+        },
+    }
 
 
 def _batch_numbers(

@@ -110,10 +110,10 @@ class IndexWriter:
     renames it to ``index.jsonl``, so a complete index is only ever under the final name.
     """
 
-    def __init__(self, output_dir: Path) -> None:
+    def __init__(self, output_dir: Path, name: str = INDEX_NAME) -> None:
         output_dir.mkdir(parents=True, exist_ok=True)
-        self.path = output_dir / INDEX_NAME
-        self.partial = output_dir / f"{INDEX_NAME}.partial"
+        self.path = output_dir / name
+        self.partial = output_dir / f"{name}.partial"
         self._handle = self.partial.open("w", encoding="utf-8")
 
     def add(self, entry: dict[str, Any]) -> None:
