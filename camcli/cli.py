@@ -59,6 +59,7 @@ from camcli.runtime import (
     stop_on_signals,
     write_summary,
 )
+from camcli.write import remove_leftovers
 
 __all__ = ["main"]
 
@@ -428,6 +429,11 @@ def explain(
         init_group(rank)
     try:
         with run_lock(output_dir / settings.lock_name), stop_on_signals() as stop:
+            sweep = not settings.name_suffix  # not sharded: no other run writes here
+            if removed := remove_leftovers(output_dir, settings.index_name, sweep):
+                click.echo(
+                    f"camcli: removed {removed} leftover file(s) of an interrupted run", err=True
+                )
             summary, code = _run(items, loaded, settings, jsonl, stop)
     except LockHeld as exc:
         raise click.ClickException(str(exc)) from None
@@ -553,6 +559,10 @@ def _silence_stdout() -> None:
 def _report(summary: RunSummary, output_dir: Path, model: str, layer: str) -> None:
     rate = summary.explained / summary.seconds if summary.seconds > 0 else 0.0
     failed = f", {summary.failed} failed" if summary.failed else ""
+    if summary.skipped:
+        failed += f", {summary.skipped} up to date (reused)"
+    if summary.status == "interrupted":
+        failed += ", interrupted"
     click.echo(
         f"camcli: explained {summary.explained} of {summary.total} images{failed} with "
         f"{model} at {layer} in {summary.seconds:.1f} s ({rate:.1f} images/s); "

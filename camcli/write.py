@@ -103,6 +103,32 @@ def artifact_path(output_dir: Path, relative: PurePosixPath, suffix: str) -> Pat
     return folder / f"{relative.name}.{suffix}"
 
 
+def remove_leftovers(output_dir: Path, index_name: str, sweep_temporaries: bool) -> int:
+    """Delete what a killed run left: its partial index and, optionally, temporary files.
+
+    A run that ends normally renames its partial index, so one that is still there means
+    the previous run with this index name was killed. Call this only while holding that
+    run's lock. Temporary files cannot be told apart by shard: sweep them only when no other
+    run (another shard) can be writing in the directory.
+
+    Returns:
+        The number of files removed.
+    """
+    partial = output_dir / f"{index_name}.partial"
+    if not partial.exists():
+        return 0
+    partial.unlink(missing_ok=True)
+    removed = 1
+    if sweep_temporaries:
+        for folder, _dirs, files in os.walk(output_dir):
+            for name in files:
+                if name.startswith(".") and name.endswith(".tmp"):
+                    with contextlib.suppress(OSError):
+                        os.unlink(os.path.join(folder, name))
+                        removed += 1
+    return removed
+
+
 class IndexWriter:
     """The run index: one JSON line per image (errors included) at the top of the output.
 
