@@ -254,11 +254,21 @@ def main() -> None:
 )
 @click.option(
     "--png-level",
-    type=click.IntRange(0, 9),
-    default=1,
+    type=click.Choice(["fast", *map(str, range(10))]),
+    default="fast",
     show_default=True,
-    help="PNG compression level (higher: smaller, slower).",
+    help="PNG encoding: 'fast' (fpng where installed, else zlib level 1; lossless) or a zlib "
+    "level 0-9 (higher: smaller, slower).",
 )
+@click.option(
+    "--precision",
+    type=click.Choice(["fp32", "tf32", "bf16"]),
+    default="fp32",
+    show_default=True,
+    help="fp32; tf32 (TF32 matmuls and convolutions on CUDA); bf16 (autocast forward "
+    "passes; maps are still computed in float32).",
+)
+@click.option("--channels-last", is_flag=True, help="Run the model in channels-last memory format.")
 @click.option(
     "--offline",
     is_flag=True,
@@ -326,7 +336,9 @@ def explain(
     batch_size: int | None,
     workers: int | None,
     device: str,
-    png_level: int,
+    png_level: str,
+    precision: str,
+    channels_last: bool,
     offline: bool,
     force: bool,
     null: bool,
@@ -418,7 +430,9 @@ def explain(
         device=torch_device,
         crop=crop,
         alpha=alpha,
-        png_level=png_level,
+        png_level=None if png_level == "fast" else int(png_level),
+        precision=precision,
+        channels_last=channels_last,
         write_threads=max(2, min(8, cpu_count)),
         force=force,
         max_pixels=max_pixels,

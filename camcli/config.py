@@ -88,7 +88,10 @@ class Settings:
         device: where the model runs.
         crop: centre-crop instead of resizing the whole image.
         alpha: heatmap weight in the overlay.
-        png_level: zlib level of the PNGs.
+        png_level: zlib level of the PNGs; ``None``: the fast encoder (fpng) when installed.
+        precision: ``fp32``, ``tf32`` (TF32 matmuls/convolutions on CUDA) or ``bf16``
+            (autocast).
+        channels_last: run the model in channels-last memory format.
         write_threads: threads that encode and write files.
         force: redo images whose outputs are up to date.
         max_pixels: refuse larger images (decompression bombs).
@@ -108,7 +111,9 @@ class Settings:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     crop: bool = False
     alpha: float = 0.5
-    png_level: int = 1
+    png_level: int | None = None
+    precision: str = "fp32"
+    channels_last: bool = False
     write_threads: int = 2
     force: bool = False
     max_pixels: int = 178_956_970

@@ -29,6 +29,13 @@ __all__ = [
 ]
 
 
+def autocast(device: torch.device, dtype: torch.dtype | None) -> Any:
+    """An autocast context for ``dtype`` on ``device``, or a no-op for ``None``."""
+    if dtype is None:
+        return nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
 def grad_cam(activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
     """Grad-CAM (Selvaraju et al.) maps from a layer's activations and gradients.
 
@@ -124,6 +131,7 @@ def explain_batch(
     targets: torch.Tensor | None = None,
     guided: bool = True,
     layer_gradients: bool = True,
+    autocast_dtype: torch.dtype | None = None,
 ) -> Explanation:
     """Activations and gradients at ``layers`` and (optionally) guided backprop, in one forward.
 
@@ -139,6 +147,8 @@ def explain_batch(
         targets: the class to explain per image, ``(N,)``; ``None`` explains the top-1.
         guided: also compute guided backprop to the input.
         layer_gradients: compute the gradients at the layers (gradient-based CAMs need them).
+        autocast_dtype: run the forward pass under autocast to this type (e.g. bfloat16);
+            the maps are computed in float32 from its activations and gradients.
 
     Returns:
         The explanation of the batch.
@@ -164,7 +174,11 @@ def explain_batch(
     x.requires_grad_(guided)
     mode: Any = GuidedActivations() if guided else nullcontext()
     with frozen_eval(model), torch.enable_grad():
-        with LayerCapture(model, names, detach=not guided) as capture, mode:
+        with (
+            LayerCapture(model, names, detach=not guided) as capture,
+            mode,
+            autocast(x.device, autocast_dtype),
+        ):
             logits = model(x)
         activations = [capture.activations[name] for name in names]
         chosen = logits.detach().argmax(dim=1) if targets is None else targets.to(logits.device)

@@ -11,7 +11,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -154,6 +154,8 @@ def run_explain(
     start = time.perf_counter()
     device = settings.device
     module = model.module.to(device)
+    if settings.channels_last:
+        module = module.to(memory_format=torch.channels_last)
     label_indices = [model.classes.resolve(item.label) if item.label else None for item in items]
     key = settings_key(settings_payload(model, settings))
     summary = RunSummary(total=len(items))
@@ -194,22 +196,23 @@ def run_explain(
             else:
                 todo.append(position)
         if todo:
-            _explain_positions(
-                todo,
-                items,
-                model,
-                module,
-                settings,
-                label_indices,
-                key,
-                stats,
-                summary,
-                reporter,
-                index,
-                pool,
-                fail,
-                stop,
-            )
+            with _backend_settings(settings):
+                _explain_positions(
+                    todo,
+                    items,
+                    model,
+                    module,
+                    settings,
+                    label_indices,
+                    key,
+                    stats,
+                    summary,
+                    reporter,
+                    index,
+                    pool,
+                    fail,
+                    stop,
+                )
         completed = True
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
@@ -218,6 +221,29 @@ def run_explain(
         summary.status = "interrupted"
     summary.seconds = time.perf_counter() - start
     return summary
+
+
+@contextlib.contextmanager
+def _backend_settings(settings: Settings) -> Iterator[None]:
+    """TF32 and cuDNN autotuning for the run, restored afterwards."""
+    cuda = settings.device.type == "cuda"
+    saved = (
+        torch.backends.cuda.matmul.allow_tf32,
+        torch.backends.cudnn.allow_tf32,
+        torch.backends.cudnn.benchmark,
+    )
+    try:
+        tf32 = settings.precision == "tf32"
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        torch.backends.cudnn.allow_tf32 = tf32
+        torch.backends.cudnn.benchmark = cuda  # fixed input size: autotuned kernels pay off
+        yield
+    finally:
+        (
+            torch.backends.cuda.matmul.allow_tf32,
+            torch.backends.cudnn.allow_tf32,
+            torch.backends.cudnn.benchmark,
+        ) = saved
 
 
 def _input_stats(items: Sequence[ImageItem]) -> list[dict[str, int] | None]:
@@ -291,6 +317,8 @@ def _explain_positions(
         positions = [todo[i] for i in part.indices]
         inputs = part.inputs.to(device, non_blocking=True).float().div_(255.0)
         inputs = (inputs - mean) / std
+        if settings.channels_last:
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
         result = compute_methods(
             module,
             inputs,
@@ -299,6 +327,7 @@ def _explain_positions(
             _batch_targets(settings, [label_indices[p] for p in positions], part),
             settings.method_options,
             seeds=positions,
+            autocast_dtype=torch.bfloat16 if settings.precision == "bf16" else None,
         )
         maps = _map_keys(result, settings.layers)
         pixels = [p.to(device, non_blocking=True) for p in part.pixels]
@@ -381,6 +410,7 @@ def settings_payload(model: LoadedModel, settings: Settings) -> dict[str, Any]:
         "save_raw": settings.save_raw,
         "alpha": settings.alpha,
         "png_level": settings.png_level,
+        "precision": settings.precision,
         "method_options": {
             "chunk_size": None,  # a performance knob: does not change results
             "smooth_samples": options.smooth_samples,

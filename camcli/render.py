@@ -201,21 +201,32 @@ def render_batch(
             as_uint8 = (picture * 255.0).round().to(torch.uint8)
             pics[key] = as_uint8[0] if as_uint8.shape[0] == 1 else as_uint8.permute(1, 2, 0)
         on_device.append((heats, overs, pics))
-    # Copies back: uint8 pictures and one small tensor of peak positions per key.
-    widths = [int(photo.shape[1]) for photo in pixels]
-    peaks = {
-        key: [
-            (i % w, i // w) for i, w in zip(torch.stack(found).cpu().tolist(), widths, strict=True)
-        ]
-        for key, found in argmax.items()
-        if found
-    }
+    # Two copies back per batch: every uint8 picture packed in one buffer, and the peaks.
+    tensors = [t for group in on_device for kind in group for t in kind.values()]
+    host = (
+        torch.cat([t.reshape(-1) for t in tensors]).cpu().numpy()
+        if tensors
+        else np.empty(0, np.uint8)
+    )
+    arrays: list[np.ndarray] = []
+    offset = 0
+    for t in tensors:
+        arrays.append(host[offset : offset + t.numel()].reshape(tuple(t.shape)))
+        offset += t.numel()
+    unpacked = iter(arrays)
     rendered = [
         RenderedImage(
-            heatmaps={k: v.cpu().numpy() for k, v in heats.items()},
-            overlays={k: v.cpu().numpy() for k, v in overs.items()},
-            pictures={k: v.contiguous().cpu().numpy() for k, v in pics.items()},
+            heatmaps={k: next(unpacked) for k in heats},
+            overlays={k: next(unpacked) for k in overs},
+            pictures={k: next(unpacked) for k in pics},
         )
         for heats, overs, pics in on_device
     ]
+    found = [torch.stack(positions) for positions in argmax.values() if positions]
+    peak_rows = torch.stack(found).cpu().tolist() if found else []
+    widths = [int(photo.shape[1]) for photo in pixels]
+    peaks = {
+        key: [(i % w, i // w) for i, w in zip(row, widths, strict=True)]
+        for key, row in zip(argmax, peak_rows, strict=True)
+    }
     return rendered, peaks

@@ -57,18 +57,29 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
-def encode_png(rgb: np.ndarray, level: int = 1) -> bytes:
+try:  # fpng: a lossless PNG encoder about 10x faster than zlib level 1 (Linux x86_64 wheels)
+    import fpng as _fpng
+except ImportError:  # pragma: no cover - depends on the platform
+    _fpng = None
+
+FAST_PNG = _fpng is not None
+
+
+def encode_png(rgb: np.ndarray, level: int | None = None) -> bytes:
     """Encode an RGB (``H, W, 3``) or grey (``H, W``) uint8 image as PNG bytes.
 
     Args:
         rgb: the image, RGB channel order.
-        level: zlib level 0-9 (1 is several times faster than OpenCV's default 3 and only
-            slightly larger).
+        level: zlib level 0-9 through OpenCV; ``None`` (the default) uses fpng for colour
+            images when it is installed (lossless, about 1.7 ms for a 500 x 375 photo against
+            17 ms at zlib level 1, files about 6 % larger) and zlib level 1 otherwise.
 
     Raises:
-        ValueError: when OpenCV refuses the image.
-
+        ValueError: when the encoder refuses the image.
     """
+    if level is None and _fpng is not None and rgb.ndim == 3 and rgb.shape[2] == 3:
+        return bytes(_fpng.from_ndarray(np.ascontiguousarray(rgb)))
+    level = 1 if level is None else level
     image = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR) if rgb.ndim == 3 else rgb
     ok, buffer = cv2.imencode(".png", image, [cv2.IMWRITE_PNG_COMPRESSION, int(level)])
     if not ok:

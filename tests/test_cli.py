@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
@@ -474,3 +475,19 @@ def test_smoothgrad_does_not_depend_on_the_batch(three: Path, tmp_path: Path):
         a = np.load(tmp_path / "a" / f"{name}.smoothgrad.npy")
         b = np.load(tmp_path / "b" / f"{name}.smoothgrad.npy")
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_fast_png_is_lossless_and_precision_options_run(three: Path, tmp_path: Path):
+    from camcli.write import FAST_PNG, encode_png
+
+    photo = np.random.default_rng(1).integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    for level in (None, 1):
+        decoded = np.asarray(Image.open(io.BytesIO(encode_png(photo, level))).convert("RGB"))
+        np.testing.assert_array_equal(decoded, photo)
+    print(f"fpng installed: {FAST_PNG}")
+    base = jsonl(explain(three, tmp_path / "fp32", "--jsonl"))
+    for extra in (["--precision", "bf16"], ["--channels-last"], ["--precision", "tf32"]):
+        result = explain(three, tmp_path / "-".join(extra), "--jsonl", *extra)
+        assert result.exit_code == 0, result.output
+        for a, b in zip(base, jsonl(result), strict=True):
+            assert a["predictions"][0]["index"] == b["predictions"][0]["index"]

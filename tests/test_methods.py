@@ -421,3 +421,22 @@ def test_cam_refuses_a_head_with_a_hidden_layer():
     model = torchvision.models.mobilenet_v3_small(weights=None).eval()
     with pytest.raises(CamNotApplicable):
         _maps(model, torch.randn(1, 3, 64, 64), "features.12", ["cam"])
+
+
+def test_bf16_autocast_maps_stay_close_to_fp32():
+    """The stated tolerance: per-image correlation of bf16 and fp32 maps above 0.98."""
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(weights=None).eval()
+    x = torch.randn(3, 3, 96, 96)
+    targets = torch.tensor([1, 2, 3])
+    methods = ["gradcam", "gradcam++", "layercam", "guided"]
+    fp32 = compute_methods(model, x, ["layer4"], methods, targets, MethodOptions())
+    bf16 = compute_methods(
+        model, x, ["layer4"], methods, targets, MethodOptions(), autocast_dtype=torch.bfloat16
+    )
+    for method in ("gradcam", "gradcam++", "layercam"):
+        for i in range(3):
+            corr = _correlation(fp32.maps[method]["layer4"][i], bf16.maps[method]["layer4"][i])
+            assert corr > 0.98, (method, i, corr)
+    for i in range(3):
+        assert _correlation(fp32.images["guided"][i], bf16.images["guided"][i]) > 0.98

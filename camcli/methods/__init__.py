@@ -150,6 +150,7 @@ def compute_methods(
     targets: torch.Tensor | None,
     options: MethodOptions,
     seeds: Sequence[int] | None = None,
+    autocast_dtype: torch.dtype | None = None,
 ) -> BatchMethods:
     """Compute every requested method for a batch, sharing one forward pass.
 
@@ -166,6 +167,7 @@ def compute_methods(
         targets: the class per image, or ``None`` for the top-1.
         options: settings of Score-CAM and SmoothGrad.
         seeds: per-image noise seeds for SmoothGrad (default: ``options.seed + position``).
+        autocast_dtype: run every forward pass under autocast to this type (bfloat16).
 
     Returns:
         The maps and pictures.
@@ -178,7 +180,13 @@ def compute_methods(
     need_gradients = bool(wanted & (set(GRADIENT_MAPS) | {"guided-gradcam"}))
     need_guided = bool(wanted & {"guided", "guided-gradcam"})
     explanation = explain_batch(
-        model, inputs, list(layers), targets, guided=need_guided, layer_gradients=need_gradients
+        model,
+        inputs,
+        list(layers),
+        targets,
+        guided=need_guided,
+        layer_gradients=need_gradients,
+        autocast_dtype=autocast_dtype,
     )
     result = BatchMethods(explanation)
     chosen = explanation.targets
@@ -201,7 +209,9 @@ def compute_methods(
             elif name == "eigencam":
                 per_layer[layer] = eigencam(activations)
             elif name == "scorecam":
-                per_layer[layer] = scorecam(model, inputs, activations, chosen, options.chunk_size)
+                per_layer[layer] = scorecam(
+                    model, inputs, activations, chosen, options.chunk_size, autocast_dtype
+                )
         result.maps[name] = per_layer
         if len(layers) > 1:
             stacked = torch.stack([_to_size(normalise_maps(m), size) for m in per_layer.values()])
@@ -227,5 +237,6 @@ def compute_methods(
             options.smooth_noise,
             options.smooth_guided,
             options.chunk_size,
+            autocast_dtype,
         )
     return result

@@ -7,12 +7,14 @@ the number of channels or images.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from camcli.explain import autocast
 from camcli.guided import GuidedActivations
 from camcli.hooks import frozen_eval
 
@@ -25,6 +27,7 @@ def scorecam(
     activations: torch.Tensor,
     targets: torch.Tensor,
     chunk_size: int,
+    autocast_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """Score-CAM (Wang et al. 2020), batched over images and channels in bounded chunks.
 
@@ -40,6 +43,7 @@ def scorecam(
         activations: the layer's output for that batch ``(N, C, h, w)``.
         targets: the class per image ``(N,)``.
         chunk_size: masked images per forward pass (the memory bound).
+        autocast_dtype: forward passes under autocast to this type.
 
     Returns:
         Unnormalised maps ``(N, h, w)``.
@@ -61,7 +65,8 @@ def scorecam(
             part = slice(start, min(start + chunk_size, n * c))
             upsampled = F.interpolate(masks[part], size=size, mode="bilinear", align_corners=False)
             masked = x[owner[part]] * upsampled.to(x.dtype)
-            logits = model(masked).float()
+            with autocast(x.device, autocast_dtype):
+                logits = model(masked).float()
             scores[part] = logits.gather(1, targets[owner[part]][:, None])[:, 0]
     weights = scores.view(n, c).softmax(dim=1)
     return (weights[:, :, None, None] * a).sum(dim=1).clamp(min=0)
@@ -76,6 +81,7 @@ def smoothgrad(
     noise: float,
     guided: bool,
     chunk_size: int,
+    autocast_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """SmoothGrad (Smilkov et al. 2017): input gradients averaged over noisy copies.
 
@@ -93,6 +99,7 @@ def smoothgrad(
         noise: noise level relative to each image's value range.
         guided: average guided-backprop gradients instead of plain gradients.
         chunk_size: copies per pass.
+        autocast_dtype: forward passes under autocast to this type.
 
     Returns:
         Averaged gradients ``(N, 3, S, S)``.
@@ -108,12 +115,9 @@ def smoothgrad(
         owners = torch.tensor([i for _, i in pending], device=x.device)
         mode = GuidedActivations()
         with frozen_eval(model), torch.enable_grad():
-            if guided:
-                with mode:
-                    logits = model(batch)
-                mode.rule.guided = True
-            else:
+            with mode if guided else contextlib.nullcontext(), autocast(x.device, autocast_dtype):
                 logits = model(batch)
+            mode.rule.guided = guided
             score = logits.gather(1, targets[owners][:, None]).sum()
             (grad,) = torch.autograd.grad(score, batch)
         total.index_add_(0, owners, grad.float())
