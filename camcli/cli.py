@@ -268,7 +268,12 @@ def main() -> None:
     help="fp32; tf32 (TF32 matmuls and convolutions on CUDA); bf16 (autocast forward "
     "passes; maps are still computed in float32).",
 )
-@click.option("--channels-last", is_flag=True, help="Run the model in channels-last memory format.")
+@click.option(
+    "--channels-last/--no-channels-last",
+    default=None,
+    help="Run the model in channels-last memory format [default: on the CPU, where it made "
+    "ResNet-18 about 20 % faster here; off on CUDA].",
+)
 @click.option(
     "--offline",
     is_flag=True,
@@ -338,7 +343,7 @@ def explain(
     device: str,
     png_level: str,
     precision: str,
-    channels_last: bool,
+    channels_last: bool | None,
     offline: bool,
     force: bool,
     null: bool,
@@ -432,7 +437,7 @@ def explain(
         alpha=alpha,
         png_level=None if png_level == "fast" else int(png_level),
         precision=precision,
-        channels_last=channels_last,
+        channels_last=torch_device.type == "cpu" if channels_last is None else channels_last,
         write_threads=max(2, min(8, cpu_count)),
         force=force,
         max_pixels=max_pixels,

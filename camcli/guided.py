@@ -59,7 +59,13 @@ class _Activation:
 
 
 class _GuidedActivation(torch.autograd.Function):
-    """``y = fn(x)`` whose backward follows ``rule`` at the time backward runs."""
+    """``y = fn(x)`` whose backward follows ``rule`` at the time backward runs.
+
+    ReLU and hardtanh (ReLU6) keep their output and use PyTorch's own backward kernels
+    (``threshold_backward``, ``hardtanh_backward``: the derivative is read off the output
+    exactly as from the input), then clamp for the guided rule; in-place calls stay in
+    place. Other activations keep a copy of their input and differentiate ``fn`` again.
+    """
 
     @staticmethod
     def forward(
@@ -69,29 +75,45 @@ class _GuidedActivation(torch.autograd.Function):
         kind: str,
         bounds: tuple[float, float],
         rule: BackwardRule,
+        inplace: bool,
     ) -> torch.Tensor:
         ctx.rule = rule
         ctx.kind = kind
-        if kind == "relu":
-            ctx.mask = x > 0
-        elif kind == "hardtanh":
-            ctx.mask = (x > bounds[0]) & (x < bounds[1])
-        else:
-            ctx.fn = fn
-            # A copy: an in-place call overwrites x after this forward.
-            ctx.x = x.detach().clone()
+        ctx.bounds = bounds
+        if kind in ("relu", "hardtanh"):
+            if inplace:
+                y = torch.relu_(x) if kind == "relu" else F.hardtanh_(x, *bounds)
+                ctx.mark_dirty(x)
+            else:
+                y = fn(x)
+            ctx.save_for_backward(y)
+            return y
+        ctx.fn = fn
+        # The caller will overwrite x when the call is in place: keep a private copy then.
+        ctx.input_copy = x.detach().clone() if inplace else None
+        ctx.save_for_backward(x if not inplace else None)
         return fn(x)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        (saved,) = ctx.saved_tensors
+        if saved is None:
+            saved = ctx.input_copy
+        if ctx.kind == "relu":
+            grad_in = torch.ops.aten.threshold_backward(grad, saved, 0.0)
+        elif ctx.kind == "hardtanh":
+            low, high = ctx.bounds
+            grad_in = torch.ops.aten.hardtanh_backward(grad, saved, low, high)
+        else:
+            with torch.enable_grad():
+                x = saved.detach().requires_grad_(True)
+                (grad_in,) = torch.autograd.grad(
+                    ctx.fn(x), x, grad.clamp(min=0) if ctx.rule.guided else grad
+                )
+            return grad_in, None, None, None, None, None
         if ctx.rule.guided:
-            grad = grad.clamp(min=0)
-        if ctx.kind in ("relu", "hardtanh"):
-            return grad * ctx.mask, None, None, None, None
-        with torch.enable_grad():
-            x = ctx.x.detach().requires_grad_(True)
-            (grad_in,) = torch.autograd.grad(ctx.fn(x), x, grad)
-        return grad_in, None, None, None, None
+            grad_in = grad_in.clamp_(min=0)
+        return grad_in, None, None, None, None, None
 
 
 def _signature(fn: Callable[..., Any]) -> inspect.Signature | None:
@@ -177,7 +199,9 @@ class GuidedActivations(TorchFunctionMode):
         if not isinstance(x, torch.Tensor) or not x.requires_grad:
             return func(*args, **kwargs)
         self.guided[spec.name] += 1
-        out = _GuidedActivation.apply(x, call, spec.kind, bounds, self.rule)
+        if spec.kind in ("relu", "hardtanh"):
+            return _GuidedActivation.apply(x, call, spec.kind, bounds, self.rule, inplace)
+        out = _GuidedActivation.apply(x, call, spec.kind, bounds, self.rule, inplace)
         if inplace:
             # Keep in-place semantics for callers that ignore the return value.
             x.copy_(out)
