@@ -1,8 +1,8 @@
 """The command line: parse and check options, run the pipeline, report. No tensor maths here.
 
 stdout carries data only (``--jsonl`` records, ``models`` listing); people read stderr.
-Exit status: 0 every image explained, 1 some images failed or the run could not start
-(missing weights, nothing to explain, an unwritable output), 2 usage errors.
+Exit status: 0 every image explained, 1 some images failed or the run could not start or
+stopped, 2 usage errors, 130/143 stopped by SIGINT/SIGTERM, 141 stdout closed.
 """
 
 from __future__ import annotations
@@ -358,8 +358,18 @@ def explain(
     NAME.METHOD.overlay.png or, for guided/guided-gradcam/smoothgrad, NAME.METHOD.png, all at
     the image's original size; and index.jsonl, one line per image.
 
-    Exit status: 0 all explained; 1 some images failed (reported on stderr and in the
-    index) or the run could not start; 2 usage error.
+    A re-run explains only new or changed images (--force: all); run.json summarises the run.
+
+    \b
+    Exit status:
+      0    every image explained or up to date
+      1    some images failed (reported on stderr, in the index and run.json), or the run
+           could not start or stopped (no images, weights missing, output locked or
+           not writable)
+      2    usage error
+      130  stopped by SIGINT (in-flight work finished and written)
+      143  stopped by SIGTERM (likewise)
+      141  stdout closed by the reader
     """
     try:
         torch_device = resolve_device(device)

@@ -491,3 +491,16 @@ def test_fast_png_is_lossless_and_precision_options_run(three: Path, tmp_path: P
         assert result.exit_code == 0, result.output
         for a, b in zip(base, jsonl(result), strict=True):
             assert a["predictions"][0]["index"] == b["predictions"][0]["index"]
+
+
+def test_help_documents_exit_codes():
+    text = run("explain", "--help").stdout
+    for line in (
+        "0    every image explained",
+        "1    some images failed",
+        "2    usage error",
+        "130  stopped by SIGINT",
+        "143  stopped by SIGTERM",
+        "141  stdout closed",
+    ):
+        assert line in text, line
