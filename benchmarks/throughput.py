@@ -388,8 +388,8 @@ def main() -> None:
     }
     results["ratios"] = ratios
     print(
-        f"\n{args.model} on {results.get('gpu', device)}, batch {args.batch_size}, {args.precision}, "
-        f"{count} images of 500 x 375"
+        f"\n{args.model} on {results.get('gpu', device)}, batch {args.batch_size}, "
+        f"{args.precision}, {count} images of 500 x 375"
     )
     print(f"{'contender':<28}{'images/s':>12}")
     for key, label in [
