@@ -75,13 +75,16 @@ def _load_config(ctx: click.Context, _param: click.Parameter, value: Path | None
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise click.BadParameter(f"cannot read {value}: {exc}", ctx=ctx) from None
     data = data.get("explain", data)
-    known = {p.name for p in ctx.command.params if p.name}
+    params = {p.name: p for p in ctx.command.params if p.name}
+    aliases = {"model": "model_name", "layer": "layers", "method": "methods"}
     defaults = {}
     for key, setting in data.items():
         name = key.replace("-", "_")
-        name = {"model": "model_name", "input": "input_path"}.get(name, name)
-        if name not in known:
+        name = aliases.get(name, name)
+        if name not in params or name == "input_path":
             raise click.BadParameter(f"{value} sets unknown option {key!r}", ctx=ctx)
+        if getattr(params[name], "multiple", False) and not isinstance(setting, list):
+            setting = [setting]
         defaults[name] = setting
     ctx.default_map = {**(ctx.default_map or {}), **defaults}
     return value
@@ -293,7 +296,7 @@ def main() -> None:
     "--root",
     type=click.Path(exists=True, file_okay=False, path_type=Path),
     help="With INPUT '-': relative paths are read from here and outputs mirror the tree "
-    "below it [default: the deepest folder holding every listed file].",
+    "below it; listed files outside it are refused [default: the working directory].",
 )
 @click.option(
     "--shard",
@@ -391,7 +394,7 @@ def explain(
         shard_k, shard_n = parse_shard(shard) if shard else (0, 1)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="'--shard'") from None
-    if rank is not None and device == "auto" and torch.cuda.is_available():
+    if rank is not None and device in ("auto", "cuda") and torch.cuda.is_available():
         torch_device = torch.device("cuda", rank.local_rank % torch.cuda.device_count())
     try:
         if str(input_path) == "-":
@@ -506,6 +509,10 @@ def _run(
         _silence_stdout()
         summary = RunSummary(total=len(items), status="broken-pipe")
         return summary, 141
+    except KeyboardInterrupt:
+        # A second Ctrl-C: stop now. Files already renamed into place are complete.
+        summary = RunSummary(total=len(items), status="interrupted")
+        return summary, 130
     finally:
         reporter.close()
     if stop.exit_code is not None:

@@ -21,6 +21,7 @@ import torch
 from PIL import Image, ImageOps
 from torch.utils.data import DataLoader, Dataset
 
+from camcli.lock import release_inherited_locks
 from camcli.models import Preprocessing
 
 __all__ = [
@@ -294,6 +295,8 @@ def _leave_signals_to_the_main_process(_worker_id: int) -> None:
     # Ctrl-C reaches the whole process group; the main process decides how to stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # The run lock belongs to the main process: a worker outliving it must not hold it.
+    release_inherited_locks()
 
 
 def make_loader(

@@ -124,9 +124,10 @@ def read_path_list(data: bytes, null_separated: bool) -> list[str]:
 def images_from_list(paths: Sequence[str], root: Path | None) -> list[ImageItem]:
     """Images named in a list, in the order given, duplicates dropped.
 
-    Outputs mirror each path relative to ``root``; without a root, relative to the deepest
-    folder that holds every listed file. A path outside the root keeps a relative path
-    starting with ``..``; the pipeline refuses it (outputs never leave the output directory).
+    Relative paths are read from ``root`` (default: the working directory) and outputs mirror
+    each path relative to it, so an image keeps its output path whatever else is listed. A
+    path outside the root keeps a relative path starting with ``..``; the pipeline refuses it
+    (outputs never leave the output directory).
 
     Raises:
         NoImagesFound: when the list is empty.
@@ -136,11 +137,7 @@ def images_from_list(paths: Sequence[str], root: Path | None) -> list[ImageItem]
         raise NoImagesFound("no paths on standard input")
     base = (root or Path.cwd()).absolute()
     absolute = [Path(os.path.normpath(base / p)) for p in paths]
-    anchor = (
-        root.absolute()
-        if root is not None
-        else Path(os.path.commonpath([a.parent for a in absolute]))
-    )
+    anchor = base
     items: list[ImageItem] = []
     seen: set[Path] = set()
     for path in absolute:

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from camcli.guided import GuidedActivations
-from camcli.hooks import LayerCapture, frozen_eval
+from camcli.hooks import LayerCapture, LayerUnusable, frozen_eval
 
 __all__ = [
     "Explanation",
@@ -180,6 +180,12 @@ def explain_batch(
             autocast(x.device, autocast_dtype),
         ):
             logits = model(x)
+        missing = [name for name in names if name not in capture.activations]
+        if missing:
+            raise LayerUnusable(
+                f"layer {missing[0]!r} did not run in the forward pass (a branch used only in "
+                "training?); choose a layer on the path to the output"
+            )
         activations = [capture.activations[name] for name in names]
         chosen = logits.detach().argmax(dim=1) if targets is None else targets.to(logits.device)
         score = logits.gather(1, chosen[:, None]).sum()

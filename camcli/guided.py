@@ -214,22 +214,26 @@ def _bind(
 ) -> tuple[Any, Callable[[torch.Tensor], torch.Tensor], bool, tuple[float, float]]:
     """Split a call into its input, an out-of-place callable and its in-place flag."""
     if spec.signature is None or spec.inplace:
+        # Built-ins without a Python signature: keep every argument after the input.
         x = args[0] if args else kwargs.get("input", kwargs.get("self"))
-        extra_args = args[1:]
+        rest = args[1:]
+        options = {k: v for k, v in kwargs.items() if k not in ("input", "self")}
+        if spec.kind == "hardtanh":
+            low = rest[0] if len(rest) > 0 else options.get("min_val", -1.0)
+            high = rest[1] if len(rest) > 1 else options.get("max_val", 1.0)
+            bounds = (float(low), float(high))
+            return x, lambda t: F.hardtanh(t, *bounds), spec.inplace, bounds
         out_of_place = {
             torch.relu_: torch.relu,
             torch.Tensor.relu_: torch.relu,
         }.get(func, func)
-        if spec.inplace and out_of_place is func:  # F.relu_ / F.hardtanh_
-            out_of_place = F.relu if spec.kind == "relu" else F.hardtanh
-        bounds = (
-            (float(extra_args[0]), float(extra_args[1]))
-            if spec.kind == "hardtanh" and len(extra_args) >= 2
-            else (-1.0, 1.0)
-        )
-        if spec.kind == "hardtanh":
-            return x, lambda t: F.hardtanh(t, *bounds), spec.inplace, bounds
-        return x, out_of_place, spec.inplace, (0.0, 0.0)
+        if spec.inplace and out_of_place is func:  # F.relu_
+            out_of_place = F.relu
+
+        def call_builtin(t: torch.Tensor) -> torch.Tensor:
+            return out_of_place(t, *rest, **options)
+
+        return x, call_builtin, spec.inplace, (0.0, 0.0)
     bound = spec.signature.bind(*args, **kwargs)
     bound.apply_defaults()
     arguments = dict(bound.arguments)

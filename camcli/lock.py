@@ -1,8 +1,14 @@
-"""One run per output directory: a lock file naming its holder, stale locks taken over."""
+"""One run per output directory: a lock file naming its holder.
+
+The lock is an ``fcntl.flock`` on the file, which the kernel releases when its process ends
+however it ends (even ``kill -9``): a lock left by a dead run is simply free. The file's text
+names the holder (pid, host, start time) for the refusal message.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import socket
@@ -10,84 +16,78 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["LockHeld", "run_lock"]
+__all__ = ["LockHeld", "release_inherited_locks", "run_lock"]
+
+# Descriptors of the locks this process holds. A forked child (a loader worker) inherits
+# them, and an flock stays held while any copy is open: children close theirs so that the
+# lock ends with the process that took it, even when that one is killed.
+_HELD: set[int] = set()
+
+
+def release_inherited_locks() -> None:
+    """In a forked child: close the inherited lock descriptors (the parent keeps its locks)."""
+    for fd in list(_HELD):
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _HELD.clear()
 
 
 class LockHeld(RuntimeError):
     """Another live camcli run holds the output directory."""
 
 
-def _alive(pid: int) -> bool:
+def _holder(path: Path) -> dict[str, object]:
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _age(path: Path) -> float:
-    try:
-        return time.time() - path.stat().st_mtime
-    except OSError:
-        return 0.0
-
-
-def _try_create(path: Path, holder: dict[str, object]) -> bool:
-    try:
-        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-    except FileExistsError:
-        return False
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        json.dump(holder, handle)
-    return True
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 @contextlib.contextmanager
 def run_lock(path: Path) -> Iterator[Path]:
     """Hold the lock file ``path`` for the duration of the block.
 
-    A lock left by a process that no longer runs on this host is taken over.
-
     Raises:
-        LockHeld: when a live process (or one on another host) holds it; the message names
-            the holder (pid, host, start time) and the file.
+        LockHeld: when a live process holds it; the message names the holder (pid, host,
+            start time) and the file.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    host = socket.gethostname()
-    holder = {
-        "pid": os.getpid(),
-        "host": host,
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-    for _ in range(5):
-        if _try_create(path, holder):
-            break
+    for _ in range(10):
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            current = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            current = {}
-        pid = int(current.get("pid", 0) or 0)
-        dead = current.get("host") == host and pid > 0 and not _alive(pid)
-        # An unreadable lock may be one another run is writing this very moment.
-        abandoned = not current and _age(path) > 10.0
-        if dead or abandoned:
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()  # stale: its process is gone (or the file is unreadable)
-            continue
-        if not current:
-            time.sleep(0.5)  # being written: read it again
-            continue
-        raise LockHeld(
-            f"{path.parent} is in use by camcli pid {pid} on {current.get('host')} since "
-            f"{current.get('started')}; wait for it to finish, or delete {path} if that run "
-            "is gone"
-        )
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            current = _holder(path)
+            raise LockHeld(
+                f"{path.parent} is in use by camcli pid {current.get('pid', '?')} on "
+                f"{current.get('host', '?')} since {current.get('started', '?')}; wait for "
+                "it to finish"
+            ) from None
+        # The previous holder may have removed the file between our open and our lock:
+        # then we hold a lock on a file nobody else sees. Start again with the new file.
+        try:
+            same = os.fstat(fd).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
     else:
         raise LockHeld(f"could not take the lock {path}")
     try:
+        holder = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        os.ftruncate(fd, 0)
+        os.write(fd, json.dumps(holder).encode())
+        _HELD.add(fd)
         yield path
     finally:
+        _HELD.discard(fd)
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
+        os.close(fd)

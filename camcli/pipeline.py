@@ -7,6 +7,7 @@ behind it, with a bounded number of images in flight so memory stays flat.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import sys
 import threading
 import time
@@ -88,10 +89,21 @@ class _Pending:
 
 
 def _write_files(jobs: list[FileJob], record_file: Path, record: dict[str, Any]) -> None:
-    """Encode and write one image's files; the JSON record last, so it marks completion."""
+    """Encode and write one image's files; the JSON record last, so it marks completion.
+
+    An older record is removed first: while its files are being replaced it must not
+    vouch for them.
+    """
+    record_file.unlink(missing_ok=True)
     for path, produce in jobs:
         atomic_write_bytes(path, produce())
     write_json(record_file, record)
+
+
+def image_seed(item: ImageItem) -> int:
+    """A per-image noise seed from its relative path: independent of order, shards, batches."""
+    digest = hashlib.sha1(str(item.relative).encode("utf-8", "surrogateescape")).digest()
+    return int.from_bytes(digest[:4], "big") >> 1
 
 
 def _batch_targets(
@@ -326,7 +338,7 @@ def _explain_positions(
             settings.methods,
             _batch_targets(settings, [label_indices[p] for p in positions], part),
             settings.method_options,
-            seeds=positions,
+            seeds=[image_seed(items[p]) for p in positions],
             autocast_dtype=torch.bfloat16 if settings.precision == "bf16" else None,
         )
         maps = _map_keys(result, settings.layers)
@@ -342,7 +354,6 @@ def _explain_positions(
             jobs, files = _file_jobs(item, rendered[j], raws, j, settings)
             record = _record(
                 item,
-                position,
                 label_indices[position],
                 model,
                 settings,
@@ -363,9 +374,14 @@ def _explain_positions(
 
     def explain_with_fallback(part: Batch) -> None:
         nonlocal largest_ok
+        out_of_memory = False
         try:
             explain_part(part)
         except torch.OutOfMemoryError:
+            out_of_memory = True
+        # Retry outside the except block: its traceback would keep the failed attempt's
+        # activations and graph alive while the smaller batches run.
+        if out_of_memory:
             if device.type == "cuda":
                 torch.cuda.empty_cache()
             if len(part) == 1:
@@ -381,6 +397,8 @@ def _explain_positions(
                 explain_with_fallback(half)
 
     for batch in loader:
+        if stop is not None and stop.is_set():
+            break  # a signal came while this batch was decoded: do not start it
         for failure in batch.failures:
             fail(items[todo[failure.index]], failure.message)
         for part in batch.split(largest_ok) if len(batch) else []:
@@ -521,7 +539,6 @@ def _static_fields(model: LoadedModel, settings: Settings) -> dict[str, Any]:
 
 def _record(
     item: ImageItem,
-    item_index: int,
     label_index: int | None,
     model: LoadedModel,
     settings: Settings,
@@ -588,7 +605,7 @@ def _record(
             "samples": options.smooth_samples,
             "noise": options.smooth_noise,
             "gradients": "guided" if options.smooth_guided else "plain",
-            "seed": options.seed + item_index,
+            "seed": options.seed + image_seed(item),
         }
     record["files"] = files
     return record

@@ -32,6 +32,9 @@ __all__ = [
 INDEX_NAME = "index.jsonl"
 
 
+TEMP_MARK = ".camcli-partial-"  # in every temporary name: only these are ever swept
+
+
 def _file_mode() -> int:
     # mkstemp creates 0600 files; outputs get the mode a plain open() would give.
     umask = os.umask(0)
@@ -45,7 +48,7 @@ _FILE_MODE = _file_mode()
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` via a temporary file in the same directory and a rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}{TEMP_MARK}", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
@@ -133,7 +136,7 @@ def remove_leftovers(output_dir: Path, index_name: str, sweep_temporaries: bool)
     if sweep_temporaries:
         for folder, _dirs, files in os.walk(output_dir):
             for name in files:
-                if name.startswith(".") and name.endswith(".tmp"):
+                if name.startswith(".") and TEMP_MARK in name and name.endswith(".tmp"):
                     with contextlib.suppress(OSError):
                         os.unlink(os.path.join(folder, name))
                         removed += 1

@@ -504,3 +504,23 @@ def test_help_documents_exit_codes():
         "141  stdout closed",
     ):
         assert line in text, line
+
+
+@pytest.mark.parametrize("config", sorted((Path(__file__).parents[1] / "configs").glob("*.toml")))
+def test_shipped_configs_are_accepted(config: Path, three: Path, tmp_path: Path):
+    result = run(
+        "explain",
+        three,
+        "-o",
+        tmp_path / "out",
+        "--config",
+        config,
+        "-j",
+        "0",
+        "--model",
+        TINY,
+        "--layer",
+        "features.3",
+    )
+    assert result.exit_code in (0, 1), result.output  # 1: no labels for --target label
+    assert "unknown option" not in result.stderr and result.exit_code != 2

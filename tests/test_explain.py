@@ -169,3 +169,19 @@ def test_frozen_eval_restores_after_error():
         assert not model.training
         raise KeyError("x")
     assert model.training and all(p.requires_grad for p in model.parameters())
+
+
+def test_a_layer_that_does_not_run_is_refused_with_a_reason():
+    class TrainOnlyBranch(TinyNet):
+        def __init__(self) -> None:
+            super().__init__()
+            self.aux = nn.Conv2d(16, 4, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            features = self.features(x)
+            if self.training:
+                self.aux(features)
+            return self.fc(torch.flatten(self.pool(features), 1))
+
+    with pytest.raises(LayerUnusable, match="did not run in the forward pass"):
+        explain_batch(TrainOnlyBranch(), torch.randn(1, 3, 32, 32), "aux")

@@ -216,3 +216,14 @@ def test_gating_activations_keep_the_normal_rule_and_are_counted():
     result = explain_batch(SE(), torch.randn(2, 1, 2, 2), "feat", torch.tensor([0, 1]))
     assert result.unchanged_calls == {"sigmoid": 1}
     assert result.guided_calls == {}
+
+
+def test_builtin_activation_keeps_its_arguments_under_guided_mode():
+    """nn.GELU(approximate='tanh') calls the builtin F.gelu with a keyword: it must survive."""
+    model = TwoLayer(act=nn.GELU(approximate="tanh"))
+    x = torch.randn(3, 1, 2, 2)
+    with torch.no_grad():
+        expected = model(x)
+    result = explain_batch(model, x, "feat", torch.tensor([0, 1, 2]))
+    torch.testing.assert_close(result.logits, expected, rtol=0, atol=1e-7)
+    assert result.guided_calls == {"gelu": 1}

@@ -464,3 +464,18 @@ def test_channels_last_gives_the_same_maps():
     # Another summation order can flip a ReLU mask where an activation is ~0: compare shapes.
     for i in range(2):
         assert _correlation(cl.images["guided"][i], plain.images["guided"][i]) > 0.999
+
+
+def test_cam_head_is_found_under_bf16_autocast():
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(weights=None).eval()
+    result = compute_methods(
+        model,
+        torch.randn(2, 3, 64, 64),
+        ["layer4"],
+        ["cam"],
+        torch.tensor([1, 2]),
+        MethodOptions(),
+        autocast_dtype=torch.bfloat16,
+    )
+    assert result.heads["layer4"].name == "fc"

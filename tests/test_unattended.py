@@ -253,20 +253,31 @@ def test_second_run_on_the_same_output_refuses_and_stale_locks_are_taken_over(
     folder: Path, tmp_path: Path
 ):
     out = tmp_path / "out"
-    out.mkdir()
     lock = out / ".camcli.lock"
-    lock.write_text(
-        json.dumps(
-            {"pid": os.getpid(), "host": os.uname().nodename, "started": "2026-11-22T01:00:00+0000"}
-        )
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from pathlib import Path; from camcli.lock import run_lock\n"
+            "with run_lock(Path(sys.argv[1])):\n    print('locked', flush=True)\n"
+            "    time.sleep(60)",
+            str(lock),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
     )
-    result = explain(folder, out)
-    assert result.exit_code == 1
-    assert f"is in use by camcli pid {os.getpid()} on {os.uname().nodename}" in result.stderr
-    assert "2026-11-22T01:00:00" in result.stderr
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
-    lock.write_text(json.dumps({"pid": dead.pid, "host": os.uname().nodename, "started": "x"}))
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        result = explain(folder, out)
+        assert result.exit_code == 1
+        assert (
+            f"is in use by camcli pid {holder.pid} on {os.uname().nodename} since" in result.stderr
+        )
+    finally:
+        holder.kill()
+        holder.wait()
+    # the holder died without cleaning up: its file remains, its lock does not
+    assert lock.exists()
     assert explain(folder, out).exit_code == 0
     assert not lock.exists()
 
@@ -282,10 +293,24 @@ def test_paths_from_stdin_newline_and_nul_separated(folder: Path, tmp_path: Path
     assert [r["image"] for r in map(json.loads, result.stdout.splitlines())] == names
     assert (out / "tabby" / "img3.png.json").exists()
     absolute = b"\0".join(str(folder / n).encode() for n in names) + b"\0"
-    result = explain("-", tmp_path / "b", "--null", "--jsonl", input=absolute)
+    result = explain("-", tmp_path / "b", "--null", "--jsonl", "--root", folder, input=absolute)
     assert result.exit_code == 0, result.output
-    # without --root: relative to the deepest folder holding every file
     assert [r["image"] for r in map(json.loads, result.stdout.splitlines())] == names
+
+
+def test_stdin_paths_default_to_the_working_directory(
+    folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.chdir(folder)
+    out = tmp_path / "out"
+    # one file per run: its output path must not depend on what else is listed
+    for name in ("tabby/img1.png", "espresso/img0.png"):
+        result = explain("-", out, "--jsonl", input=name.encode())
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.stdout)["image"] == name
+        assert (out / f"{name}.json").exists()
+    result = explain("-", tmp_path / "o2", "--jsonl", input=str(tmp_path / "x.png").encode())
+    assert result.exit_code == 1 and "outside the input root" in result.stderr
 
 
 def test_no_output_escapes_the_output_directory(folder: Path, tmp_path: Path):
@@ -478,3 +503,34 @@ def test_torchrun_two_processes_one_merged_summary(
     )
     assert not list(out.glob("index.rank-*"))
     assert len(records(out)) == 24
+
+
+def test_a_forked_child_outliving_the_lock_holder_does_not_keep_the_lock(tmp_path: Path):
+    from camcli.lock import run_lock
+
+    lock = tmp_path / ".camcli.lock"
+    script = (
+        "import os, sys, time\n"
+        "from pathlib import Path\n"
+        "from camcli.lock import release_inherited_locks, run_lock\n"
+        "with run_lock(Path(sys.argv[1])):\n"
+        "    child = os.fork()\n"
+        "    if child == 0:\n"
+        "        release_inherited_locks()  # what every loader worker does\n"
+        "        time.sleep(30)\n"
+        "        os._exit(0)\n"
+        "    print(child, flush=True)\n"
+        "    time.sleep(30)\n"
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c", script, str(lock)], stdout=subprocess.PIPE, text=True
+    )
+    child = int(holder.stdout.readline())
+    try:
+        holder.kill()
+        holder.wait()
+        os.kill(child, 0)  # the child is still alive...
+        with run_lock(lock):  # ...and the lock is free at once
+            pass
+    finally:
+        os.kill(child, signal.SIGKILL)
