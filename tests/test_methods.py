@@ -479,3 +479,17 @@ def test_cam_head_is_found_under_bf16_autocast():
         autocast_dtype=torch.bfloat16,
     )
     assert result.heads["layer4"].name == "fc"
+
+
+def test_guided_smoothgrad_alone_reports_its_guided_calls():
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(weights=None).eval()
+    result = compute_methods(
+        model,
+        torch.randn(1, 3, 32, 32),
+        ["layer4"],
+        ["smoothgrad"],
+        None,
+        MethodOptions(smooth_samples=2, smooth_guided=True),
+    )
+    assert result.explanation.guided_calls == {"relu": 17}

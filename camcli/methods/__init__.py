@@ -228,6 +228,7 @@ def compute_methods(
             result.fused.pop("gradcam", None)
     if "smoothgrad" in wanted:
         image_seeds = seeds if seeds is not None else range(inputs.shape[0])
+        calls: dict[str, dict[str, int]] = {}
         result.images["smoothgrad"] = smoothgrad(
             model,
             inputs,
@@ -238,5 +239,9 @@ def compute_methods(
             options.smooth_guided,
             options.chunk_size,
             autocast_dtype,
+            calls,
         )
+        if calls and not explanation.guided_calls:
+            explanation.guided_calls = calls["guided"]
+            explanation.unchanged_calls = calls["unchanged"]
     return result

@@ -82,6 +82,7 @@ def smoothgrad(
     guided: bool,
     chunk_size: int,
     autocast_dtype: torch.dtype | None = None,
+    calls: dict[str, dict[str, int]] | None = None,
 ) -> torch.Tensor:
     """SmoothGrad (Smilkov et al. 2017): input gradients averaged over noisy copies.
 
@@ -100,6 +101,8 @@ def smoothgrad(
         guided: average guided-backprop gradients instead of plain gradients.
         chunk_size: copies per pass.
         autocast_dtype: forward passes under autocast to this type.
+        calls: if given, receives the activation calls of one guided forward pass
+            (``guided`` and ``unchanged`` counts per name).
 
     Returns:
         Averaged gradients ``(N, 3, S, S)``.
@@ -118,6 +121,9 @@ def smoothgrad(
             with mode if guided else contextlib.nullcontext(), autocast(x.device, autocast_dtype):
                 logits = model(batch)
             mode.rule.guided = guided
+            if guided and calls is not None and not calls:
+                calls["guided"] = dict(mode.guided)  # per forward pass, like explain_batch's
+                calls["unchanged"] = dict(mode.unchanged)
             score = logits.gather(1, targets[owners][:, None]).sum()
             (grad,) = torch.autograd.grad(score, batch)
         total.index_add_(0, owners, grad.float())
