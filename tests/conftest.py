@@ -138,3 +138,14 @@ def square_image(width: int, height: int, box: tuple[int, int, int, int]) -> np.
     left, top, right, bottom = box
     array[top:bottom, left:right] = 255
     return array
+
+
+def reference_copy(model: nn.Module) -> nn.Module:
+    """A copy for reference libraries: out-of-place ReLUs (their hooks break on in-place ones)."""
+    import copy
+
+    ref = copy.deepcopy(model)
+    for module in ref.modules():
+        if isinstance(module, nn.ReLU):
+            module.inplace = False
+    return ref

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import math
 
 import pytest
@@ -13,6 +12,8 @@ from torch import nn
 
 from camcli.explain import explain_batch
 from camcli.guided import GuidedActivations
+
+from .conftest import reference_copy as _reference_copy
 
 
 def _derivative(name: str, z: torch.Tensor) -> torch.Tensor:
@@ -133,14 +134,6 @@ def test_guided_rules_do_not_leak_into_gradcam():
     mode.rule.guided = True
     guided_input = torch.autograd.grad(logits.gather(1, targets[:, None]).sum(), xx)[0]
     assert not torch.allclose(guided_input, torch.zeros_like(guided_input))
-
-
-def _reference_copy(model: nn.Module) -> nn.Module:
-    ref = copy.deepcopy(model)
-    for module in ref.modules():
-        if isinstance(module, nn.ReLU):
-            module.inplace = False
-    return ref
 
 
 def _correlation(a: torch.Tensor, b: torch.Tensor) -> float:

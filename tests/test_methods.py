@@ -21,6 +21,7 @@ from camcli.methods import (
 )
 from camcli.methods.activation import eigencam
 
+from .conftest import reference_copy as _reference_copy
 from .test_explain import FeatureHead
 
 A = torch.tensor([[[[1.0, 2.0], [3.0, 4.0]], [[4.0, 0.0], [0.0, 0.0]]]])
@@ -225,14 +226,6 @@ def test_parse_methods_accepts_commas_repeats_and_aliases():
 
 
 # --- agreement with independent implementations ------------------------------------------
-
-
-def _reference_copy(model: nn.Module) -> nn.Module:
-    ref = copy.deepcopy(model)
-    for module in ref.modules():
-        if isinstance(module, nn.ReLU):
-            module.inplace = False
-    return ref
 
 
 def _reference_model(name: str, model: nn.Module, layer: str) -> tuple[nn.Module, str]:
