@@ -253,6 +253,16 @@ class Batch:
     def __len__(self) -> int:
         return len(self.indices)
 
+    def pin_memory(self) -> Batch:
+        """Page-lock the tensors, so copies to the GPU can run asynchronously.
+
+        The loader calls this when ``pin_memory=True``.
+        """
+        self.inputs = self.inputs.pin_memory()
+        self.thetas = self.thetas.pin_memory()
+        self.pixels = [p.pin_memory() for p in self.pixels]
+        return self
+
     def split(self, size: int) -> list[Batch]:
         """Split into consecutive parts of at most ``size`` images (failures go first)."""
         parts = []

@@ -54,3 +54,17 @@ def test_cli_on_cuda(image_folder, tmp_path: Path):
     )
     assert result.exit_code == 0, result.output
     assert len([json.loads(line) for line in result.stdout.splitlines()]) == 2
+
+
+def test_loader_pins_batches_for_asynchronous_copies(image_folder):
+    from camcli.decode import make_loader
+    from camcli.discover import discover_images
+    from camcli.models import Preprocessing
+
+    root = image_folder({"a/x.jpg": (40, 30), "a/y.jpg": (20, 50)})
+    paths = [i.path for i in discover_images(root)]
+    loader = make_loader(
+        paths, Preprocessing(32, 36, (0.5,) * 3, (0.25,) * 3), False, 2, 0, pin_memory=True
+    )
+    batch = next(iter(loader))
+    assert batch.inputs.is_pinned() and all(p.is_pinned() for p in batch.pixels)
