@@ -469,6 +469,10 @@ def explain(
             summary, code = _run(items, loaded, settings, jsonl, stop)
     except LockHeld as exc:
         raise click.ClickException(str(exc)) from None
+    except OSError as exc:  # the output directory cannot be created or written
+        raise click.ClickException(
+            f"cannot write to the output directory {output_dir}: {exc.strerror or exc}"
+        ) from None
     record = build_summary(
         status=summary.status,
         exit_code=code,

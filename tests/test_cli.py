@@ -524,3 +524,12 @@ def test_shipped_configs_are_accepted(config: Path, three: Path, tmp_path: Path)
     )
     assert result.exit_code in (0, 1), result.output  # 1: no labels for --target label
     assert "unknown option" not in result.stderr and result.exit_code != 2
+
+
+def test_unusable_output_directory_is_one_sentence(three: Path, tmp_path: Path):
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where a folder should go")
+    result = explain(three, blocker / "out")
+    assert result.exit_code == 1
+    assert f"cannot write to the output directory {blocker / 'out'}" in result.stderr
+    assert "Traceback" not in result.output
