@@ -236,7 +236,6 @@ def tuned_assembly(
     from captum.attr import GuidedBackprop
     from pytorch_grad_cam import GradCAM
     from pytorch_grad_cam.utils.image import deprocess_image, show_cam_on_image
-    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
     module = copy.deepcopy(model.module).to(device).eval()
     for m in module.modules():
@@ -282,7 +281,6 @@ def tuned_assembly(
                 )
         for f in futures:
             f.result()
-    _ = ClassifierOutputTarget
     seconds = time.perf_counter() - start
     return len(paths) / seconds, sum(1 for _ in out.iterdir())
 

@@ -76,10 +76,6 @@ class ClassIndex:
         """Return the display name of a class index."""
         return self.names[index]
 
-    def wordnet_id(self, index: int) -> str | None:
-        """Return the WordNet id of a class index, or ``None`` when unknown."""
-        return self.wordnet_ids[index] if index < len(self.wordnet_ids) else None
-
     @classmethod
     def numbered(cls, count: int) -> ClassIndex:
         """Classes without names (a fine-tuned head): ``class_0`` ... ``class_{count-1}``."""

@@ -27,6 +27,22 @@ def run(*args: str | Path) -> Result:
     return CliRunner().invoke(main, [str(a) for a in args])
 
 
+def explain_squeezenet(root: Path, out: Path, weights: Path, *extra: str | Path) -> Result:
+    return run(
+        "explain",
+        root,
+        "-o",
+        out,
+        "--model",
+        "squeezenet1_1",
+        "--weights",
+        weights,
+        "-j",
+        "0",
+        *extra,
+    )
+
+
 def explain(root: Path, out: Path, *extra: str | Path) -> Result:
     return run("explain", root, "-o", out, "--model", TINY, "--workers", "0", *extra)
 
@@ -242,19 +258,7 @@ def test_torchvision_model_from_the_cache_and_from_weights(three: Path, tmp_path
     # 2. --weights FILE
     weights = tmp_path / "sq.pth"
     torch.save(state, weights)
-    result = run(
-        "explain",
-        three,
-        "-o",
-        tmp_path / "o2",
-        "--model",
-        "squeezenet1_1",
-        "--weights",
-        weights,
-        "-j",
-        "0",
-        "--jsonl",
-    )
+    result = explain_squeezenet(three, tmp_path / "o2", weights, "--jsonl")
     assert result.exit_code == 0, result.output
     records = jsonl(result)
     assert records[0]["layers"] == ["features.12"] and records[0]["weights"] == str(weights)
@@ -420,20 +424,7 @@ def test_unknown_method_and_cam_on_a_model_without_a_linear_head(three: Path, tm
     assert result.exit_code == 2 and "'--method': unknown method 'foo'" in result.stderr
     weights = tmp_path / "sq.pth"
     torch.save(torchvision.models.squeezenet1_1(weights=None).state_dict(), weights)
-    result = run(
-        "explain",
-        three,
-        "-o",
-        tmp_path / "o2",
-        "--model",
-        "squeezenet1_1",
-        "--weights",
-        weights,
-        "-j",
-        "0",
-        "--method",
-        "cam",
-    )
+    result = explain_squeezenet(three, tmp_path / "o2", weights, "--method", "cam")
     assert result.exit_code == 2
     assert "'--method': cam needs a model whose logits are one linear layer" in result.stderr
 
