@@ -344,7 +344,7 @@ def _explain_positions(
         maps = _map_keys(result, settings.layers)
         pixels = [p.to(device, non_blocking=True) for p in part.pixels]
         rendered, peaks = render_batch(
-            maps, _pictures(result), pixels, part.thetas.to(device), lut, settings.alpha
+            maps, _pictures(result), pixels, part.thetas, lut, settings.alpha
         )
         numbers = _batch_numbers(result, settings, peaks)
         raws = _raw_arrays(result, settings, prep.size) if settings.save_raw else {}

@@ -46,8 +46,8 @@ def colorize(unit_map: torch.Tensor, lut: torch.Tensor) -> torch.Tensor:
     Quantises like ``cv2.applyColorMap`` on ``round(255 * map)``, so 1.0 is JET's dark red
     (RGB 128, 0, 0) and 0.0 its dark blue (RGB 0, 0, 128).
     """
-    index = (unit_map.float().clamp(0, 1) * 255.0).round().long()
-    return lut[index]
+    index = unit_map.float().clamp(0, 1).mul(255.0).round_().to(torch.int32)
+    return lut.index_select(0, index.flatten()).view(*unit_map.shape, lut.shape[1])
 
 
 def overlay(pixels: torch.Tensor, heatmap: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -62,8 +62,10 @@ def overlay(pixels: torch.Tensor, heatmap: torch.Tensor, alpha: float) -> torch.
         ``(H, W, 3)`` uint8.
 
     """
-    mixed = alpha * heatmap.float() + (1.0 - alpha) * pixels.float()
-    return mixed.round().clamp(0, 255).to(torch.uint8)
+    photo = pixels.to(torch.float32, copy=True)
+    # photo + alpha * (heat - photo): a convex combination, so no clamp is needed
+    step = heatmap.to(torch.float32, copy=True).sub_(photo).mul_(alpha)
+    return photo.add_(step).round_().to(torch.uint8)
 
 
 def to_input_resolution(maps: torch.Tensor, size: int) -> torch.Tensor:
@@ -158,6 +160,59 @@ class RenderedImage:
     pictures: dict[str, np.ndarray]
 
 
+def _covers_whole_image(theta: np.ndarray, height: int, width: int) -> bool:
+    """Whether every pixel centre of the original maps inside the model's view.
+
+    ``theta`` is affine, so the extremes are at the corner pixels' centres; checked on the
+    host, without a device round trip.
+    """
+    xs, ys = 1.0 - 1.0 / width, 1.0 - 1.0 / height
+    corners = np.array([[-xs, -ys, 1.0], [xs, -ys, 1.0], [-xs, ys, 1.0], [xs, ys, 1.0]])
+    return bool((np.abs(corners @ theta.T) <= 1.0 + 1e-6).all())
+
+
+def _sample_group(
+    maps: torch.Tensor, grid: torch.Tensor, inside: torch.Tensor | None, outside: float
+) -> torch.Tensor:
+    """``(n, C, h, w)`` maps onto one shared grid: ``(n, C, H, W)`` float32."""
+    sampled = F.grid_sample(
+        maps.float(),
+        grid.expand(maps.shape[0], -1, -1, -1),
+        mode="bilinear",
+        padding_mode="border",
+        align_corners=False,
+    )
+    if inside is None:
+        return sampled
+    return torch.where(inside, sampled, torch.full_like(sampled, outside))
+
+
+def _to_uint8(unit: torch.Tensor) -> torch.Tensor:
+    """[0, 1] float to uint8 (round half to even, like ``round(255 * x)``)."""
+    return unit.mul(255.0).round_().to(torch.uint8)
+
+
+def _geometry_groups(pixels: list[torch.Tensor], thetas: np.ndarray) -> list[list[int]]:
+    """Batch positions grouped by (original size, view): each group shares one sampling grid."""
+    groups: dict[tuple[int, int, bytes], list[int]] = {}
+    for i, photo in enumerate(pixels):
+        key = (int(photo.shape[0]), int(photo.shape[1]), thetas[i].tobytes())
+        groups.setdefault(key, []).append(i)
+    return list(groups.values())
+
+
+def _to_host(tensors: list[torch.Tensor]) -> list[np.ndarray]:
+    """uint8 tensors as NumPy arrays: from the CPU without a copy, from a GPU in one copy."""
+    if not tensors or tensors[0].device.type == "cpu":
+        return [t.numpy() for t in tensors]
+    host = torch.cat([t.reshape(-1) for t in tensors]).cpu().numpy()
+    arrays, offset = [], 0
+    for t in tensors:
+        arrays.append(host[offset : offset + t.numel()].reshape(tuple(t.shape)))
+        offset += t.numel()
+    return arrays
+
+
 def render_batch(
     maps: dict[str, torch.Tensor],
     pictures: dict[str, torch.Tensor],
@@ -165,68 +220,88 @@ def render_batch(
     thetas: torch.Tensor,
     lut: torch.Tensor,
     alpha: float = 0.5,
+    pixel_budget: int | None = None,
 ) -> tuple[list[RenderedImage], dict[str, list[tuple[int, int]]]]:
     """Render the maps and pictures of a batch at each image's original size.
+
+    Images of the same size and view (the usual case: a folder of one camera's photos) share
+    one sampling grid and are rendered together, up to ``pixel_budget`` pixels per tensor
+    operation.
 
     Args:
         maps: normalised maps in [0, 1] per key, ``(N, h, w)`` at any resolution covering the
             model input, on the device.
         pictures: gradient pictures in [0, 1] per key, ``(N, C, S, S)`` with C = 3 or 1.
         pixels: original photos, N x ``(H, W, 3)`` uint8, on the device.
-        thetas: ``(N, 2, 3)`` maps from original to model-input coordinates.
+        thetas: ``(N, 2, 3)`` maps from original to model-input coordinates (on the host:
+            grouping reads them without a device round trip).
         lut: colour table from :func:`jet_lut`, on the device.
         alpha: heatmap weight in the overlay.
+        pixel_budget: original pixels per operation (at least one image); default: 2**24 on
+            CUDA (few kernel launches, bounded memory), 2**20 on the CPU (the working set stays
+            near the cache).
 
     Returns:
         One :class:`RenderedImage` per image, in batch order, and per map key the ``(x, y)``
         pixel of each image's maximum (first in row order).
 
     """
-    on_device: list[
-        tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, torch.Tensor]]
-    ] = []
-    argmax: dict[str, list[torch.Tensor]] = {key: [] for key in maps}
-    for i, photo in enumerate(pixels):
-        height, width = int(photo.shape[0]), int(photo.shape[1])
-        grid, inside = original_grid(thetas[i], height, width)
-        heats, overs, pics = {}, {}, {}
-        for key, batch_maps in maps.items():
-            cam = sample_on_original(batch_maps[i : i + 1], grid, inside)[0]
-            argmax[key].append(cam.flatten().argmax())
-            heat = colorize(cam, lut)
-            heats[key] = heat
-            overs[key] = torch.where(inside[..., None], overlay(photo, heat, alpha), photo)
-        for key, batch_pictures in pictures.items():
-            picture = sample_on_original(batch_pictures[i], grid, inside, outside=0.5)
-            as_uint8 = (picture * 255.0).round().to(torch.uint8)
-            pics[key] = as_uint8[0] if as_uint8.shape[0] == 1 else as_uint8.permute(1, 2, 0)
-        on_device.append((heats, overs, pics))
-    # Two copies back per batch: every uint8 picture packed in one buffer, and the peaks.
-    tensors = [t for group in on_device for kind in group for t in kind.values()]
-    host = (
-        torch.cat([t.reshape(-1) for t in tensors]).cpu().numpy()
-        if tensors
-        else np.empty(0, np.uint8)
-    )
-    arrays: list[np.ndarray] = []
-    offset = 0
-    for t in tensors:
-        arrays.append(host[offset : offset + t.numel()].reshape(tuple(t.shape)))
-        offset += t.numel()
-    unpacked = iter(arrays)
-    rendered = [
-        RenderedImage(
-            heatmaps={k: next(unpacked) for k in heats},
-            overlays={k: next(unpacked) for k in overs},
-            pictures={k: next(unpacked) for k in pics},
-        )
-        for heats, overs, pics in on_device
-    ]
-    found = [torch.stack(positions) for positions in argmax.values() if positions]
-    peak_rows = torch.stack(found).cpu().tolist() if found else []
-    widths = [int(photo.shape[1]) for photo in pixels]
-    peaks = {
-        key: [(i % w, i // w) for i, w in zip(row, widths, strict=True)]
-        for key, row in zip(argmax, peak_rows, strict=True)
-    }
+    device = lut.device
+    host_thetas = thetas.detach().to("cpu", torch.float32).numpy()
+    if pixel_budget is None:
+        pixel_budget = 2**24 if device.type == "cuda" else 2**20
+    # Every uint8 picture goes back in one copy; `layout` says which image and picture each
+    # packed tensor holds: (positions, kind, key).
+    tensors: list[torch.Tensor] = []
+    layout: list[tuple[list[int], str, str]] = []
+    peak_parts: dict[str, list[torch.Tensor]] = {key: [] for key in maps}
+    order: list[int] = []
+    for group in _geometry_groups(pixels, host_thetas):
+        height, width = (int(s) for s in pixels[group[0]].shape[:2])
+        theta = torch.from_numpy(host_thetas[group[0]]).to(device)
+        grid = F.affine_grid(theta[None], [1, 1, height, width], align_corners=False)
+        inside = None
+        if not _covers_whole_image(host_thetas[group[0]].astype(np.float64), height, width):
+            inside = (grid.abs() <= 1.0 + 1e-6).all(dim=-1)[:, None]  # (1, 1, H, W)
+        step = max(1, pixel_budget // (height * width))
+        for start in range(0, len(group), step):
+            part = group[start : start + step]
+            order.extend(part)
+            index = torch.tensor(part, device=device) if len(part) > 1 else None
+            photos = (
+                torch.stack([pixels[i] for i in part]) if len(part) > 1 else pixels[part[0]][None]
+            )
+            for key, batch_maps in maps.items():
+                rows = batch_maps[index] if index is not None else batch_maps[part[0] : part[0] + 1]
+                cams = _sample_group(rows[:, None], grid, inside, 0.0)[:, 0]  # (n, H, W)
+                peak_parts[key].append(cams.flatten(1).argmax(dim=1))
+                heat = colorize(cams, lut)
+                blended = overlay(photos, heat, alpha)
+                if inside is not None:
+                    blended = torch.where(inside[:, 0, :, :, None], blended, photos)
+                tensors += [heat, blended]
+                layout += [(part, "heatmaps", key), (part, "overlays", key)]
+            for key, batch_pictures in pictures.items():
+                rows = (
+                    batch_pictures[index]
+                    if index is not None
+                    else batch_pictures[part[0] : part[0] + 1]
+                )
+                sampled = _sample_group(rows, grid, inside, 0.5)  # (n, C, H, W)
+                as_uint8 = _to_uint8(sampled.permute(0, 2, 3, 1))
+                tensors.append(as_uint8[..., 0] if as_uint8.shape[-1] == 1 else as_uint8)
+                layout.append((part, "pictures", key))
+    rendered = [RenderedImage({}, {}, {}) for _ in pixels]
+    for block, (part, kind, key) in zip(_to_host(tensors), layout, strict=True):
+        for j, i in enumerate(part):
+            getattr(rendered[i], kind)[key] = block[j]
+    peaks: dict[str, list[tuple[int, int]]] = {key: [] for key in maps}
+    if order and maps:
+        flat = torch.stack([torch.cat(parts) for parts in peak_parts.values()]).cpu().tolist()
+        for key, row in zip(maps, flat, strict=True):
+            found = [(0, 0)] * len(pixels)
+            for i, position in zip(order, row, strict=True):
+                width = int(pixels[i].shape[1])
+                found[i] = (position % width, position // width)
+            peaks[key] = found
     return rendered, peaks

@@ -11,7 +11,9 @@ import contextlib
 import io
 import json
 import os
+import struct
 import tempfile
+import zlib
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -25,6 +27,7 @@ __all__ = [
     "atomic_write_bytes",
     "encode_npy",
     "encode_png",
+    "fast_png",
     "record_path",
     "write_json",
 ]
@@ -60,12 +63,56 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
-try:  # fpng: a lossless PNG encoder about 10x faster than zlib level 1 (Linux x86_64 wheels)
-    import fpng as _fpng
+try:  # ISA-L's deflate: several times faster than zlib at level 1, and it releases the GIL
+    from isal import isal_zlib as _deflate
 except ImportError:  # pragma: no cover - depends on the platform
-    _fpng = None
+    import zlib as _deflate  # type: ignore[no-redef]
 
-FAST_PNG = _fpng is not None
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _png_chunk(kind: bytes, data: bytes | memoryview) -> list[bytes | memoryview]:
+    crc = zlib.crc32(data, zlib.crc32(kind))
+    return [struct.pack(">I4s", len(data), kind), data, struct.pack(">I", crc)]
+
+
+def fast_png(image: np.ndarray) -> bytes:
+    """Encode an RGB (``H, W, 3``) or grey (``H, W``) uint8 image as PNG, quickly.
+
+    Every row uses PNG's "Sub" filter (each byte minus the byte one pixel to its left,
+    computed in NumPy), compressed by a fast deflate (ISA-L level 1 when installed, else zlib
+    level 1). The heavy steps run without holding the GIL, so writer threads scale with the
+    cores. Lossless; files are about the size of zlib level 1 with adaptive filters.
+
+    Args:
+        image: uint8 pixels, RGB channel order.
+
+    Returns:
+        The PNG file's bytes.
+
+    Raises:
+        ValueError: for other shapes or types.
+    """
+    if image.dtype != np.uint8 or image.ndim not in (2, 3) or 0 in image.shape:
+        raise ValueError(f"PNG needs a non-empty uint8 (H, W) or (H, W, 3) image: {image.shape}")
+    channels = 1 if image.ndim == 2 else image.shape[2]
+    if channels not in (1, 3):
+        raise ValueError(f"PNG needs 1 or 3 channels, got {channels}")
+    height, width = image.shape[:2]
+    rows = image.reshape(height, width * channels)
+    filtered = np.empty((height, width * channels + 1), np.uint8)
+    filtered[:, 0] = 1  # filter type Sub
+    filtered[:, 1 : channels + 1] = rows[:, :channels]
+    np.subtract(rows[:, channels:], rows[:, :-channels], out=filtered[:, channels + 1 :])
+    header = struct.pack(">IIBBBBB", width, height, 8, 2 if channels == 3 else 0, 0, 0, 0)
+    idat = _deflate.compress(filtered.data, 1)
+    parts = [
+        _PNG_SIGNATURE,
+        *_png_chunk(b"IHDR", header),
+        *_png_chunk(b"IDAT", idat),
+        *_png_chunk(b"IEND", b""),
+    ]
+    return b"".join(parts)
 
 
 def encode_png(rgb: np.ndarray, level: int | None = None) -> bytes:
@@ -73,16 +120,15 @@ def encode_png(rgb: np.ndarray, level: int | None = None) -> bytes:
 
     Args:
         rgb: the image, RGB channel order.
-        level: zlib level 0-9 through OpenCV; ``None`` (the default) uses fpng for colour
-            images when it is installed (lossless, about 1.7 ms for a 500 x 375 photo against
-            17 ms at zlib level 1, files about 6 % larger) and zlib level 1 otherwise.
+        level: zlib level 0-9 through OpenCV (adaptive filters; level 1 takes about 17 ms
+            for a 500 x 375 photo); ``None`` (the default) uses :func:`fast_png` (about 2 ms,
+            files of similar size).
 
     Raises:
         ValueError: when the encoder refuses the image.
     """
-    if level is None and _fpng is not None and rgb.ndim == 3 and rgb.shape[2] == 3:
-        return bytes(_fpng.from_ndarray(np.ascontiguousarray(rgb)))
-    level = 1 if level is None else level
+    if level is None:
+        return fast_png(rgb)
     image = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR) if rgb.ndim == 3 else rgb
     ok, buffer = cv2.imencode(".png", image, [cv2.IMWRITE_PNG_COMPRESSION, int(level)])
     if not ok:

@@ -469,13 +469,12 @@ def test_smoothgrad_does_not_depend_on_the_batch(three: Path, tmp_path: Path):
 
 
 def test_fast_png_is_lossless_and_precision_options_run(three: Path, tmp_path: Path):
-    from camcli.write import FAST_PNG, encode_png
+    from camcli.write import encode_png
 
     photo = np.random.default_rng(1).integers(0, 256, (37, 53, 3), dtype=np.uint8)
     for level in (None, 1):
         decoded = np.asarray(Image.open(io.BytesIO(encode_png(photo, level))).convert("RGB"))
         np.testing.assert_array_equal(decoded, photo)
-    print(f"fpng installed: {FAST_PNG}")
     base = jsonl(explain(three, tmp_path / "fp32", "--jsonl"))
     for extra in (["--precision", "bf16"], ["--channels-last"], ["--precision", "tf32"]):
         result = explain(three, tmp_path / "-".join(extra), "--jsonl", *extra)

@@ -23,9 +23,11 @@ from camcli.render import (
     render_batch,
     sample_on_original,
 )
-from camcli.write import encode_png
+from camcli.write import encode_png, fast_png
 
 from .conftest import BrightnessNet, square_image
+
+SAMPLES = Path(__file__).resolve().parents[1] / "sample_images"
 
 PREP = Preprocessing(64, 80, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
 
@@ -155,3 +157,88 @@ def test_exif_rotated_jpeg_is_explained_as_viewers_show_it(tmp_path: Path):
     loaded = np.asarray(load_rgb(path))
     assert loaded.shape == (80, 120, 3)
     assert loaded[25, 95].mean() > 200 and loaded[60, 20].mean() < 50
+
+
+@pytest.mark.parametrize(
+    "shape", [(1, 1, 3), (1, 7, 3), (5, 1), (2, 3), (37, 53, 3), (375, 500, 3), (300, 451)]
+)
+def test_fast_png_decodes_to_the_same_pixels_in_pil_and_opencv(shape: tuple[int, ...]):
+    rng = np.random.default_rng(sum(shape))
+    smooth = np.linspace(0, 255, int(np.prod(shape))).reshape(shape)
+    for image in (
+        rng.integers(0, 256, shape, dtype=np.uint8),  # wraps around in the Sub filter
+        smooth.astype(np.uint8),
+        np.full(shape, 255, np.uint8),
+    ):
+        data = fast_png(image)
+        with Image.open(io.BytesIO(data)) as decoded:
+            decoded.load()  # checks every chunk's CRC and the zlib stream
+            assert decoded.mode == ("RGB" if image.ndim == 3 else "L")
+            np.testing.assert_array_equal(np.asarray(decoded), image)
+        flag = cv2.IMREAD_UNCHANGED
+        opened = cv2.imdecode(np.frombuffer(data, np.uint8), flag)
+        expected = image[..., ::-1] if image.ndim == 3 else image
+        np.testing.assert_array_equal(opened, expected)
+
+
+def test_fast_png_files_are_no_larger_than_opencv_level_1_on_a_photo():
+    """A size check on real content: the Sub filter keeps the fast encoder's files small."""
+    photo = np.asarray(Image.open(SAMPLES / "espresso" / "coffee.png").convert("RGB"))
+    ours = len(fast_png(photo))
+    theirs = len(encode_png(photo, level=1))
+    assert ours <= 1.1 * theirs, (ours, theirs)
+
+
+@pytest.mark.parametrize("bad", [np.zeros((4, 4, 4), np.uint8), np.zeros((4, 4), np.float32)])
+def test_fast_png_refuses_what_it_cannot_encode(bad: np.ndarray):
+    with pytest.raises(ValueError):
+        fast_png(bad)
+
+
+@pytest.mark.parametrize("budget", [None, 0, 10**9])
+def test_batched_render_equals_rendering_each_image_alone(budget: int | None):
+    """Images are grouped by size and view and rendered together; the result must not change.
+
+    The reference composes the public pure functions one image at a time; the batch mixes
+    sizes and resize/crop views, in an order that interleaves the groups.
+    """
+    rng = np.random.default_rng(3)
+    specs = [((200, 300), False), ((120, 90), True), ((200, 300), False), ((200, 300), True)]
+    specs += [((120, 90), True), ((200, 300), False)]
+    photos, thetas = [], []
+    for (height, width), crop in specs:
+        photos.append(torch.from_numpy(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)))
+        thetas.append(torch.tensor(view_geometry(width, height, PREP, crop).theta()))
+    n = len(specs)
+    maps = {"a": torch.rand(n, 7, 7), "b": torch.rand(n, 14, 14)}
+    pictures = {"rgb": torch.rand(n, 3, 64, 64), "grey": torch.rand(n, 1, 64, 64)}
+    lut = jet_lut()
+    rendered, peaks = render_batch(
+        maps, pictures, photos, torch.stack(thetas), lut, alpha=0.4, pixel_budget=budget
+    )
+    for i, (photo, theta) in enumerate(zip(photos, thetas, strict=True)):
+        grid, inside = original_grid(theta, photo.shape[0], photo.shape[1])
+        for key, batch_maps in maps.items():
+            cam = sample_on_original(batch_maps[i : i + 1], grid, inside)[0]
+            heat = colorize(cam, lut)
+            blended = torch.where(inside[..., None], overlay(photo, heat, 0.4), photo)
+            np.testing.assert_array_equal(rendered[i].heatmaps[key], heat.numpy())
+            np.testing.assert_array_equal(rendered[i].overlays[key], blended.numpy())
+            flat = int(cam.flatten().argmax())
+            assert peaks[key][i] == (flat % photo.shape[1], flat // photo.shape[1])
+        for key, batch_pictures in pictures.items():
+            picture = sample_on_original(batch_pictures[i], grid, inside, outside=0.5)
+            expected = (picture * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+            got = rendered[i].pictures[key]
+            np.testing.assert_array_equal(got, expected[..., 0] if key == "grey" else expected)
+
+
+def test_fast_png_falls_back_to_zlib_where_isal_is_missing(monkeypatch: pytest.MonkeyPatch):
+    import zlib
+
+    import camcli.write
+
+    image = np.random.default_rng(5).integers(0, 256, (31, 17, 3), dtype=np.uint8)
+    monkeypatch.setattr(camcli.write, "_deflate", zlib)
+    with Image.open(io.BytesIO(fast_png(image))) as decoded:
+        np.testing.assert_array_equal(np.asarray(decoded), image)
