@@ -260,7 +260,7 @@ def main() -> None:
     type=click.Choice(["fast", *map(str, range(10))]),
     default="fast",
     show_default=True,
-    help="PNG encoding: 'fast' (fpng where installed, else zlib level 1; lossless) or a zlib "
+    help="PNG encoding: 'fast' (Sub filter + ISA-L deflate, lossless) or an OpenCV zlib "
     "level 0-9 (higher: smaller, slower).",
 )
 @click.option(

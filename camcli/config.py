@@ -88,7 +88,7 @@ class Settings:
         device: where the model runs.
         crop: centre-crop instead of resizing the whole image.
         alpha: heatmap weight in the overlay.
-        png_level: zlib level of the PNGs; ``None``: the fast encoder (fpng) when installed.
+        png_level: zlib level of the PNGs; ``None``: the fast encoder (``write.fast_png``).
         precision: ``fp32``, ``tf32`` (TF32 matmuls/convolutions on CUDA) or ``bf16``
             (autocast).
         channels_last: run the model in channels-last memory format.
