@@ -24,6 +24,7 @@ real outputs of the embedded model on a 500 x 375 photo:
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import tempfile
 import threading
@@ -93,7 +94,7 @@ def write_image(
     folder: Path, k: int, arrays: list[np.ndarray], encode: Callable[[np.ndarray], bytes]
 ) -> None:
     jobs: list[tuple[Path, Callable[[], bytes]]] = [
-        (folder / f"{k}.{role}.png", (lambda a=a: encode(a)))
+        (folder / f"{k}.{role}.png", functools.partial(encode, a))
         for role, a in zip(("heat", "overlay", "guided"), arrays, strict=True)
     ]
     _write_files(jobs, folder / f"{k}.json", RECORD)
