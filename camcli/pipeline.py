@@ -1,7 +1,10 @@
 """The loop that joins the stages: decode -> forward/explain -> render -> write.
 
-Decoding runs in loader workers ahead of the model; encoding and writing run in a thread pool
-behind it, with a bounded number of images in flight so memory stays flat.
+Decoding runs in loader workers ahead of the model. Each batch's device work (explain,
+render, the copies back) is launched before the previous batch's records and file jobs are
+made, so on a GPU the host prepares one batch while the device computes the next. Encoding and
+writing run in a thread pool behind, with a bounded number of images in flight so memory
+stays flat.
 """
 
 from __future__ import annotations
@@ -30,9 +33,11 @@ from camcli.guided import GUIDED_RULE
 from camcli.methods import BatchMethods, compute_methods
 from camcli.models import LoadedModel
 from camcli.render import (
+    HostCopy,
+    PendingRender,
     guided_to_unit,
     jet_lut,
-    render_batch,
+    launch_render,
     saliency_to_unit,
     to_input_resolution,
 )
@@ -325,7 +330,8 @@ def _explain_positions(
         index.add(_index_entry(entry.item, entry.record, settings.output_dir))
         reporter.advance(1)
 
-    def explain_part(part: Batch) -> None:
+    def launch_part(part: Batch) -> _InFlight:
+        """Queue a batch's device work: explain, render, and the copies back to the host."""
         positions = [todo[i] for i in part.indices]
         inputs = part.inputs.to(device, non_blocking=True).float().div_(255.0)
         inputs = (inputs - mean) / std
@@ -341,14 +347,30 @@ def _explain_positions(
             seeds=[image_seed(items[p]) for p in positions],
             autocast_dtype=torch.bfloat16 if settings.precision == "bf16" else None,
         )
-        maps = _map_keys(result, settings.layers)
         pixels = [p.to(device, non_blocking=True) for p in part.pixels]
-        rendered, peaks = render_batch(
-            maps, _pictures(result), pixels, part.thetas, lut, settings.alpha
+        render = launch_render(
+            _map_keys(result, settings.layers),
+            _pictures(result),
+            pixels,
+            part.thetas,
+            lut,
+            settings.alpha,
         )
-        numbers = _batch_numbers(result, settings, peaks)
-        raws = _raw_arrays(result, settings, prep.size) if settings.save_raw else {}
-        for j, position in enumerate(positions):
+        number_keys, numbers = _launch_numbers(result, settings)
+        raw_keys, raws = (
+            _launch_raws(result, settings, prep.size) if settings.save_raw else ([], None)
+        )
+        return _InFlight(
+            part, positions, render, number_keys, numbers, raw_keys, raws, _meta(result)
+        )
+
+    def finish_part(done: _InFlight) -> None:
+        """Records and file jobs of a launched batch, once its copies have landed."""
+        rendered, peaks = done.render.collect()
+        numbers = _numbers(done.number_keys, done.numbers.wait(), peaks)
+        raws = dict(zip(done.raw_keys, done.raws.wait(), strict=True)) if done.raws else {}
+        part = done.part
+        for j, position in enumerate(done.positions):
             item = items[position]
             height, width = (int(s) for s in part.pixels[j].shape[:2])
             jobs, files = _file_jobs(item, rendered[j], raws, j, settings)
@@ -363,7 +385,7 @@ def _explain_positions(
                 numbers,
                 width,
                 height,
-                result,
+                done.meta,
             )
             record["settings_key"] = key
             record["input"] = {**(stats[position] or {}), "sha256": part.sha256[j]}
@@ -371,6 +393,16 @@ def _explain_positions(
                 _write_files, jobs, record_path(settings.output_dir, item.relative), record
             )
             pending.append(_Pending(item, record, future))
+
+    in_flight: _InFlight | None = None
+
+    def explain_part(part: Batch) -> None:
+        """Launch ``part``, then finish the batch launched before it while the device works."""
+        nonlocal in_flight
+        launched = launch_part(part)
+        previous, in_flight = in_flight, launched
+        if previous is not None:
+            finish_part(previous)
 
     def explain_with_fallback(part: Batch) -> None:
         nonlocal largest_ok
@@ -407,6 +439,8 @@ def _explain_positions(
             finish(pending.popleft())
         if stop is not None and stop.is_set():
             break
+    if in_flight is not None:
+        finish_part(in_flight)
     while pending:
         finish(pending.popleft())
 
@@ -439,43 +473,89 @@ def settings_payload(model: LoadedModel, settings: Settings) -> dict[str, Any]:
     }
 
 
-def _batch_numbers(
-    result: BatchMethods, settings: Settings, peaks: dict[str, list[tuple[int, int]]]
-) -> dict[str, Any]:
-    """Everything the records need from the device, copied back once per batch."""
+def _launch_numbers(result: BatchMethods, settings: Settings) -> tuple[list[str], HostCopy]:
+    """Everything the records need from the device, on its way to the host in one go."""
     explanation = result.explanation
     predictions = top_predictions(explanation.logits, settings.top_k)
     logits = explanation.logits.float()
     targets = explanation.targets
-    maxima = {
-        f"{method}@{layer}": values.flatten(1).amax(dim=1).tolist()
-        for method, per_layer in result.maps.items()
-        for layer, values in per_layer.items()
+    tensors = {
+        "top_i": predictions.indices,
+        "top_p": predictions.probabilities,
+        "top_l": predictions.logits,
+        "target": targets,
+        "target_p": logits.softmax(dim=1).gather(1, targets[:, None])[:, 0],
+        "target_l": logits.gather(1, targets[:, None])[:, 0],
     }
-    return {
-        "top_i": predictions.indices.tolist(),
-        "top_p": predictions.probabilities.tolist(),
-        "top_l": predictions.logits.tolist(),
-        "target": targets.tolist(),
-        "target_p": logits.softmax(dim=1).gather(1, targets[:, None])[:, 0].tolist(),
-        "target_l": logits.gather(1, targets[:, None])[:, 0].tolist(),
-        "max": maxima,
-        "peaks": peaks,
-    }
+    for method, per_layer in result.maps.items():
+        for layer, values in per_layer.items():
+            tensors[f"max:{method}@{layer}"] = values.flatten(1).amax(dim=1).float()
+    return list(tensors), HostCopy(list(tensors.values()))
 
 
-def _raw_arrays(result: BatchMethods, settings: Settings, size: int) -> dict[str, np.ndarray]:
-    """Float arrays at the model's input resolution, per output key."""
-    raws: dict[str, np.ndarray] = {}
+def _numbers(
+    keys: list[str], arrays: list[np.ndarray], peaks: dict[str, list[tuple[int, int]]]
+) -> dict[str, Any]:
+    """The landed numbers as Python lists, maxima grouped under ``max``."""
+    numbers: dict[str, Any] = {"max": {}, "peaks": peaks}
+    for key, array in zip(keys, arrays, strict=True):
+        if key.startswith("max:"):
+            numbers["max"][key.removeprefix("max:")] = array.tolist()
+        else:
+            numbers[key] = array.tolist()
+    return numbers
+
+
+def _launch_raws(result: BatchMethods, settings: Settings, size: int) -> tuple[list[str], HostCopy]:
+    """Float arrays at the model's input resolution, per output key, on their way to the host."""
+    raws: dict[str, torch.Tensor] = {}
     for method, per_layer in result.maps.items():
         for layer, values in per_layer.items():
             key = f"{method}@{layer}" if len(settings.layers) > 1 else method
-            raws[key] = to_input_resolution(values, size).cpu().numpy()
+            raws[key] = to_input_resolution(values, size)
         if method in result.fused:
-            raws[method] = result.fused[method].float().cpu().numpy()
+            raws[method] = result.fused[method].float()
     for method, grads in result.images.items():
-        raws[method] = grads.float().cpu().numpy()
-    return raws
+        raws[method] = grads.float()
+    return list(raws), HostCopy(list(raws.values()))
+
+
+@dataclass
+class _BatchMeta:
+    """What the records need from a batch's methods, without holding its device tensors."""
+
+    map_layers: dict[str, list[str]]
+    heads: dict[str, Any]
+    guided: bool
+    guided_calls: dict[str, int]
+    unchanged_calls: dict[str, int]
+    images: tuple[str, ...]
+
+
+def _meta(result: BatchMethods) -> _BatchMeta:
+    explanation = result.explanation
+    return _BatchMeta(
+        map_layers={method: list(per_layer) for method, per_layer in result.maps.items()},
+        heads=dict(result.heads),
+        guided=explanation.guided is not None,
+        guided_calls=dict(explanation.guided_calls),
+        unchanged_calls=dict(explanation.unchanged_calls),
+        images=tuple(result.images),
+    )
+
+
+@dataclass
+class _InFlight:
+    """A launched batch: its device work and copies are queued, its files not yet made."""
+
+    part: Batch
+    positions: list[int]
+    render: PendingRender
+    number_keys: list[str]
+    numbers: HostCopy
+    raw_keys: list[str]
+    raws: HostCopy | None
+    meta: _BatchMeta
 
 
 def _file_jobs(
@@ -548,7 +628,7 @@ def _record(
     numbers: dict[str, Any],
     width: int,
     height: int,
-    result: BatchMethods,
+    meta: _BatchMeta,
 ) -> dict[str, Any]:
     classes = model.classes
     predictions = [
@@ -588,18 +668,15 @@ def _record(
             "probability": round(numbers["target_p"][j], 6),
             "logit": round(numbers["target_l"][j], 4),
         },
-        "maps": _maps_entry(result, settings, numbers, j),
+        "maps": _maps_entry(meta, settings, numbers, j),
     }
-    explanation = result.explanation
-    if explanation.guided is not None or (
-        "smoothgrad" in result.images and settings.method_options.smooth_guided
-    ):
+    if meta.guided or ("smoothgrad" in meta.images and settings.method_options.smooth_guided):
         record["guided_backprop"] = {
             "rule": GUIDED_RULE,
-            "guided_calls": explanation.guided_calls,
-            "unchanged_calls": explanation.unchanged_calls,
+            "guided_calls": meta.guided_calls,
+            "unchanged_calls": meta.unchanged_calls,
         }
-    if "smoothgrad" in result.images:
+    if "smoothgrad" in meta.images:
         options = settings.method_options
         record["smoothgrad"] = {
             "samples": options.smooth_samples,
@@ -616,11 +693,11 @@ def _point(xy: tuple[int, int]) -> dict[str, int]:
 
 
 def _maps_entry(
-    result: BatchMethods, settings: Settings, numbers: dict[str, Any], j: int
+    meta: _BatchMeta, settings: Settings, numbers: dict[str, Any], j: int
 ) -> dict[str, Any]:
     entries: dict[str, Any] = {}
     layers = settings.layers
-    for method, per_layer in result.maps.items():
+    for method, per_layer in meta.map_layers.items():
         entry: dict[str, Any] = {"peak": _point(numbers["peaks"][method][j])}
         if len(layers) == 1:
             entry["layer"] = layers[0]
@@ -638,9 +715,9 @@ def _maps_entry(
                 for layer in per_layer
             }
         if method == "cam":
-            heads = {layer: head.name for layer, head in result.heads.items()}
+            heads = {layer: head.name for layer, head in meta.heads.items()}
             entry["classifier"] = heads
-            entry["relu_before_pooling"] = any(h.relu_first for h in result.heads.values())
+            entry["relu_before_pooling"] = any(h.relu_first for h in meta.heads.values())
         entries[method] = entry
     return entries
 

@@ -6,6 +6,7 @@ function here is a pure tensor function; only uint8 pictures leave the device.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -15,10 +16,13 @@ import torch
 import torch.nn.functional as F
 
 __all__ = [
+    "HostCopy",
+    "PendingRender",
     "RenderedImage",
     "colorize",
     "guided_to_unit",
     "jet_lut",
+    "launch_render",
     "original_grid",
     "overlay",
     "render_batch",
@@ -201,16 +205,74 @@ def _geometry_groups(pixels: list[torch.Tensor], thetas: np.ndarray) -> list[lis
     return list(groups.values())
 
 
-def _to_host(tensors: list[torch.Tensor]) -> list[np.ndarray]:
-    """uint8 tensors as NumPy arrays: from the CPU without a copy, from a GPU in one copy."""
-    if not tensors or tensors[0].device.type == "cpu":
-        return [t.numpy() for t in tensors]
-    host = torch.cat([t.reshape(-1) for t in tensors]).cpu().numpy()
-    arrays, offset = [], 0
-    for t in tensors:
-        arrays.append(host[offset : offset + t.numel()].reshape(tuple(t.shape)))
-        offset += t.numel()
-    return arrays
+class HostCopy:
+    """Device tensors on their way to the host.
+
+    On CUDA the copies are queued behind the work that produces the tensors (one packed copy
+    per dtype into page-locked memory) and :meth:`wait` blocks until they have landed, so the
+    host can prepare the previous batch's files while the device computes. Elsewhere the
+    tensors are taken as they are (CPU) or copied at once.
+    """
+
+    def __init__(self, tensors: Sequence[torch.Tensor]) -> None:
+        self._shapes = [tuple(t.shape) for t in tensors]
+        self._event: torch.cuda.Event | None = None
+        self._buffers: dict[torch.dtype, torch.Tensor] = {}
+        self._places: list[tuple[torch.dtype, int]] = []
+        if not tensors or tensors[0].device.type != "cuda":
+            self._tensors = [t.detach().cpu() for t in tensors]
+            return
+        self._tensors = []
+        groups: dict[torch.dtype, list[torch.Tensor]] = {}
+        for t in tensors:
+            group = groups.setdefault(t.dtype, [])
+            self._places.append((t.dtype, sum(g.numel() for g in group)))
+            group.append(t)
+        for dtype, group in groups.items():
+            packed = torch.cat([t.detach().reshape(-1) for t in group])
+            host = torch.empty(packed.shape, dtype=dtype, pin_memory=True)
+            host.copy_(packed, non_blocking=True)
+            self._buffers[dtype] = host
+        self._event = torch.cuda.Event()
+        self._event.record()
+
+    def wait(self) -> list[np.ndarray]:
+        """The arrays, in the order given (views into one host buffer per dtype)."""
+        if self._event is None:
+            return [t.numpy() for t in self._tensors]
+        self._event.synchronize()
+        arrays = []
+        for (dtype, offset), shape in zip(self._places, self._shapes, strict=True):
+            size = int(np.prod(shape, dtype=np.int64))
+            arrays.append(self._buffers[dtype][offset : offset + size].view(shape).numpy())
+        return arrays
+
+
+@dataclass
+class PendingRender:
+    """A batch's pictures on their way to the host; :meth:`collect` unpacks them."""
+
+    copy: HostCopy
+    layout: list[tuple[list[int], str, str]]  # per packed tensor: (positions, kind, key)
+    keys: list[str]  # map keys; the last packed tensor holds their peaks when there are any
+    order: list[int]  # batch positions in the order the peaks were computed
+    widths: list[int]
+
+    def collect(self) -> tuple[list[RenderedImage], dict[str, list[tuple[int, int]]]]:
+        """Wait for the copies; the pictures per image and each map's peak pixel."""
+        arrays = self.copy.wait()
+        rendered = [RenderedImage({}, {}, {}) for _ in self.widths]
+        for block, (part, kind, key) in zip(arrays[: len(self.layout)], self.layout, strict=True):
+            for j, i in enumerate(part):
+                getattr(rendered[i], kind)[key] = block[j]
+        peaks: dict[str, list[tuple[int, int]]] = {key: [] for key in self.keys}
+        if self.order and self.keys:
+            for key, row in zip(self.keys, arrays[-1].tolist(), strict=True):
+                found = [(0, 0)] * len(self.widths)
+                for i, position in zip(self.order, row, strict=True):
+                    found[i] = (position % self.widths[i], position // self.widths[i])
+                peaks[key] = found
+        return rendered, peaks
 
 
 def render_batch(
@@ -222,6 +284,19 @@ def render_batch(
     alpha: float = 0.5,
     pixel_budget: int | None = None,
 ) -> tuple[list[RenderedImage], dict[str, list[tuple[int, int]]]]:
+    """:func:`launch_render` and wait for the result."""
+    return launch_render(maps, pictures, pixels, thetas, lut, alpha, pixel_budget).collect()
+
+
+def launch_render(
+    maps: dict[str, torch.Tensor],
+    pictures: dict[str, torch.Tensor],
+    pixels: list[torch.Tensor],
+    thetas: torch.Tensor,
+    lut: torch.Tensor,
+    alpha: float = 0.5,
+    pixel_budget: int | None = None,
+) -> PendingRender:
     """Render the maps and pictures of a batch at each image's original size.
 
     Images of the same size and view (the usual case: a folder of one camera's photos) share
@@ -242,8 +317,9 @@ def render_batch(
             near the cache).
 
     Returns:
-        One :class:`RenderedImage` per image, in batch order, and per map key the ``(x, y)``
-        pixel of each image's maximum (first in row order).
+        The pictures on their way to the host: ``collect()`` gives one
+        :class:`RenderedImage` per image, in batch order, and per map key the ``(x, y)`` pixel
+        of each image's maximum (first in row order).
 
     """
     device = lut.device
@@ -291,17 +367,7 @@ def render_batch(
                 as_uint8 = _to_uint8(sampled.permute(0, 2, 3, 1))
                 tensors.append(as_uint8[..., 0] if as_uint8.shape[-1] == 1 else as_uint8)
                 layout.append((part, "pictures", key))
-    rendered = [RenderedImage({}, {}, {}) for _ in pixels]
-    for block, (part, kind, key) in zip(_to_host(tensors), layout, strict=True):
-        for j, i in enumerate(part):
-            getattr(rendered[i], kind)[key] = block[j]
-    peaks: dict[str, list[tuple[int, int]]] = {key: [] for key in maps}
     if order and maps:
-        flat = torch.stack([torch.cat(parts) for parts in peak_parts.values()]).cpu().tolist()
-        for key, row in zip(maps, flat, strict=True):
-            found = [(0, 0)] * len(pixels)
-            for i, position in zip(order, row, strict=True):
-                width = int(pixels[i].shape[1])
-                found[i] = (position % width, position // width)
-            peaks[key] = found
-    return rendered, peaks
+        tensors.append(torch.stack([torch.cat(parts) for parts in peak_parts.values()]))
+    widths = [int(photo.shape[1]) for photo in pixels]
+    return PendingRender(HostCopy(tensors), layout, list(maps), order, widths)

@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from PIL import Image
 
 from camcli.cli import main
 from camcli.explain import explain_batch
@@ -68,3 +70,46 @@ def test_loader_pins_batches_for_asynchronous_copies(image_folder):
     )
     batch = next(iter(loader))
     assert batch.inputs.is_pinned() and all(p.is_pinned() for p in batch.pixels)
+
+
+def test_host_copy_of_mixed_dtypes_lands_intact():
+    from camcli.render import HostCopy
+
+    tensors = [
+        torch.arange(12, dtype=torch.uint8).view(3, 4),
+        torch.randn(5),
+        torch.arange(7),
+        torch.randint(0, 255, (2, 3, 3), dtype=torch.uint8),
+        torch.randn(2, 2),
+    ]
+    copy = HostCopy([t.cuda() for t in tensors])
+    for got, want in zip(copy.wait(), tensors, strict=True):
+        np.testing.assert_array_equal(got, want.numpy())
+
+
+def test_several_batches_on_cuda_write_what_the_cpu_writes(image_folder, tmp_path: Path):
+    """Batches overlap on CUDA (one launched while the previous one's files are made)."""
+    sizes = {f"c{i % 2}/img{i}.jpg": (40 + 7 * i, 30 + 5 * i) for i in range(7)}
+    root = image_folder(sizes)
+    base = ["explain", str(root), "--model", TINY, "--jsonl", "-b", "2", "--workers", "0"]
+    records = {}
+    for device in ("cpu", "cuda"):
+        out = tmp_path / device
+        result = CliRunner().invoke(main, [*base, "-o", str(out), "--device", device])
+        assert result.exit_code == 0, result.output
+        records[device] = {r["image"]: r for r in map(json.loads, result.stdout.splitlines())}
+    assert sorted(records["cpu"]) == sorted(records["cuda"]) == sorted(sizes)
+    for name, cpu in records["cpu"].items():
+        cuda = records["cuda"][name]
+        assert cpu["predictions"][0]["index"] == cuda["predictions"][0]["index"]
+        np.testing.assert_allclose(
+            [p["probability"] for p in cpu["predictions"]],
+            [p["probability"] for p in cuda["predictions"]],
+            atol=1e-4,
+        )
+        assert (cpu["width"], cpu["height"]) == (cuda["width"], cuda["height"])
+        for kind in ("gradcam.png", "gradcam.overlay.png", "guided.png"):
+            a = np.asarray(Image.open(tmp_path / "cpu" / f"{name}.{kind}"), dtype=np.int16)
+            b = np.asarray(Image.open(tmp_path / "cuda" / f"{name}.{kind}"), dtype=np.int16)
+            assert a.shape == b.shape
+            assert np.mean(np.abs(a - b) > 2) < 0.01, (name, kind)  # float rounding only
