@@ -187,7 +187,11 @@ def explain_batch(
                 "training?); choose a layer on the path to the output"
             )
         activations = [capture.activations[name] for name in names]
-        chosen = logits.detach().argmax(dim=1) if targets is None else targets.to(logits.device)
+        chosen = (
+            logits.detach().argmax(dim=1)
+            if targets is None
+            else targets.to(logits.device, non_blocking=True)
+        )
         score = logits.gather(1, chosen[:, None]).sum()
         gradients: dict[str, torch.Tensor] = {}
         if layer_gradients:

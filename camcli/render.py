@@ -334,7 +334,9 @@ def launch_render(
     order: list[int] = []
     for group in _geometry_groups(pixels, host_thetas):
         height, width = (int(s) for s in pixels[group[0]].shape[:2])
-        theta = torch.from_numpy(host_thetas[group[0]]).to(device)
+        # Host-to-device copies here are non-blocking: a blocking one would wait for the
+        # model's queued work and undo the overlap of batches.
+        theta = torch.from_numpy(host_thetas[group[0]].copy()).to(device, non_blocking=True)
         grid = F.affine_grid(theta[None], [1, 1, height, width], align_corners=False)
         inside = None
         if not _covers_whole_image(host_thetas[group[0]].astype(np.float64), height, width):
@@ -343,7 +345,7 @@ def launch_render(
         for start in range(0, len(group), step):
             part = group[start : start + step]
             order.extend(part)
-            index = torch.tensor(part, device=device) if len(part) > 1 else None
+            index = torch.tensor(part).to(device, non_blocking=True) if len(part) > 1 else None
             photos = (
                 torch.stack([pixels[i] for i in part]) if len(part) > 1 else pixels[part[0]][None]
             )

@@ -113,3 +113,44 @@ def test_several_batches_on_cuda_write_what_the_cpu_writes(image_folder, tmp_pat
             b = np.asarray(Image.open(tmp_path / "cuda" / f"{name}.{kind}"), dtype=np.int16)
             assert a.shape == b.shape
             assert np.mean(np.abs(a - b) > 2) < 0.01, (name, kind)  # float rounding only
+
+
+def test_launching_a_batch_does_not_wait_for_the_device():
+    """Explain, render and the queued copies back make no synchronising call.
+
+    Any such call would block the host until the model's work is done and undo the overlap
+    of one batch's device work with the previous batch's records and files.
+    """
+    from camcli.explain import normalise_maps
+    from camcli.methods import MethodOptions, compute_methods
+    from camcli.render import HostCopy, guided_to_unit, jet_lut, launch_render
+
+    model = TinyNet().cuda().eval()
+    x = torch.randn(4, 3, 32, 32, device="cuda")
+    pixels = [
+        torch.randint(0, 256, (30 + 10 * (i % 2), 40, 3), dtype=torch.uint8, device="cuda")
+        for i in range(4)
+    ]
+    thetas = torch.tensor([[[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]] * 4)
+    lut = jet_lut("cuda")
+    methods = ("gradcam", "guided")
+    compute_methods(model, x, ["features.3"], methods, None, MethodOptions())  # warm-up
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        result = compute_methods(model, x, ["features.3"], methods, None, MethodOptions())
+        assert result.explanation.guided is not None
+        pending = launch_render(
+            {"gradcam": normalise_maps(result.maps["gradcam"]["features.3"])},
+            {"guided": guided_to_unit(result.explanation.guided)},
+            pixels,
+            thetas,
+            lut,
+        )
+        numbers = HostCopy([result.explanation.logits.float(), result.explanation.targets])
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    rendered, peaks = pending.collect()
+    assert len(rendered) == 4 and len(peaks["gradcam"]) == 4
+    logits, targets = numbers.wait()
+    np.testing.assert_array_equal(targets, logits.argmax(axis=1))
