@@ -21,7 +21,7 @@ import torch
 from tqdm import tqdm
 
 from camcli import __version__
-from camcli.config import Settings, parse_target, resolve_device
+from camcli.config import Settings, host_parallelism, parse_target, resolve_device
 from camcli.decode import DEFAULT_MAX_PIXELS
 from camcli.discover import (
     NoImagesFound,
@@ -247,7 +247,7 @@ def main() -> None:
     type=click.IntRange(min=0),
     default=None,
     help="Decoding processes; 0 decodes in the main process "
-    "[default: up to 4, one per spare core].",
+    "[default: CPU: up to 4, one per spare core; CUDA: a third of the cores, up to 8].",
 )
 @click.option(
     "--device",
@@ -428,7 +428,11 @@ def explain(
     suffix = f".shard-{shard_k}-of-{shard_n}" if shard_n > 1 else ""
     if rank is not None:
         suffix += f".rank-{rank.rank}-of-{rank.world_size}"
-    cpu_count = os.cpu_count() or 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if rank is not None else 1
+    default_workers, write_threads = host_parallelism(
+        torch_device.type, cores or 1, local_processes
+    )
     settings = Settings(
         output_dir=output_dir,
         layers=layer_names,
@@ -444,14 +448,14 @@ def explain(
         top_k=top_k,
         save_raw=save_raw,
         batch_size=batch_size or (64 if torch_device.type == "cuda" else 8),
-        workers=workers if workers is not None else max(0, min(4, cpu_count - 1)),
+        workers=workers if workers is not None else default_workers,
         device=torch_device,
         crop=crop,
         alpha=alpha,
         png_level=None if png_level == "fast" else int(png_level),
         precision=precision,
         channels_last=torch_device.type == "cpu" if channels_last is None else channels_last,
-        write_threads=max(2, min(8, cpu_count)),
+        write_threads=write_threads,
         force=force,
         max_pixels=max_pixels,
         name_suffix=suffix,

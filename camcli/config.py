@@ -133,3 +133,29 @@ class Settings:
     def lock_name(self) -> str:
         """File name of the output directory's lock (per shard when sharded)."""
         return f".camcli{self.name_suffix}.lock"
+
+
+def host_parallelism(device_type: str, cores: int, processes: int = 1) -> tuple[int, int]:
+    """Default decoding processes and writer threads for one camcli process.
+
+    On the CPU the model itself wants the cores, so decoding and writing get a small share.
+    On a GPU the host's work (decoding, encoding three PNGs per image) is what must keep up
+    with the device: about a third of the cores decode and the rest, less one for the main
+    thread, encode and write.
+
+    Args:
+        device_type: ``cpu`` or ``cuda`` (others are treated like ``cpu``).
+        cores: CPU cores this process may use.
+        processes: camcli processes sharing them (torchrun ranks on one host).
+
+    Returns:
+        ``(workers, write_threads)``.
+
+    >>> host_parallelism("cpu", 2), host_parallelism("cuda", 16)
+    ((1, 2), (5, 10))
+    """
+    share = max(1, cores // max(1, processes))
+    if device_type == "cuda":
+        workers = min(8, max(1, share // 3))
+        return workers, min(32, max(2, share - workers - 1))
+    return max(0, min(4, share - 1)), max(2, min(8, share))

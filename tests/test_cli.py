@@ -523,3 +523,18 @@ def test_unusable_output_directory_is_one_sentence(three: Path, tmp_path: Path):
     assert result.exit_code == 1
     assert f"cannot write to the output directory {blocker / 'out'}" in result.stderr
     assert "Traceback" not in result.output
+
+
+def test_host_parallelism_defaults_scale_with_the_cores():
+    from camcli.config import host_parallelism
+
+    assert host_parallelism("cpu", 1) == (0, 2)  # decode in the main process
+    assert host_parallelism("cpu", 2) == (1, 2)
+    assert host_parallelism("cpu", 64) == (4, 8)  # the model wants the cores
+    assert host_parallelism("cuda", 16) == (5, 10)
+    assert host_parallelism("cuda", 64) == (8, 32)
+    assert host_parallelism("cuda", 16, processes=8) == (1, 2)  # 8 ranks share 16 cores
+    for cores in range(1, 129):
+        workers, writers = host_parallelism("cuda", cores)
+        assert workers >= 1 and writers >= 2
+        assert cores < 4 or workers + writers + 1 <= cores
