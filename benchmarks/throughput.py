@@ -40,7 +40,7 @@ import torchvision
 from PIL import Image
 
 from camcli.classes import imagenet_classes
-from camcli.config import Settings
+from camcli.config import Settings, host_parallelism
 from camcli.discover import discover_images
 from camcli.models import LoadedModel, Preprocessing, default_layer, load_state_dict_file
 from camcli.pipeline import run_explain
@@ -152,19 +152,20 @@ def camcli_run(
     batch: int,
     device: torch.device,
     precision: str,
-    workers: int,
+    workers: int | None,
     channels_last: bool = False,
 ) -> tuple[float, int]:
+    default_workers, write_threads = host_parallelism(device.type, os.cpu_count() or 1)
     items = discover_images(folder)
     settings = Settings(
         output_dir=out,
         layers=(model.default_layer,),
         batch_size=batch,
-        workers=workers,
+        workers=default_workers if workers is None else workers,
         device=device,
         precision=precision,
         channels_last=channels_last,
-        write_threads=max(2, os.cpu_count() or 2),
+        write_threads=write_threads,
     )
     start = time.perf_counter()
     summary = run_explain(items, copy.deepcopy(model), settings, _Quiet())
@@ -303,7 +304,9 @@ def main() -> None:
         action="store_true",
         help="camcli and the bound in channels-last memory format",
     )
-    parser.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1))
+    parser.add_argument(
+        "--workers", type=int, default=None, help="decoding processes (default: as camcli's CLI)"
+    )
     parser.add_argument(
         "--peers", default="readme,tuned", help="comma-separated: readme, tuned (empty: none)"
     )

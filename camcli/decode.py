@@ -241,17 +241,28 @@ class ImageDataset(Dataset[DecodedImage | DecodeFailure]):
 
 @dataclass
 class Batch:
-    """Decoded images of one batch, plus the files of that batch that failed to decode."""
+    """Decoded images of one batch, plus the files of that batch that failed to decode.
+
+    The original photos travel as one flat buffer (one shared-memory segment from a loader
+    worker, one page-locking copy, one copy to the GPU) with each photo's shape; ``pixels``
+    gives them as views.
+    """
 
     indices: list[int]
     sha256: list[str]
     inputs: torch.Tensor  # (N, 3, S, S) uint8
     thetas: torch.Tensor  # (N, 2, 3) float32
-    pixels: list[torch.Tensor]  # N x (H, W, 3) uint8
+    pixel_data: torch.Tensor  # every photo's (H, W, 3) uint8 pixels, flat, in batch order
+    shapes: list[tuple[int, int]]  # (H, W) per photo
     failures: list[DecodeFailure]
 
     def __len__(self) -> int:
         return len(self.indices)
+
+    @property
+    def pixels(self) -> list[torch.Tensor]:
+        """The original photos, N x ``(H, W, 3)`` uint8 views of ``pixel_data``."""
+        return unpack_pixels(self.pixel_data, self.shapes)
 
     def pin_memory(self) -> Batch:
         """Page-lock the tensors, so copies to the GPU can run asynchronously.
@@ -260,25 +271,38 @@ class Batch:
         """
         self.inputs = self.inputs.pin_memory()
         self.thetas = self.thetas.pin_memory()
-        self.pixels = [p.pin_memory() for p in self.pixels]
+        self.pixel_data = self.pixel_data.pin_memory()
         return self
 
     def split(self, size: int) -> list[Batch]:
         """Split into consecutive parts of at most ``size`` images (failures go first)."""
         parts = []
+        ends = np.cumsum([0] + [h * w * 3 for h, w in self.shapes])
         for start in range(0, len(self), size):
             part = slice(start, start + size)
+            stop = min(start + size, len(self))
             parts.append(
                 Batch(
                     indices=self.indices[part],
                     sha256=self.sha256[part],
                     inputs=self.inputs[part],
                     thetas=self.thetas[part],
-                    pixels=self.pixels[part],
+                    pixel_data=self.pixel_data[int(ends[start]) : int(ends[stop])],
+                    shapes=self.shapes[part],
                     failures=self.failures if start == 0 else [],
                 )
             )
         return parts
+
+
+def unpack_pixels(data: torch.Tensor, shapes: Sequence[tuple[int, int]]) -> list[torch.Tensor]:
+    """Views ``(H, W, 3)`` of consecutive photos in a flat uint8 buffer (on any device)."""
+    views, offset = [], 0
+    for height, width in shapes:
+        size = height * width * 3
+        views.append(data[offset : offset + size].view(height, width, 3))
+        offset += size
+    return views
 
 
 def collate(items: Sequence[DecodedImage | DecodeFailure]) -> Batch:
@@ -288,15 +312,18 @@ def collate(items: Sequence[DecodedImage | DecodeFailure]) -> Batch:
     if good:
         inputs = torch.stack([item.model_input for item in good])
         thetas = torch.stack([item.theta for item in good])
+        pixel_data = torch.cat([item.pixels.reshape(-1) for item in good])
     else:
         inputs = torch.empty(0, 3, 0, 0, dtype=torch.uint8)
         thetas = torch.empty(0, 2, 3)
+        pixel_data = torch.empty(0, dtype=torch.uint8)
     return Batch(
         indices=[item.index for item in good],
         sha256=[item.sha256 for item in good],
         inputs=inputs,
         thetas=thetas,
-        pixels=[item.pixels for item in good],
+        pixel_data=pixel_data,
+        shapes=[(int(item.pixels.shape[0]), int(item.pixels.shape[1])) for item in good],
         failures=failures,
     )
 

@@ -26,7 +26,7 @@ import torch
 
 from camcli import __version__
 from camcli.config import Settings
-from camcli.decode import Batch, make_loader
+from camcli.decode import Batch, make_loader, unpack_pixels
 from camcli.discover import ImageItem
 from camcli.explain import normalise_maps, top_predictions
 from camcli.guided import GUIDED_RULE
@@ -347,7 +347,7 @@ def _explain_positions(
             seeds=[image_seed(items[p]) for p in positions],
             autocast_dtype=torch.bfloat16 if settings.precision == "bf16" else None,
         )
-        pixels = [p.to(device, non_blocking=True) for p in part.pixels]
+        pixels = unpack_pixels(part.pixel_data.to(device, non_blocking=True), part.shapes)
         render = launch_render(
             _map_keys(result, settings.layers),
             _pictures(result),
@@ -372,7 +372,7 @@ def _explain_positions(
         part = done.part
         for j, position in enumerate(done.positions):
             item = items[position]
-            height, width = (int(s) for s in part.pixels[j].shape[:2])
+            height, width = part.shapes[j]
             jobs, files = _file_jobs(item, rendered[j], raws, j, settings)
             record = _record(
                 item,

@@ -69,7 +69,8 @@ def test_loader_pins_batches_for_asynchronous_copies(image_folder):
         paths, Preprocessing(32, 36, (0.5,) * 3, (0.25,) * 3), False, 2, 0, pin_memory=True
     )
     batch = next(iter(loader))
-    assert batch.inputs.is_pinned() and all(p.is_pinned() for p in batch.pixels)
+    assert batch.inputs.is_pinned() and batch.pixel_data.is_pinned()
+    assert all(p.is_pinned() for p in batch.pixels)
 
 
 def test_host_copy_of_mixed_dtypes_lands_intact():
