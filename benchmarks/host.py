@@ -1,6 +1,9 @@
-"""PNG encoding and writing: CPU time, GIL share and thread scaling per image.
+"""Host-side costs per image: decoding, PNG encoding and writing; the GIL; the core budget.
 
-On a GPU host the model explains hundreds of images per second, and every image needs three
+On a GPU host the device explains hundreds of images per second, and the host must decode each
+photo and encode and write its files at that rate. First the script times a loader worker's
+work per image (read, decode, resize to the model input, hash, collate) on 500 x 375 JPEGs.
+Then, on a GPU host the model explains hundreds of images per second, and every image needs three
 PNGs (heatmap, overlay, guided backprop) written beside its JSON record. Writer threads only
 scale with the cores for the part of the work that runs without the GIL; the part that holds
 it is a serial bottleneck whatever the core count. This script measures, per image, with the
@@ -16,7 +19,11 @@ real outputs of the embedded model on a 500 x 375 photo:
   ``1000 / GIL ms`` images per second, whatever the number of cores;
 * the speed-up of two writer threads over one (bounded by this machine's cores).
 
-    python benchmarks/encoding.py --json encoding.json
+Last it adds the per-image CPU time of decoding and of encoding + writing with camcli's
+encoder, and prints how many images per second that work allows per 16 cores (an upper bound
+for the host side: the main thread, the device and the OS are not counted).
+
+    python benchmarks/host.py --json host.json
 
 ``fpng`` is included when it is installed (it is not a dependency).
 """
@@ -26,6 +33,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import sys
 import tempfile
 import threading
 import time
@@ -38,7 +46,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from camcli.decode import model_input
+from camcli.decode import ImageDataset, collate, load_rgb, model_input
 from camcli.explain import normalise_maps
 from camcli.methods import MethodOptions, compute_methods
 from camcli.models import load_model
@@ -72,9 +80,40 @@ def real_outputs() -> list[np.ndarray]:
     return [image.heatmaps["gradcam"], image.overlays["gradcam"], image.pictures["guided"]]
 
 
+def decode_costs(n: int) -> dict[str, float]:
+    """Milliseconds per image of a loader worker's steps, on made 500 x 375 JPEGs."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from throughput import make_images  # the same images as the throughput benchmark
+
+    model = load_model("efficientnet_lite0", offline=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        make_images(Path(tmp), n)
+        paths = sorted(Path(tmp).rglob("*.jpg"))
+        data = [p.read_bytes() for p in paths]
+        start = time.perf_counter()
+        images = [load_rgb(d) for d in data]
+        decode = (time.perf_counter() - start) / n
+        start = time.perf_counter()
+        for image in images:
+            model_input(image, model.preprocessing, crop=False)
+        resize = (time.perf_counter() - start) / n
+        dataset = ImageDataset(paths, model.preprocessing, crop=False)
+        start = time.perf_counter()
+        collate([dataset[i] for i in range(n)])
+        whole = (time.perf_counter() - start) / n
+    return {
+        "decode_ms": round(1000 * decode, 2),
+        "resize_ms": round(1000 * resize, 2),
+        "worker_total_ms": round(1000 * whole, 2),
+    }
+
+
+FAST = "camcli fast (Sub + ISA-L 1)"
+
+
 def encoders() -> dict[str, Callable[[np.ndarray], bytes]]:
     found: dict[str, Callable[[np.ndarray], bytes]] = {
-        "camcli fast (Sub + ISA-L 1)": lambda a: encode_png(a),
+        FAST: lambda a: encode_png(a),
         "OpenCV level 1": lambda a: encode_png(a, 1),
         "OpenCV level 3 (its default)": lambda a: encode_png(a, 3),
     }
@@ -180,18 +219,24 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     cv2.setNumThreads(1)
+    decoding = decode_costs(args.images)
+    print("loader worker, per 500 x 375 JPEG:", decoding, flush=True)
     arrays = real_outputs()
-    results: dict[str, Any] = {}
+    results: dict[str, Any] = {"decoding": decoding, "encoders": {}}
     with tempfile.TemporaryDirectory() as tmp:
         for name, encode in encoders().items():
-            results[name] = measure(encode, arrays, Path(tmp), args.images)
-            print(name, results[name], flush=True)
+            results["encoders"][name] = measure(encode, arrays, Path(tmp), args.images)
+            print(name, results["encoders"][name], flush=True)
+    print(
+        f"\nloader worker per image: decode {decoding['decode_ms']} ms, resize "
+        f"{decoding['resize_ms']} ms, all steps {decoding['worker_total_ms']} ms"
+    )
     header = (
-        f"{'encoder':30s} {'encode':>7s} {'ms/img':>7s} {'KiB/img':>8s} {'GIL':>5s} {'GIL ms':>7s} "
-        f"{'GIL cap/s':>9s} {'1 thr/s':>8s} {'2 thr/s':>8s}"
+        f"{'encoder':30s} {'encode':>7s} {'ms/img':>7s} {'KiB/img':>8s} {'GIL':>5s} "
+        f"{'GIL ms':>7s} {'GIL cap/s':>9s} {'1 thr/s':>8s} {'2 thr/s':>8s}"
     )
     print("\nper image: 3 PNGs of 500 x 375 + JSON record, written atomically\n" + header)
-    for name, r in results.items():
+    for name, r in results["encoders"].items():
         print(
             f"{name:30s} {r['encode_ms_per_image']:7.2f} {r['ms_per_image']:7.2f} "
             f"{r['kib_per_image']:8.1f} "
@@ -199,6 +244,14 @@ def main() -> None:
             f"{r['gil_ceiling_images_per_s'] or 0:9d} {r['one_thread_images_per_s']:8.1f} "
             f"{r['two_threads_images_per_s']:8.1f}"
         )
+    fast = results["encoders"][FAST]
+    budget = decoding["worker_total_ms"] + fast["ms_per_image"]
+    results["host_ms_per_image"] = round(budget, 2)
+    results["images_per_s_per_16_cores"] = round(16_000 / budget)
+    print(
+        f"\nhost CPU per image (decode + encode/write with {FAST}): {budget:.1f} ms; "
+        f"at most {16_000 / budget:.0f} images/s on 16 such cores"
+    )
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
 
