@@ -429,7 +429,9 @@ def explain(
     if rank is not None:
         suffix += f".rank-{rank.rank}-of-{rank.world_size}"
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if rank is not None else 1
+    local_processes = 1
+    if rank is not None and os.environ.get("LOCAL_WORLD_SIZE", "").isdigit():
+        local_processes = max(1, int(os.environ["LOCAL_WORLD_SIZE"]))
     default_workers, write_threads = host_parallelism(
         torch_device.type, cores or 1, local_processes
     )

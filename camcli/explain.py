@@ -18,6 +18,7 @@ from torch import nn
 
 from camcli.guided import GuidedActivations
 from camcli.hooks import LayerCapture, LayerUnusable, frozen_eval
+from camcli.transfer import to_device
 
 __all__ = [
     "Explanation",
@@ -188,9 +189,7 @@ def explain_batch(
             )
         activations = [capture.activations[name] for name in names]
         chosen = (
-            logits.detach().argmax(dim=1)
-            if targets is None
-            else targets.to(logits.device, non_blocking=True)
+            logits.detach().argmax(dim=1) if targets is None else to_device(targets, logits.device)
         )
         score = logits.gather(1, chosen[:, None]).sum()
         gradients: dict[str, torch.Tensor] = {}

@@ -17,6 +17,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -33,7 +34,6 @@ from camcli.guided import GUIDED_RULE
 from camcli.methods import BatchMethods, compute_methods
 from camcli.models import LoadedModel
 from camcli.render import (
-    HostCopy,
     PendingRender,
     guided_to_unit,
     jet_lut,
@@ -42,6 +42,7 @@ from camcli.render import (
     to_input_resolution,
 )
 from camcli.resume import input_stat, settings_key, up_to_date
+from camcli.transfer import HostCopy
 from camcli.write import (
     IndexWriter,
     artifact_path,
@@ -91,6 +92,10 @@ class _Pending:
     item: ImageItem
     record: dict[str, Any]
     future: Future[None]
+    size: int  # bytes of pictures the write holds
+
+
+MAX_PENDING_BYTES = 2 << 30  # pictures waiting to be written: large photos wait sooner
 
 
 def _write_files(jobs: list[FileJob], record_file: Path, record: dict[str, Any]) -> None:
@@ -213,7 +218,8 @@ def run_explain(
             else:
                 todo.append(position)
         if todo:
-            with _backend_settings(settings):
+            on_device = torch.cuda.device(device) if device.type == "cuda" else nullcontext()
+            with _backend_settings(settings), on_device:
                 _explain_positions(
                     todo,
                     items,
@@ -320,7 +326,11 @@ def _explain_positions(
     max_pending = max(2 * settings.batch_size, 8)
     largest_ok = settings.batch_size
 
+    pending_bytes = 0
+
     def finish(entry: _Pending) -> None:
+        nonlocal pending_bytes
+        pending_bytes -= entry.size
         try:
             entry.future.result()
         except OSError as exc:
@@ -366,6 +376,7 @@ def _explain_positions(
 
     def finish_part(done: _InFlight) -> None:
         """Records and file jobs of a launched batch, once its copies have landed."""
+        nonlocal pending_bytes
         rendered, peaks = done.render.collect()
         numbers = _numbers(done.number_keys, done.numbers.wait(), peaks)
         raws = dict(zip(done.raw_keys, done.raws.wait(), strict=True)) if done.raws else {}
@@ -392,7 +403,13 @@ def _explain_positions(
             future = pool.submit(
                 _write_files, jobs, record_path(settings.output_dir, item.relative), record
             )
-            pending.append(_Pending(item, record, future))
+            size = sum(
+                a.nbytes
+                for kind in (rendered[j].heatmaps, rendered[j].overlays, rendered[j].pictures)
+                for a in kind.values()
+            )
+            pending.append(_Pending(item, record, future, size))
+            pending_bytes += size
 
     in_flight: _InFlight | None = None
 
@@ -435,7 +452,11 @@ def _explain_positions(
             fail(items[todo[failure.index]], failure.message)
         for part in batch.split(largest_ok) if len(batch) else []:
             explain_with_fallback(part)
-        while pending and (pending[0].future.done() or len(pending) > max_pending):
+        while pending and (
+            pending[0].future.done()
+            or len(pending) > max_pending
+            or pending_bytes > MAX_PENDING_BYTES
+        ):
             finish(pending.popleft())
         if stop is not None and stop.is_set():
             break

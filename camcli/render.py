@@ -6,7 +6,6 @@ function here is a pure tensor function; only uint8 pictures leave the device.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -15,8 +14,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from camcli.transfer import HostCopy, to_device
+
 __all__ = [
-    "HostCopy",
     "PendingRender",
     "RenderedImage",
     "colorize",
@@ -205,49 +205,6 @@ def _geometry_groups(pixels: list[torch.Tensor], thetas: np.ndarray) -> list[lis
     return list(groups.values())
 
 
-class HostCopy:
-    """Device tensors on their way to the host.
-
-    On CUDA the copies are queued behind the work that produces the tensors (one packed copy
-    per dtype into page-locked memory) and :meth:`wait` blocks until they have landed, so the
-    host can prepare the previous batch's files while the device computes. Elsewhere the
-    tensors are taken as they are (CPU) or copied at once.
-    """
-
-    def __init__(self, tensors: Sequence[torch.Tensor]) -> None:
-        self._shapes = [tuple(t.shape) for t in tensors]
-        self._event: torch.cuda.Event | None = None
-        self._buffers: dict[torch.dtype, torch.Tensor] = {}
-        self._places: list[tuple[torch.dtype, int]] = []
-        if not tensors or tensors[0].device.type != "cuda":
-            self._tensors = [t.detach().cpu() for t in tensors]
-            return
-        self._tensors = []
-        groups: dict[torch.dtype, list[torch.Tensor]] = {}
-        for t in tensors:
-            group = groups.setdefault(t.dtype, [])
-            self._places.append((t.dtype, sum(g.numel() for g in group)))
-            group.append(t)
-        for dtype, group in groups.items():
-            packed = torch.cat([t.detach().reshape(-1) for t in group])
-            host = torch.empty(packed.shape, dtype=dtype, pin_memory=True)
-            host.copy_(packed, non_blocking=True)
-            self._buffers[dtype] = host
-        self._event = torch.cuda.Event()
-        self._event.record()
-
-    def wait(self) -> list[np.ndarray]:
-        """The arrays, in the order given (views into one host buffer per dtype)."""
-        if self._event is None:
-            return [t.numpy() for t in self._tensors]
-        self._event.synchronize()
-        arrays = []
-        for (dtype, offset), shape in zip(self._places, self._shapes, strict=True):
-            size = int(np.prod(shape, dtype=np.int64))
-            arrays.append(self._buffers[dtype][offset : offset + size].view(shape).numpy())
-        return arrays
-
-
 @dataclass
 class PendingRender:
     """A batch's pictures on their way to the host; :meth:`collect` unpacks them."""
@@ -336,7 +293,7 @@ def launch_render(
         height, width = (int(s) for s in pixels[group[0]].shape[:2])
         # Host-to-device copies here are non-blocking: a blocking one would wait for the
         # model's queued work and undo the overlap of batches.
-        theta = torch.from_numpy(host_thetas[group[0]].copy()).to(device, non_blocking=True)
+        theta = to_device(torch.from_numpy(host_thetas[group[0]].copy()), device)
         grid = F.affine_grid(theta[None], [1, 1, height, width], align_corners=False)
         inside = None
         if not _covers_whole_image(host_thetas[group[0]].astype(np.float64), height, width):
@@ -345,7 +302,7 @@ def launch_render(
         for start in range(0, len(group), step):
             part = group[start : start + step]
             order.extend(part)
-            index = torch.tensor(part).to(device, non_blocking=True) if len(part) > 1 else None
+            index = to_device(torch.tensor(part), device) if len(part) > 1 else None
             photos = (
                 torch.stack([pixels[i] for i in part]) if len(part) > 1 else pixels[part[0]][None]
             )

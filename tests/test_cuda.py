@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -74,7 +75,7 @@ def test_loader_pins_batches_for_asynchronous_copies(image_folder):
 
 
 def test_host_copy_of_mixed_dtypes_lands_intact():
-    from camcli.render import HostCopy
+    from camcli.transfer import HostCopy
 
     tensors = [
         torch.arange(12, dtype=torch.uint8).view(3, 4),
@@ -116,15 +117,24 @@ def test_several_batches_on_cuda_write_what_the_cpu_writes(image_folder, tmp_pat
             assert np.mean(np.abs(a - b) > 2) < 0.01, (name, kind)  # float rounding only
 
 
-def test_launching_a_batch_does_not_wait_for_the_device():
+@pytest.mark.parametrize(
+    "methods",
+    [("gradcam", "guided"), ("gradcam++", "xgradcam", "layercam", "hirescam"), ("guided-gradcam",)],
+)
+@pytest.mark.parametrize("explicit_targets", [False, True])
+def test_launching_a_batch_does_not_wait_for_the_device(
+    methods: tuple[str, ...], explicit_targets: bool, tmp_path: Path
+):
     """Explain, render and the queued copies back make no synchronising call.
 
     Any such call would block the host until the model's work is done and undo the overlap
-    of one batch's device work with the previous batch's records and files.
+    of one batch's device work with the previous batch's records and files. (CAM, Eigen-CAM,
+    Score-CAM and SmoothGrad do synchronise: a head check, an SVD, chunk loops.)
     """
-    from camcli.explain import normalise_maps
+    from camcli.config import Settings
     from camcli.methods import MethodOptions, compute_methods
-    from camcli.render import HostCopy, guided_to_unit, jet_lut, launch_render
+    from camcli.pipeline import _launch_numbers, _map_keys, _pictures
+    from camcli.render import jet_lut, launch_render
 
     model = TinyNet().cuda().eval()
     x = torch.randn(4, 3, 32, 32, device="cuda")
@@ -134,24 +144,37 @@ def test_launching_a_batch_does_not_wait_for_the_device():
     ]
     thetas = torch.tensor([[[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]] * 4)
     lut = jet_lut("cuda")
-    methods = ("gradcam", "guided")
-    compute_methods(model, x, ["features.3"], methods, None, MethodOptions())  # warm-up
+    targets = torch.tensor([3, 1, 4, 1]) if explicit_targets else None
+    settings = Settings(output_dir=tmp_path, layers=("features.3",), methods=methods)
+
+    def launch() -> tuple[Any, Any]:
+        result = compute_methods(model, x, ["features.3"], methods, targets, MethodOptions())
+        pending = launch_render(
+            _map_keys(result, settings.layers), _pictures(result), pixels, thetas, lut
+        )
+        return pending, _launch_numbers(result, settings)
+
+    launch()  # warm-up: first allocations
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
-        result = compute_methods(model, x, ["features.3"], methods, None, MethodOptions())
-        assert result.explanation.guided is not None
-        pending = launch_render(
-            {"gradcam": normalise_maps(result.maps["gradcam"]["features.3"])},
-            {"guided": guided_to_unit(result.explanation.guided)},
-            pixels,
-            thetas,
-            lut,
-        )
-        numbers = HostCopy([result.explanation.logits.float(), result.explanation.targets])
+        pending, (keys, numbers) = launch()
     finally:
         torch.cuda.set_sync_debug_mode(0)
     rendered, peaks = pending.collect()
-    assert len(rendered) == 4 and len(peaks["gradcam"]) == 4
-    logits, targets = numbers.wait()
-    np.testing.assert_array_equal(targets, logits.argmax(axis=1))
+    assert len(rendered) == 4 and all(len(p) == 4 for p in peaks.values())
+    landed = dict(zip(keys, numbers.wait(), strict=True))
+    if explicit_targets:
+        assert landed["target"].tolist() == [3, 1, 4, 1]
+    else:
+        np.testing.assert_array_equal(landed["target"], landed["top_i"][:, 0])
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+def test_host_copy_from_a_second_gpu_waits_on_that_gpu():
+    from camcli.transfer import HostCopy
+
+    source = torch.arange(1 << 20, dtype=torch.float32, device="cuda:1")
+    with torch.cuda.device(0):
+        copy = HostCopy([source * 2])
+    np.testing.assert_array_equal(copy.wait(), [np.arange(1 << 20, dtype=np.float32) * 2])

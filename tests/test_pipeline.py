@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +29,22 @@ class Collect:
         pass
 
 
+def _run(root: Path, out: Path, batch_size: int, **extra: Any) -> Collect:
+    settings = Settings(
+        output_dir=out, layers=("features.3",), batch_size=batch_size, workers=0, **extra
+    )
+    reporter = Collect()
+    summary = pipeline.run_explain(discover_images(root), load_model(TINY), settings, reporter)
+    assert summary.explained == summary.total
+    return reporter
+
+
 def test_next_batch_is_launched_before_the_previous_one_is_collected(
     image_folder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
-    root = image_folder({f"c/img{i}.jpg": (30 + i, 20 + i) for i in range(5)})
+    # sizes repeat, so batches render groups of several images
+    root = image_folder({f"c/img{i}.jpg": (30 + 4 * (i % 2), 20 + 4 * (i % 2)) for i in range(5)})
+    alone = {r["image"]: r for r in _run(root, tmp_path / "alone", 1).records}
     events: list[str] = []
     launch = pipeline.launch_render
     collect = PendingRender.collect
@@ -47,12 +60,7 @@ def test_next_batch_is_launched_before_the_previous_one_is_collected(
 
     monkeypatch.setattr(pipeline, "launch_render", logged_launch)
     monkeypatch.setattr(PendingRender, "collect", logged_collect)
-    settings = Settings(
-        output_dir=tmp_path / "out", layers=("features.3",), batch_size=2, workers=0
-    )
-    reporter = Collect()
-    summary = pipeline.run_explain(discover_images(root), load_model(TINY), settings, reporter)
-    assert summary.explained == 5
+    batched = _run(root, tmp_path / "out", 2).records
     assert events == [
         "launch 2",
         "launch 2",
@@ -61,12 +69,46 @@ def test_next_batch_is_launched_before_the_previous_one_is_collected(
         "collect 2",
         "collect 1",
     ]
-    assert sorted(r["image"] for r in reporter.records) == [f"c/img{i}.jpg" for i in range(5)]
-    for record in reporter.records:  # each record holds its own image's numbers
-        name = record["image"]
-        width = 30 + int(name[5])
-        assert (record["width"], record["height"]) == (width, width - 10)
-        assert (tmp_path / "out" / f"{name}.gradcam.png").is_file()
+    assert sorted(r["image"] for r in batched) == sorted(alone)
+    for record in batched:  # each record holds its own image's numbers, as when alone
+        reference = alone[record["image"]]
+        for key in ("width", "height", "files"):
+            assert record[key] == reference[key], key
+        assert record["target"]["index"] == reference["target"]["index"]
+        got_map, want_map = record["maps"]["gradcam"], reference["maps"]["gradcam"]
+        assert got_map["peak"] == want_map["peak"]
+        assert got_map["max"] == pytest.approx(want_map["max"], rel=1e-4)
+        for got, want in zip(record["predictions"], reference["predictions"], strict=True):
+            assert got["index"] == want["index"]
+            assert got["probability"] == pytest.approx(want["probability"], abs=1e-5)
+
+
+def test_pictures_waiting_to_be_written_are_bounded_in_bytes(
+    image_folder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """With no byte allowance, a batch's writes finish before the batch after next starts."""
+    root = image_folder({f"c/img{i}.jpg": (30, 20) for i in range(6)})
+    written: list[str] = []
+    write = pipeline._write_files
+
+    def slow_write(jobs: Any, record_file: Path, record: dict[str, Any]) -> None:
+        time.sleep(0.05)
+        write(jobs, record_file, record)
+        written.append(record["image"])
+
+    done_at_launch: list[int] = []
+    launch = pipeline.launch_render
+
+    def counting_launch(*args: Any, **kwargs: Any) -> PendingRender:
+        done_at_launch.append(len(written))
+        return launch(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "_write_files", slow_write)
+    monkeypatch.setattr(pipeline, "launch_render", counting_launch)
+    monkeypatch.setattr(pipeline, "MAX_PENDING_BYTES", 0)
+    _run(root, tmp_path / "out", 2, write_threads=1)
+    assert done_at_launch[2] >= 2 and done_at_launch[1] == 0
+    assert len(written) == 6
 
 
 def test_interrupt_finishes_the_launched_batch(image_folder, tmp_path: Path, monkeypatch):

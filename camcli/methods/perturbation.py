@@ -17,6 +17,7 @@ from torch import nn
 from camcli.explain import autocast
 from camcli.guided import GuidedActivations
 from camcli.hooks import frozen_eval
+from camcli.transfer import to_device
 
 __all__ = ["scorecam", "smoothgrad"]
 
@@ -115,7 +116,7 @@ def smoothgrad(
 
     def flush() -> None:
         batch = torch.stack([copy for copy, _ in pending]).requires_grad_(True)
-        owners = torch.tensor([i for _, i in pending], device=x.device)
+        owners = to_device(torch.tensor([i for _, i in pending]), x.device)
         mode = GuidedActivations()
         with frozen_eval(model), torch.enable_grad():
             with mode if guided else contextlib.nullcontext(), autocast(x.device, autocast_dtype):
