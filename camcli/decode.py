@@ -18,11 +18,13 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image, ImageOps
 from torch.utils.data import DataLoader, Dataset
 
 from camcli.lock import release_inherited_locks
 from camcli.models import Preprocessing
+from camcli.transfer import to_device
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
@@ -36,6 +38,7 @@ __all__ = [
     "load_rgb",
     "make_loader",
     "model_input",
+    "model_inputs_on_device",
     "view_geometry",
 ]
 
@@ -97,6 +100,67 @@ def view_geometry(width: int, height: int, prep: Preprocessing, crop: bool) -> V
     left = round((rw - size) / 2.0)
     top = round((rh - size) / 2.0)
     return ViewGeometry(width, height, (rw, rh), (left, top, size, size))
+
+
+def model_inputs_on_device(
+    pixels: Sequence[torch.Tensor],
+    prep: Preprocessing,
+    crop: bool,
+    pixel_budget: int = 2**24,
+) -> torch.Tensor:
+    """The model inputs of a batch, made from the original photos where they are (a GPU).
+
+    Same geometry as :func:`model_input`; the resampling is PyTorch's antialiased
+    interpolation (bilinear or bicubic, which follows Pillow's filters), in two separable
+    passes rounded to whole levels like Pillow's: values differ from Pillow's by 0 or 1 of 255
+    almost everywhere and at most 3 (Pillow's filter weights are fixed-point). Photos
+    of one size are resized together, up to ``pixel_budget`` original pixels per call.
+
+    Args:
+        pixels: N original photos ``(H, W, 3)`` uint8, on one device.
+        prep: the model's preprocessing.
+        crop: centre-crop instead of resizing the whole image.
+        pixel_budget: original pixels per interpolation call (at least one photo).
+
+    Returns:
+        ``(N, 3, S, S)`` float32 in [0, 255] on the photos' device.
+
+    """
+    size = prep.size
+    device = pixels[0].device if pixels else torch.device("cpu")
+    out = torch.empty(len(pixels), 3, size, size, device=device)
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, photo in enumerate(pixels):
+        groups.setdefault((int(photo.shape[0]), int(photo.shape[1])), []).append(i)
+    mode = prep.interpolation if prep.interpolation in ("bilinear", "bicubic") else "nearest-exact"
+    for (height, width), members in groups.items():
+        geometry = view_geometry(width, height, prep, crop)
+        rw, rh = geometry.resized
+        left, top, cw, ch = geometry.crop
+        step = max(1, pixel_budget // (height * width))
+        for start in range(0, len(members), step):
+            part = members[start : start + step]
+            photos = torch.stack([pixels[i] for i in part]).permute(0, 3, 1, 2).float()
+            # Like Pillow: the width first, rounded and clipped to whole levels, then the
+            # height (a separable pass at scale 1 is the identity).
+            for target in ((height, rw), (rh, rw)):
+                photos = (
+                    F.interpolate(
+                        photos,
+                        size=target,
+                        mode=mode,
+                        antialias=mode != "nearest-exact",
+                        align_corners=False if mode != "nearest-exact" else None,
+                    )
+                    .round_()
+                    .clamp_(0, 255)
+                )
+            view = photos[:, :, top : top + ch, left : left + cw]
+            if len(part) == 1:
+                out[part[0]] = view[0]
+            else:
+                out.index_copy_(0, to_device(torch.tensor(part), device), view)
+    return out
 
 
 DEFAULT_MAX_PIXELS = 178_956_970  # Pillow's own error threshold (2 x MAX_IMAGE_PIXELS)
@@ -177,7 +241,7 @@ class DecodedImage:
     index: int
     sha256: str  # of the file's bytes, for resuming
     pixels: torch.Tensor  # (H, W, 3) uint8, original size, EXIF applied
-    model_input: torch.Tensor  # (3, S, S) uint8
+    model_input: torch.Tensor  # (3, S, S) uint8, or empty when resized on the device
     theta: torch.Tensor  # (2, 3) float32, see ViewGeometry.theta
 
 
@@ -196,6 +260,9 @@ class ImageDataset(Dataset[DecodedImage | DecodeFailure]):
         paths: files to read, indexed by position.
         prep: the model's preprocessing.
         crop: centre-crop instead of resizing the whole image.
+        max_pixels: refuse larger images.
+        resize: make the model input here; ``False`` leaves it empty for
+            :func:`model_inputs_on_device` (only the geometry is computed).
 
     """
 
@@ -205,11 +272,13 @@ class ImageDataset(Dataset[DecodedImage | DecodeFailure]):
         prep: Preprocessing,
         crop: bool,
         max_pixels: int = DEFAULT_MAX_PIXELS,
+        resize: bool = True,
     ) -> None:
         self.paths = list(paths)
         self.prep = prep
         self.crop = crop
         self.max_pixels = max_pixels
+        self.resize = resize
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -221,7 +290,12 @@ class ImageDataset(Dataset[DecodedImage | DecodeFailure]):
             return DecodeFailure(index, f"cannot read file: {exc.strerror or exc}")
         try:
             image = load_rgb(data, self.max_pixels)
-            array, geometry = model_input(image, self.prep, self.crop)
+            if self.resize:
+                array, geometry = model_input(image, self.prep, self.crop)
+                resized = torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))
+            else:
+                geometry = view_geometry(image.width, image.height, self.prep, self.crop)
+                resized = torch.empty(0, dtype=torch.uint8)
             pixels = torch.from_numpy(np.array(image, dtype=np.uint8, copy=True))
         except TooManyPixels as exc:
             return DecodeFailure(index, str(exc))
@@ -234,7 +308,7 @@ class ImageDataset(Dataset[DecodedImage | DecodeFailure]):
             index=index,
             sha256=hashlib.sha256(data).hexdigest(),
             pixels=pixels,
-            model_input=torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1))),
+            model_input=resized,
             theta=torch.tensor(geometry.theta(), dtype=torch.float32),
         )
 
@@ -250,7 +324,7 @@ class Batch:
 
     indices: list[int]
     sha256: list[str]
-    inputs: torch.Tensor  # (N, 3, S, S) uint8
+    inputs: torch.Tensor  # (N, 3, S, S) uint8, or (N, 0) when resized on the device
     thetas: torch.Tensor  # (N, 2, 3) float32
     pixel_data: torch.Tensor  # every photo's (H, W, 3) uint8 pixels, flat, in batch order
     shapes: list[tuple[int, int]]  # (H, W) per photo
@@ -344,10 +418,11 @@ def make_loader(
     workers: int,
     pin_memory: bool = False,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    resize: bool = True,
 ) -> DataLoader[Any]:
     """A loader that decodes in ``workers`` processes (0: in this process), in order."""
     return DataLoader(
-        ImageDataset(paths, prep, crop, max_pixels),
+        ImageDataset(paths, prep, crop, max_pixels, resize),
         worker_init_fn=_leave_signals_to_the_main_process,
         batch_size=batch_size,
         shuffle=False,

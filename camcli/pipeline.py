@@ -27,7 +27,7 @@ import torch
 
 from camcli import __version__
 from camcli.config import Settings
-from camcli.decode import Batch, make_loader, unpack_pixels
+from camcli.decode import Batch, make_loader, model_inputs_on_device, unpack_pixels
 from camcli.discover import ImageItem
 from camcli.explain import normalise_maps, top_predictions
 from camcli.guided import GUIDED_RULE
@@ -320,6 +320,7 @@ def _explain_positions(
         settings.workers,
         pin_memory=device.type == "cuda",
         max_pixels=settings.max_pixels,
+        resize=not settings.resize_on_device,
     )
     static = _static_fields(model, settings)
     pending: deque[_Pending] = deque()
@@ -343,7 +344,11 @@ def _explain_positions(
     def launch_part(part: Batch) -> _InFlight:
         """Queue a batch's device work: explain, render, and the copies back to the host."""
         positions = [todo[i] for i in part.indices]
-        inputs = part.inputs.to(device, non_blocking=True).float().div_(255.0)
+        pixels = unpack_pixels(part.pixel_data.to(device, non_blocking=True), part.shapes)
+        if settings.resize_on_device:
+            inputs = model_inputs_on_device(pixels, prep, settings.crop).div_(255.0)
+        else:
+            inputs = part.inputs.to(device, non_blocking=True).float().div_(255.0)
         inputs = (inputs - mean) / std
         if settings.channels_last:
             inputs = inputs.contiguous(memory_format=torch.channels_last)
@@ -357,7 +362,6 @@ def _explain_positions(
             seeds=[image_seed(items[p]) for p in positions],
             autocast_dtype=torch.bfloat16 if settings.precision == "bf16" else None,
         )
-        pixels = unpack_pixels(part.pixel_data.to(device, non_blocking=True), part.shapes)
         render = launch_render(
             _map_keys(result, settings.layers),
             _pictures(result),
@@ -484,6 +488,7 @@ def settings_payload(model: LoadedModel, settings: Settings) -> dict[str, Any]:
         "alpha": settings.alpha,
         "png_level": settings.png_level,
         "precision": settings.precision,
+        "resized_on": "device" if settings.resize_on_device else "loader",
         "method_options": {
             "chunk_size": None,  # a performance knob: does not change results
             "smooth_samples": options.smooth_samples,
@@ -624,6 +629,7 @@ def _static_fields(model: LoadedModel, settings: Settings) -> dict[str, Any]:
         "mode": "crop" if settings.crop else "resize",
         "size": prep.size,
         "interpolation": prep.interpolation,
+        "resampled_by": "torch (on the device)" if settings.resize_on_device else "pillow",
         "mean": list(prep.mean),
         "std": list(prep.std),
     }

@@ -538,3 +538,24 @@ def test_host_parallelism_defaults_scale_with_the_cores():
         workers, writers = host_parallelism("cuda", cores)
         assert workers >= 1 and writers >= 2
         assert cores < 4 or workers + writers + 1 <= cores
+
+
+def test_resize_on_device_gives_the_same_predictions_and_is_part_of_the_resume_key(
+    three: Path, tmp_path: Path
+):
+    out = tmp_path / "out"
+    loader = {r["image"]: r for r in jsonl(explain(three, out, "--jsonl", "--resize-on", "loader"))}
+    result = explain(three, out, "--jsonl", "--resize-on", "device")
+    assert result.exit_code == 0, result.output
+    device = {r["image"]: r for r in jsonl(result)}
+    assert sorted(device) == sorted(loader)
+    for name, record in device.items():
+        assert "reused" not in record  # other preprocessing: redone, not reused
+        assert record["view"]["resampled_by"] == "torch (on the device)"
+        assert loader[name]["view"]["resampled_by"] == "pillow"
+        assert record["predictions"][0]["index"] == loader[name]["predictions"][0]["index"]
+        assert record["predictions"][0]["probability"] == pytest.approx(
+            loader[name]["predictions"][0]["probability"], abs=0.02
+        )
+    again = jsonl(explain(three, out, "--jsonl", "--resize-on", "device"))
+    assert all(r.get("reused") for r in again)

@@ -94,6 +94,7 @@ def test_several_batches_on_cuda_write_what_the_cpu_writes(image_folder, tmp_pat
     sizes = {f"c{i % 2}/img{i}.jpg": (40 + 7 * i, 30 + 5 * i) for i in range(7)}
     root = image_folder(sizes)
     base = ["explain", str(root), "--model", TINY, "--jsonl", "-b", "2", "--workers", "0"]
+    base += ["--resize-on", "loader"]  # the same model inputs: compare the device's maths
     records = {}
     for device in ("cpu", "cuda"):
         out = tmp_path / device
@@ -132,7 +133,9 @@ def test_launching_a_batch_does_not_wait_for_the_device(
     Score-CAM and SmoothGrad do synchronise: a head check, an SVD, chunk loops.)
     """
     from camcli.config import Settings
+    from camcli.decode import model_inputs_on_device
     from camcli.methods import MethodOptions, compute_methods
+    from camcli.models import Preprocessing
     from camcli.pipeline import _launch_numbers, _map_keys, _pictures
     from camcli.render import jet_lut, launch_render
 
@@ -145,10 +148,13 @@ def test_launching_a_batch_does_not_wait_for_the_device(
     thetas = torch.tensor([[[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]] * 4)
     lut = jet_lut("cuda")
     targets = torch.tensor([3, 1, 4, 1]) if explicit_targets else None
+    prep = Preprocessing(32, 36, (0.5,) * 3, (0.25,) * 3)
     settings = Settings(output_dir=tmp_path, layers=("features.3",), methods=methods)
 
     def launch() -> tuple[Any, Any]:
-        result = compute_methods(model, x, ["features.3"], methods, targets, MethodOptions())
+        inputs = model_inputs_on_device(pixels, prep, crop=False) / 255.0
+        assert inputs.shape == x.shape
+        result = compute_methods(model, inputs, ["features.3"], methods, targets, MethodOptions())
         pending = launch_render(
             _map_keys(result, settings.layers), _pictures(result), pixels, thetas, lut
         )

@@ -96,11 +96,16 @@ def test_heatmap_of_each_class_peaks_in_its_photo_of_a_collage(embedded: LoadedM
         assert tile == k, f"{label}: heatmap peak at {(px, py)} is in tile {tile}, not {k} ({name})"
 
 
-def test_quick_start_command_on_sample_images(tmp_path: Path):
-    """The README's first command, with the default model, on the shipped photos."""
+@pytest.mark.parametrize("resize_on", ["loader", "device"])
+def test_quick_start_command_on_sample_images(tmp_path: Path, resize_on: str):
+    """The README's first command, with the default model, on the shipped photos.
+
+    Also with the model inputs resized where a GPU run resizes them (PyTorch, not Pillow).
+    """
     out = tmp_path / "out"
     result = CliRunner().invoke(
-        main, ["explain", str(SAMPLES), "-o", str(out), "--jsonl", "-j", "0"]
+        main,
+        ["explain", str(SAMPLES), "-o", str(out), "--jsonl", "-j", "0", "--resize-on", resize_on],
     )
     assert result.exit_code == 0, result.output
     records = {r["image"]: r for r in map(json.loads, result.stdout.splitlines())}

@@ -242,3 +242,27 @@ def test_fast_png_falls_back_to_zlib_where_isal_is_missing(monkeypatch: pytest.M
     monkeypatch.setattr(camcli.write, "_deflate", zlib)
     with Image.open(io.BytesIO(fast_png(image))) as decoded:
         np.testing.assert_array_equal(np.asarray(decoded), image)
+
+
+@pytest.mark.parametrize("crop", [False, True])
+@pytest.mark.parametrize("interpolation", ["bicubic", "bilinear"])
+def test_model_inputs_made_on_the_device_match_pillows(crop: bool, interpolation: str):
+    """Same geometry as the loader's Pillow path, values within a few levels, sizes grouped."""
+    from camcli.decode import model_inputs_on_device
+
+    prep = Preprocessing(64, 72, (0.5,) * 3, (0.5,) * 3, interpolation)
+    photo = np.asarray(Image.open(SAMPLES / "espresso" / "coffee.png").convert("RGB"))
+    photos = [photo[:300, :400], photo[:97, :211], photo[:300, :400], photo[50:250, 60:160]]
+    for budget in (1, 2**24):  # one photo per call, and the two same-sized ones together
+        made = model_inputs_on_device(
+            [torch.from_numpy(np.ascontiguousarray(p)) for p in photos], prep, crop, budget
+        )
+        assert made.shape == (4, 3, 64, 64)
+        for i, p in enumerate(photos):
+            reference, _ = model_input(Image.fromarray(np.ascontiguousarray(p)), prep, crop)
+            ours = made[i].permute(1, 2, 0).numpy()
+            assert np.array_equal(ours, ours.round())  # whole levels, like Pillow's uint8
+            difference = np.abs(ours - reference.astype(np.float32))
+            assert difference.max() <= 3, (i, difference.max())
+            assert (difference > 1).mean() < 0.002
+            assert difference.mean() < 0.3
