@@ -10,7 +10,9 @@ stays flat.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
+import os
 import sys
 import threading
 import time
@@ -108,6 +110,26 @@ def _write_files(jobs: list[FileJob], record_file: Path, record: dict[str, Any])
     for path, produce in jobs:
         atomic_write_bytes(path, produce())
     write_json(record_file, record)
+
+
+@functools.lru_cache(maxsize=4096)
+def _real_directory(directory: str) -> str:
+    return os.path.realpath(directory)
+
+
+def resolved_source(path: Path | str) -> str:
+    """The absolute path of an input with symbolic links resolved, as ``Path.resolve``.
+
+    Directories are resolved once and remembered (a run reads many files per folder): one
+    ``lstat`` per file instead of one per path component.
+    """
+    if ".." in Path(path).parts:  # a ".." after a linked directory must follow the link
+        return os.path.realpath(path)
+    text = os.path.abspath(path)
+    if os.path.islink(text):
+        return os.path.realpath(text)
+    directory, name = os.path.split(text)
+    return os.path.join(_real_directory(directory), name)
 
 
 def image_seed(item: ImageItem) -> int:
@@ -680,7 +702,7 @@ def _record(
     target_index = numbers["target"][j]
     record: dict[str, Any] = {
         "image": str(item.relative),
-        "source": str(Path(item.path).resolve()),
+        "source": resolved_source(item.path),
         "status": "ok",
         "width": width,
         "height": height,

@@ -123,15 +123,13 @@ def guided_to_unit(gradients: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     values), scales by 0.1 and centres on 0.5, as the guided-backprop papers' figures do
     (``0.5 +- 5`` standard deviations spans the range). A zero gradient gives flat 0.5 grey.
     """
-    flat = gradients.float().flatten(1)
-    mean = flat.mean(dim=1).view(-1, 1, 1, 1)
-    std = flat.std(dim=1, unbiased=False).view(-1, 1, 1, 1)
-    scaled = torch.where(
-        std > eps,
-        (gradients.float() - mean) / std.clamp(min=eps),
-        torch.zeros_like(gradients, dtype=torch.float32),
-    )
-    return (scaled * 0.1 + 0.5).clamp(0, 1)
+    values = gradients.float()
+    std, mean = torch.std_mean(values.flatten(1), dim=1, correction=0)
+    factor = torch.where(std > eps, 0.1 / std.clamp(min=eps), torch.zeros_like(std))
+    shape = (-1,) + (1,) * (values.dim() - 1)
+    # One new tensor, then in place: this runs on every batch at the input resolution.
+    scaled = (values - mean.view(shape)).mul_(factor.view(shape))
+    return scaled.add_(0.5).clamp_(0, 1)
 
 
 def saliency_to_unit(gradients: torch.Tensor, quantile: float = 0.99) -> torch.Tensor:

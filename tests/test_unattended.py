@@ -534,3 +534,21 @@ def test_a_forked_child_outliving_the_lock_holder_does_not_keep_the_lock(tmp_pat
             pass
     finally:
         os.kill(child, signal.SIGKILL)
+
+
+def test_record_source_resolves_links_like_path_resolve(tmp_path: Path):
+    from camcli.pipeline import resolved_source
+
+    real = tmp_path / "real"
+    (real / "sub").mkdir(parents=True)
+    (real / "sub" / "a.jpg").write_bytes(b"x")
+    (tmp_path / "dirlink").symlink_to(real)
+    (real / "sub" / "b.jpg").symlink_to(real / "sub" / "a.jpg")
+    for path in (
+        tmp_path / "dirlink" / "sub" / "a.jpg",  # a linked directory
+        real / "sub" / "b.jpg",  # a linked file
+        real / "sub" / ".." / "sub" / "a.jpg",
+        tmp_path / "dirlink" / ".." / "real" / "sub" / "a.jpg",  # ".." after a link
+        Path(os.path.relpath(real / "sub" / "a.jpg")),  # relative to the working directory
+    ):
+        assert resolved_source(path) == str(Path(path).resolve()), path
