@@ -165,6 +165,7 @@ def camcli_run(
         device=device,
         precision=precision,
         channels_last=channels_last,
+        resize_on_device=device.type == "cuda",  # as the CLI's --resize-on auto
         write_threads=write_threads,
     )
     start = time.perf_counter()
