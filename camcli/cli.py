@@ -59,7 +59,7 @@ from camcli.runtime import (
     stop_on_signals,
     write_summary,
 )
-from camcli.write import remove_leftovers
+from camcli.write import fast_deflate_available, remove_leftovers
 
 __all__ = ["main"]
 
@@ -483,6 +483,12 @@ def explain(
             if removed := remove_leftovers(output_dir, settings.index_name, sweep):
                 click.echo(
                     f"camcli: removed {removed} leftover file(s) of an interrupted run", err=True
+                )
+            if settings.png_level is None and not fast_deflate_available():
+                click.echo(
+                    "camcli: the isal package is missing, so PNGs are compressed with zlib "
+                    "(about 5 x slower); pip install isal",
+                    err=True,
                 )
             summary, code = _run(items, loaded, settings, jsonl, stop)
     except LockHeld as exc:

@@ -559,3 +559,20 @@ def test_resize_on_device_gives_the_same_predictions_and_is_part_of_the_resume_k
         )
     again = jsonl(explain(three, out, "--jsonl", "--resize-on", "device"))
     assert all(r.get("reused") for r in again)
+
+
+def test_missing_isal_is_said_once_on_stderr_and_the_run_still_works(
+    three: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    import zlib
+
+    import camcli.write
+
+    assert camcli.write.fast_deflate_available()  # a dependency where wheels exist
+    monkeypatch.setattr(camcli.write, "_deflate", zlib)
+    result = explain(three, tmp_path / "out", "--jsonl")
+    assert result.exit_code == 0, result.output
+    assert result.stderr.count("isal package is missing") == 1
+    assert len(jsonl(result)) == 3  # stdout stays pure data
+    quiet = explain(three, tmp_path / "out6", "--jsonl", "--png-level", "6")
+    assert "isal package" not in quiet.stderr  # OpenCV's encoder was asked for: nothing to say
