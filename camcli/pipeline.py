@@ -19,7 +19,6 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -240,7 +239,9 @@ def run_explain(
             else:
                 todo.append(position)
         if todo:
-            on_device = torch.cuda.device(device) if device.type == "cuda" else nullcontext()
+            on_device = (
+                torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+            )
             with _backend_settings(settings), on_device:
                 _explain_positions(
                     todo,

@@ -110,10 +110,7 @@ def sample_on_original(
         ``(C, H, W)`` float32.
 
     """
-    sampled = F.grid_sample(
-        maps[None].float(), grid, mode="bilinear", padding_mode="border", align_corners=False
-    )[0]
-    return torch.where(inside[None], sampled, torch.full_like(sampled, outside))
+    return _sample_group(maps[None], grid, inside[None, None], outside)[0]
 
 
 def guided_to_unit(gradients: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
@@ -292,10 +289,10 @@ def launch_render(
         # Host-to-device copies here are non-blocking: a blocking one would wait for the
         # model's queued work and undo the overlap of batches.
         theta = to_device(torch.from_numpy(host_thetas[group[0]].copy()), device)
-        grid = F.affine_grid(theta[None], [1, 1, height, width], align_corners=False)
-        inside = None
+        grid, mask = original_grid(theta, height, width)
+        inside = None  # (1, 1, H, W) where the model did not see the whole photo
         if not _covers_whole_image(host_thetas[group[0]].astype(np.float64), height, width):
-            inside = (grid.abs() <= 1.0 + 1e-6).all(dim=-1)[:, None]  # (1, 1, H, W)
+            inside = mask[None, None]
         step = max(1, pixel_budget // (height * width))
         for start in range(0, len(group), step):
             part = group[start : start + step]

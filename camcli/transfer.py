@@ -23,7 +23,9 @@ def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
     On CUDA it goes through page-locked memory, so the copy is truly asynchronous.
     """
     if device.type != "cuda":
-        return tensor.to(device)
+        return tensor.to(device)  # to the host: a copy that must have landed on return
+    if tensor.device.type != "cpu":
+        return tensor.to(device, non_blocking=True)  # already there, or GPU to GPU
     return tensor.pin_memory().to(device, non_blocking=True)
 
 
@@ -50,10 +52,11 @@ class HostCopy:
         self._tensors = []
         device = tensors[0].device
         groups: dict[torch.dtype, list[torch.Tensor]] = {}
+        filled: dict[torch.dtype, int] = {}
         for t in tensors:
-            group = groups.setdefault(t.dtype, [])
-            self._places.append((t.dtype, sum(g.numel() for g in group)))
-            group.append(t)
+            self._places.append((t.dtype, filled.get(t.dtype, 0)))
+            filled[t.dtype] = filled.get(t.dtype, 0) + t.numel()
+            groups.setdefault(t.dtype, []).append(t)
         for dtype, group in groups.items():
             packed = torch.cat([t.detach().reshape(-1) for t in group])
             if packed.numel() * packed.element_size() > PINNED_LIMIT:

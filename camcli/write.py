@@ -128,7 +128,7 @@ def encode_png(rgb: np.ndarray, level: int | None = None) -> bytes:
     Args:
         rgb: the image, RGB channel order.
         level: zlib level 0-9 through OpenCV (adaptive filters; level 1 takes about 17 ms
-            for a 500 x 375 photo); ``None`` (the default) uses :func:`fast_png` (about 2 ms,
+            for a 500 x 375 photo); ``None`` (the default) uses :func:`fast_png` (about 3 ms,
             files of similar size).
 
     Raises:

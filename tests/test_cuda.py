@@ -184,3 +184,13 @@ def test_host_copy_from_a_second_gpu_waits_on_that_gpu():
     with torch.cuda.device(0):
         copy = HostCopy([source * 2])
     np.testing.assert_array_equal(copy.wait(), [np.arange(1 << 20, dtype=np.float32) * 2])
+
+
+def test_to_device_takes_tensors_from_the_host_or_already_there():
+    from camcli.transfer import to_device
+
+    host = torch.arange(5)
+    moved = to_device(host, torch.device("cuda"))
+    assert moved.is_cuda and moved.tolist() == [0, 1, 2, 3, 4]
+    assert to_device(moved, moved.device) is moved  # explain_batch accepts targets on the GPU
+    assert to_device(moved, torch.device("cpu")).tolist() == [0, 1, 2, 3, 4]
