@@ -36,12 +36,15 @@ class ImageItem:
         relative: its path relative to the input root; outputs mirror it.
         label: the ImageFolder class, i.e. the name of the top-level sub-folder the file is
             under (``None`` for files directly in the root or a single-file input).
+        mirrored: an absolute path outside the input root, mirrored by its full path with
+            the leading ``/`` removed (as ``tar`` does); it has no class folder.
 
     """
 
     path: Path
     relative: PurePosixPath
     label: str | None
+    mirrored: bool = False
 
 
 def natural_key(text: str) -> tuple[tuple[int, int | str], ...]:
@@ -125,9 +128,11 @@ def images_from_list(paths: Sequence[str], root: Path | None) -> list[ImageItem]
     """Images named in a list, in the order given, duplicates dropped.
 
     Relative paths are read from ``root`` (default: the working directory) and outputs mirror
-    each path relative to it, so an image keeps its output path whatever else is listed. A
-    path outside the root keeps a relative path starting with ``..``; the pipeline refuses it
-    (outputs never leave the output directory).
+    each path relative to it, so an image keeps its output path whatever else is listed.
+    An absolute path outside the root is mirrored by its whole path with the leading ``/``
+    removed, as ``tar`` and ``rsync -R`` do (``/data/a.jpg`` -> ``data/a.jpg``), so outputs
+    stay inside the output directory. A relative path that climbs out of the root with
+    ``..`` keeps a relative path starting with ``..``; the pipeline refuses it.
 
     Raises:
         NoImagesFound: when the list is empty.
@@ -136,20 +141,25 @@ def images_from_list(paths: Sequence[str], root: Path | None) -> list[ImageItem]
     if not paths:
         raise NoImagesFound("no paths on standard input")
     base = (root or Path.cwd()).absolute()
-    absolute = [Path(os.path.normpath(base / p)) for p in paths]
-    anchor = base
     items: list[ImageItem] = []
     seen: set[Path] = set()
-    for path in absolute:
+    for text in paths:
+        path = Path(os.path.normpath(base / text))
         if path in seen:
             continue
         seen.add(path)
+        mirrored = False
         try:
-            relative = PurePosixPath(path.relative_to(anchor).as_posix())
+            relative = PurePosixPath(path.relative_to(base).as_posix())
         except ValueError:
-            relative = PurePosixPath("..", *path.parts[1:])  # refused later: outside the root
-        label = relative.parts[0] if len(relative.parts) > 1 and relative.parts[0] != ".." else None
-        items.append(ImageItem(path, relative, label))
+            if Path(text).is_absolute():
+                relative = PurePosixPath(*path.parts[1:])
+                mirrored = True
+            else:
+                relative = PurePosixPath(os.path.normpath(text))  # "../..": refused later
+        inside = not mirrored and relative.parts[:1] != ("..",)
+        label = relative.parts[0] if inside and len(relative.parts) > 1 else None
+        items.append(ImageItem(path, relative, label, mirrored))
     return items
 
 

@@ -229,7 +229,9 @@ def run_explain(
             if ".." in item.relative.parts or item.relative.is_absolute():
                 fail(
                     item,
-                    "outside the input root (--root): its outputs would leave the output directory",
+                    "a relative path that climbs out of the input root with '..' (its outputs "
+                    "would leave the output directory): pass --root DIR with a folder that "
+                    "holds it, or list absolute paths",
                 )
             elif (record := reusable[position]) is not None:
                 summary.skipped += 1

@@ -315,17 +315,27 @@ def test_stdin_paths_default_to_the_working_directory(
 
 def test_no_output_escapes_the_output_directory(folder: Path, tmp_path: Path):
     outside = tmp_path / "elsewhere" / "x.png"
+    climbing = tmp_path / "elsewhere" / "y.png"
     save_image(outside, random_photo(3, 10, 10))
+    save_image(climbing, random_photo(4, 10, 10))
     out = tmp_path / "out"
-    paths = f"tabby/img1.png\n{outside}\n../elsewhere/x.png\n".encode()
+    # An absolute path outside the root is mirrored by its full path; the same file spelled
+    # relatively is one entry; a relative path climbing out with '..' is refused.
+    paths = f"tabby/img1.png\n{outside}\n../elsewhere/x.png\n../elsewhere/y.png\n".encode()
     result = explain("-", out, "--root", folder, "--jsonl", input=paths)
     assert result.exit_code == 1
-    statuses = [r["status"] for r in map(json.loads, result.stdout.splitlines())]
-    assert sorted(statuses) == ["error", "ok"]  # two spellings of one outside file: one entry
-    assert "outside the input root" in result.stderr
+    records = {r["image"]: r for r in map(json.loads, result.stdout.splitlines())}
+    assert len(records) == 3
+    assert records[str(outside).lstrip("/")]["status"] == "ok"
+    assert (out / (str(outside).lstrip("/") + ".json")).is_file()
+    assert records["../elsewhere/y.png"]["status"] == "error"
+    assert "--root DIR" in records["../elsewhere/y.png"]["error"]
+    assert "climbs out of the input root" in result.stderr
     written = {p.resolve() for p in tmp_path.rglob("*") if p.is_file()}
     assert all(
-        p.is_relative_to(out.resolve()) or p.is_relative_to(folder) or p == outside.resolve()
+        p.is_relative_to(out.resolve())
+        or p.is_relative_to(folder)
+        or p in (outside.resolve(), climbing.resolve())
         for p in written
     )
 

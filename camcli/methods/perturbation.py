@@ -56,7 +56,7 @@ def scorecam(
     high = a.amax(dim=(2, 3), keepdim=True)
     span = high - low
     masks = torch.where(span > 0, (a - low) / span.clamp(min=1e-12), torch.zeros_like(a))
-    masks = masks.view(n * c, 1, h, w)
+    masks = masks.reshape(n * c, 1, h, w)  # channels-last activations are not viewable
     owner = torch.arange(n, device=a.device).repeat_interleave(c)
     scores = torch.empty(n * c, device=a.device)
     size = inputs.shape[-2:]

@@ -1,0 +1,1 @@
+"""The commands of the command line, one module each; ``common`` holds what they share."""

@@ -1,0 +1,260 @@
+"""``camcli explain``: predictions, heatmaps, overlays and gradient pictures per image."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from camcli import __version__
+from camcli.commands.common import (
+    CONTEXT,
+    PreparedRun,
+    Reporter,
+    config_option,
+    input_options,
+    model_options,
+    output_options,
+    prepare_run,
+    run_in_frame,
+    runtime_options,
+)
+from camcli.config import Settings, parse_target
+from camcli.discover import ImageItem
+from camcli.hooks import LayerUnusable, UnknownLayer, resolve_layer
+from camcli.methods import (
+    ALL_METHODS,
+    DEFAULT_METHODS,
+    CamNotApplicable,
+    MethodOptions,
+    parse_methods,
+)
+from camcli.pipeline import RunSummary, run_explain, settings_payload
+from camcli.runtime import StopRequest
+
+__all__ = ["explain"]
+
+
+@click.command(context_settings=CONTEXT)
+@input_options
+@output_options
+@model_options
+@click.option(
+    "--layer",
+    "layers",
+    multiple=True,
+    help="Target layer, a dotted name from named_modules() (e.g. features.denseblock4, "
+    "layer4); repeat for several layers (one map each plus a fused map). "
+    "Default: chosen per model.",
+)
+@click.option(
+    "--method",
+    "methods",
+    multiple=True,
+    help="Explanation method(s), repeatable or comma-separated: gradcam, gradcam++, "
+    "xgradcam, layercam, hirescam, cam, eigencam, scorecam, guided, guided-gradcam, "
+    "smoothgrad [default: gradcam,guided].",
+)
+@click.option(
+    "--target",
+    default="pred",
+    show_default=True,
+    help="Class to explain: pred (top-1), label (the image's class folder), "
+    "a class index or a class name.",
+)
+@click.option(
+    "-k",
+    "--top-k",
+    type=click.IntRange(min=1),
+    default=5,
+    show_default=True,
+    help="Number of predictions recorded per image.",
+)
+@click.option(
+    "--crop/--resize",
+    default=False,
+    show_default=True,
+    help="Centre-crop as in the weights' evaluation, or resize the whole image "
+    "(default: the model sees the whole image).",
+)
+@click.option(
+    "--guided/--no-guided",
+    default=None,
+    help="Add or remove guided backprop from the methods (one backward pass to the input "
+    "per batch).",
+)
+@click.option(
+    "--chunk-size",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Modified images per forward pass in scorecam and smoothgrad: their memory bound "
+    "[default: 256 on CUDA, 32 on CPU].",
+)
+@click.option(
+    "--smooth-samples",
+    type=click.IntRange(min=1),
+    default=16,
+    show_default=True,
+    help="Noisy copies per image in smoothgrad.",
+)
+@click.option(
+    "--smooth-noise",
+    type=click.FloatRange(min=0),
+    default=0.15,
+    show_default=True,
+    help="smoothgrad noise level, relative to each image's value range.",
+)
+@click.option(
+    "--smooth-guided",
+    is_flag=True,
+    help="smoothgrad averages guided-backprop gradients instead of plain ones.",
+)
+@click.option(
+    "--seed",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Base seed of smoothgrad's noise (image i uses seed + i).",
+)
+@click.option(
+    "--save-raw",
+    is_flag=True,
+    help="Also write the raw CAM (model input resolution) and guided gradient as .npy.",
+)
+@click.option(
+    "--alpha",
+    type=click.FloatRange(0, 1),
+    default=0.5,
+    show_default=True,
+    help="Heatmap weight in the overlay.",
+)
+@runtime_options
+@config_option
+@click.version_option(__version__, "--version", prog_name="camcli")
+@click.pass_context
+def explain(ctx: click.Context, **options: Any) -> None:
+    """Explain every image under INPUT (a folder, walked recursively, or one image file).
+
+    Per image it writes, mirroring the input tree under --output-dir: NAME.json (top-k
+    predictions, label, target, files) and per method NAME.METHOD.png (heatmap),
+    NAME.METHOD.overlay.png or, for guided/guided-gradcam/smoothgrad, NAME.METHOD.png, all at
+    the image's original size; and index.jsonl, one line per image.
+
+    A re-run explains only new or changed images (--force: all); run.json summarises the run.
+
+    \b
+    Exit status:
+      0    every image explained or up to date
+      1    some images failed (reported on stderr, in the index and run.json), or the run
+           could not start or stopped (no images, weights missing, output locked or
+           not writable)
+      2    usage error
+      130  stopped by SIGINT (in-flight work finished and written)
+      143  stopped by SIGTERM (likewise)
+      141  stdout closed by the reader
+    """
+    try:
+        chosen_methods = _methods(options.pop("methods"), options.pop("guided"))
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="'--method'") from None
+    run = prepare_run(options)
+    settings = explain_settings(run, options, chosen_methods)
+    model = run.model
+
+    def body(reporter: Reporter, stop: StopRequest) -> RunSummary:
+        return run_explain(run.items, model, settings, reporter, stop.event)
+
+    code = run_in_frame(
+        run,
+        body,
+        settings_payload(model, settings),
+        f"{model.name} at {', '.join(settings.layers)}",
+        {LayerUnusable: "--layer", CamNotApplicable: "--method"},
+    )
+    ctx.exit(code)
+
+
+def explain_settings(
+    run: PreparedRun, options: dict[str, Any], methods: tuple[str, ...]
+) -> Settings:
+    """The settings of an explain run from the prepared run and the command's own options.
+
+    Raises:
+        click.BadParameter: for an unknown ``--layer`` or ``--target``, or ``--target label``
+            on images outside class folders (exit 2).
+
+    """
+    loaded = run.model
+    layer_names = tuple(dict.fromkeys(options["layers"])) or (loaded.default_layer,)
+    try:
+        for layer_name in layer_names:
+            resolve_layer(loaded.module, layer_name)
+    except UnknownLayer as exc:
+        raise click.BadParameter(f"{exc}", param_hint="'--layer'") from None
+    try:
+        target_spec = parse_target(options["target"], loaded.classes)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="'--target'") from None
+    if target_spec.mode == "label":
+        _check_labels(run.items, loaded.classes)
+    device = run.device
+    chunk_size = options["chunk_size"]
+    return Settings(
+        output_dir=run.output_dir,
+        layers=layer_names,
+        methods=methods,
+        method_options=MethodOptions(
+            chunk_size=chunk_size or (256 if device.type == "cuda" else 32),
+            smooth_samples=options["smooth_samples"],
+            smooth_noise=options["smooth_noise"],
+            smooth_guided=options["smooth_guided"],
+            seed=options["seed"],
+        ),
+        target=target_spec,
+        top_k=options["top_k"],
+        save_raw=options["save_raw"],
+        batch_size=run.batch_size,
+        workers=run.workers,
+        device=device,
+        crop=options["crop"],
+        alpha=options["alpha"],
+        png_level=run.png_level,
+        precision=run.precision,
+        channels_last=run.channels_last,
+        resize_on_device=run.resize_on_device,
+        write_threads=run.write_threads,
+        force=run.force,
+        max_pixels=run.max_pixels,
+        name_suffix=run.name_suffix,
+    )
+
+
+def _methods(values: tuple[str, ...], guided: bool | None) -> tuple[str, ...]:
+    chosen = list(parse_methods(values) if values else DEFAULT_METHODS)
+    if guided is True and "guided" not in chosen:
+        chosen.append("guided")
+    if guided is False and "guided" in chosen:
+        chosen.remove("guided")
+    if not chosen:
+        raise ValueError("no method left after --no-guided")
+    return tuple(m for m in ALL_METHODS if m in chosen)
+
+
+def _check_labels(items: list[ImageItem], classes: Any) -> None:
+    unlabeled = [str(i.relative) for i in items if i.label is None]
+    if unlabeled:
+        raise click.BadParameter(
+            f"label needs every image in a class folder, but {unlabeled[0]} is not "
+            f"({len(unlabeled)} such image(s))",
+            param_hint="'--target'",
+        )
+    unknown = sorted(
+        {i.label for i in items if i.label is not None and classes.resolve(i.label) is None}
+    )
+    if unknown:
+        shown = ", ".join(repr(u) for u in unknown[:5])
+        raise click.BadParameter(
+            f"label needs folders named by class index, WordNet id or class name; "
+            f"{len(unknown)} folder(s) name no class of this model: {shown}",
+            param_hint="'--target'",
+        )

@@ -1,0 +1,23 @@
+"""``camcli models``: the model names ``--model`` accepts and where their weights are."""
+
+from __future__ import annotations
+
+import click
+
+from camcli import __version__
+from camcli.commands.common import CONTEXT
+from camcli.models import available_models, weights_status
+
+__all__ = ["models"]
+
+
+@click.command(context_settings=CONTEXT)
+@click.version_option(__version__, "--version", prog_name="camcli")
+def models() -> None:
+    """List the model names --model accepts, and whether their weights are available offline.
+
+    One model per line on stdout: NAME<TAB>STATUS, where STATUS is 'embedded' (ships with
+    camcli), 'cached' (in the torch hub cache) or 'download' (fetched on first use).
+    """
+    for name in available_models():
+        click.echo(f"{name}\t{weights_status(name)}")
