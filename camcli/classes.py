@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
+from pathlib import Path
 
-__all__ = ["ClassIndex", "imagenet_classes", "normalise_class_name"]
+__all__ = [
+    "ClassFileError",
+    "ClassIndex",
+    "imagenet_classes",
+    "normalise_class_name",
+    "read_class_file",
+]
 
 
 def normalise_class_name(text: str) -> str:
@@ -100,3 +108,60 @@ def imagenet_classes() -> ClassIndex:
         for i in range(len(names))
     ]
     return ClassIndex(names=names, wordnet_ids=wnids, aliases=aliases)
+
+
+class ClassFileError(ValueError):
+    """A ``--classes`` file that cannot be read as class names."""
+
+
+def read_class_file(path: Path) -> list[str]:
+    """Read class names: one per line, a JSON list, or a JSON object of index -> name.
+
+    Blank lines and lines starting with ``#`` are ignored in the text form. A JSON object
+    (``{"0": "cat", "1": "dog"}``, as ``idx_to_class`` dumps) must cover every index from 0.
+
+    Args:
+        path: the file.
+
+    Returns:
+        The names in index order.
+
+    Raises:
+        ClassFileError: when the file cannot be read, is empty, or its indices have gaps.
+
+    """
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ClassFileError(f"cannot read {path}: {exc}") from None
+    stripped = text.strip()
+    names: list[str]
+    if stripped[:1] in ("[", "{"):
+        try:
+            data = json.loads(stripped)
+        except json.JSONDecodeError as exc:
+            raise ClassFileError(f"{path} is not valid JSON: {exc}") from None
+        if isinstance(data, list):
+            names = [str(name) for name in data]
+        elif isinstance(data, dict):
+            try:
+                by_index = {int(key): str(value) for key, value in data.items()}
+            except ValueError:
+                raise ClassFileError(
+                    f'{path} maps keys that are not class indices (want {{"0": "name"}})'
+                ) from None
+            missing = [i for i in range(len(by_index)) if i not in by_index]
+            if missing:
+                raise ClassFileError(f"{path} has no name for class index {missing[0]}")
+            names = [by_index[i] for i in range(len(by_index))]
+        else:
+            raise ClassFileError(f"{path} holds JSON that is neither a list nor an object")
+    else:
+        names = [
+            line.strip()
+            for line in text.splitlines()
+            if line.strip() and not line.strip().startswith("#")
+        ]
+    if not names:
+        raise ClassFileError(f"{path} names no classes")
+    return names

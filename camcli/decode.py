@@ -123,12 +123,14 @@ def model_inputs_on_device(
         pixel_budget: original pixels per interpolation call (at least one photo).
 
     Returns:
-        ``(N, 3, S, S)`` float32 in [0, 255] on the photos' device.
+        ``(N, C, S, S)`` float32 in [0, 255] on the photos' device; with one channel, the
+        luma of the photo (ITU-R 601-2, as Pillow's ``convert("L")``) resized.
 
     """
     size = prep.size
     device = pixels[0].device if pixels else torch.device("cpu")
-    out = torch.empty(len(pixels), 3, size, size, device=device)
+    out = torch.empty(len(pixels), prep.channels, size, size, device=device)
+    luma = torch.tensor([0.299, 0.587, 0.114], device=device).view(1, 3, 1, 1)
     groups: dict[tuple[int, int], list[int]] = {}
     for i, photo in enumerate(pixels):
         groups.setdefault((int(photo.shape[0]), int(photo.shape[1])), []).append(i)
@@ -141,6 +143,8 @@ def model_inputs_on_device(
         for start in range(0, len(members), step):
             part = members[start : start + step]
             photos = torch.stack([pixels[i] for i in part]).permute(0, 3, 1, 2).float()
+            if prep.channels == 1:
+                photos = (photos * luma).sum(dim=1, keepdim=True).round_()
             # Like Pillow: the width first, rounded and clipped to whole levels, then the
             # height (a separable pass at scale 1 is the identity).
             for target in ((height, rw), (rh, rw)):
@@ -221,17 +225,23 @@ def model_input(
 ) -> tuple[np.ndarray, ViewGeometry]:
     """Resize (and optionally centre-crop) an RGB image for the model.
 
+    With ``prep.channels == 1`` the image is first converted to single-channel L (Pillow's
+    ITU-R 601-2 luma).
+
     Returns:
-        The model input as uint8 ``(size, size, 3)`` and the geometry used.
+        The model input as uint8 ``(size, size, channels)`` and the geometry used.
 
     """
     geometry = view_geometry(image.width, image.height, prep, crop)
+    if prep.channels == 1:
+        image = image.convert("L")
     resample = _RESAMPLE.get(prep.interpolation, Image.Resampling.BILINEAR)
     resized = image.resize(geometry.resized, resample=resample)
     left, top, cw, ch = geometry.crop
     if (left, top, cw, ch) != (0, 0, *geometry.resized):
         resized = resized.crop((left, top, left + cw, top + ch))
-    return np.asarray(resized), geometry
+    array = np.asarray(resized)
+    return (array[:, :, None] if array.ndim == 2 else array), geometry
 
 
 @dataclass(frozen=True)

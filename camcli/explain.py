@@ -23,6 +23,7 @@ from camcli.transfer import to_device
 __all__ = [
     "Explanation",
     "Predictions",
+    "class_probabilities",
     "explain_batch",
     "grad_cam",
     "normalise_maps",
@@ -84,11 +85,20 @@ class Predictions:
     logits: torch.Tensor  # (N, k) float32
 
 
-def top_predictions(logits: torch.Tensor, k: int) -> Predictions:
-    """Softmax top-k of each row of ``logits``."""
+def class_probabilities(logits: torch.Tensor, binary: bool = False) -> torch.Tensor:
+    """Class probabilities: the softmax of each row, or for a binary model the sigmoid.
+
+    A binary (sigmoid) model's signed logits ``[-z, z]`` give ``1 - p`` and ``p``.
+    """
+    logits = logits.detach().float()
+    return logits.sigmoid() if binary else logits.softmax(dim=1)
+
+
+def top_predictions(logits: torch.Tensor, k: int, binary: bool = False) -> Predictions:
+    """Top-k of each row of ``logits`` by probability (see :func:`class_probabilities`)."""
     k = min(k, logits.shape[1])
     logits = logits.detach().float()
-    probabilities = logits.softmax(dim=1)
+    probabilities = class_probabilities(logits, binary)
     top_p, top_i = probabilities.topk(k, dim=1)
     return Predictions(top_i, top_p, logits.gather(1, top_i))
 

@@ -10,6 +10,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from camcli.tokens import spatial_view
+
 __all__ = ["LayerCapture", "LayerUnusable", "UnknownLayer", "frozen_eval", "resolve_layer"]
 
 
@@ -44,7 +46,10 @@ class LayerCapture:
 
     The hook keeps the layer's output and hands the rest of the network a clone, so in-place
     operations after the layer (ResNet's ``out += identity``, DenseNet's final
-    ``F.relu(..., inplace=True)``) cannot change what was captured. With ``detach=True`` the
+    ``F.relu(..., inplace=True)``) cannot change what was captured. Transformer outputs are
+    captured as ``(N, C, H, W)`` maps (:mod:`camcli.tokens`): patch tokens on their grid
+    (class and register tokens dropped), Swin's channels-last maps permuted; the network
+    goes on from the captured map. With ``detach=True`` the
     captured tensor is cut from the graph before the layer and made to require grad: a
     gradient to it then costs only a backward pass through the layers after it.
 
@@ -59,6 +64,8 @@ class LayerCapture:
 
     def __init__(self, model: nn.Module, names: Sequence[str], detach: bool = False) -> None:
         self.modules = {name: resolve_layer(model, name) for name in names}
+        prefix = getattr(model, "num_prefix_tokens", None)
+        self.prefix_tokens = prefix if isinstance(prefix, int) else None
         self.detach = detach
         self.activations: dict[str, torch.Tensor] = {}
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
@@ -70,17 +77,24 @@ class LayerCapture:
                     f"layer {name!r} runs more than once per forward pass; "
                     "choose a layer that runs once"
                 )
-            if not isinstance(output, torch.Tensor) or output.dim() != 4:
+            view = (
+                spatial_view(_module, output, self.prefix_tokens)
+                if isinstance(output, torch.Tensor)
+                else None
+            )
+            if view is None:
                 shape = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output)
                 raise LayerUnusable(
-                    f"layer {name!r} outputs {shape}; a CAM needs a 4-D (N, C, H, W) feature map"
+                    f"layer {name!r} outputs {shape}; a CAM needs a 4-D (N, C, H, W) feature "
+                    "map or (N, tokens, C) patch tokens"
                 )
             # Start the graph here unless an earlier captured layer already did: the
             # gradient must reach every captured layer.
             start_here = self.detach and not output.requires_grad
-            captured = output.detach().requires_grad_(True) if start_here else output
+            spatial = view.to_spatial(output.detach() if start_here else output)
+            captured = spatial.requires_grad_(True) if start_here else spatial
             self.activations[name] = captured
-            return captured.clone()
+            return view.from_spatial(captured, output)
 
         return hook
 

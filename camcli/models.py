@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,7 @@ __all__ = [
     "load_state_dict_file",
     "probe_layer",
     "register_model",
+    "transformer_layer",
     "weights_status",
 ]
 
@@ -48,17 +50,19 @@ class Preprocessing:
     Attributes:
         size: side of the square model input (the crop size of the weights).
         resize_size: shorter-side size before a centre crop (``crop`` mode only).
-        mean: per-channel mean on the [0, 1] scale, RGB.
-        std: per-channel standard deviation on the [0, 1] scale, RGB.
+        mean: per-channel mean on the [0, 1] scale (RGB, or one value for grey input).
+        std: per-channel standard deviation on the [0, 1] scale, likewise.
         interpolation: ``"bilinear"``, ``"bicubic"`` or ``"nearest"``.
+        channels: 3 (RGB input) or 1 (the image decoded as single-channel L).
 
     """
 
     size: int
     resize_size: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
     interpolation: str = "bilinear"
+    channels: int = 3
 
 
 @dataclass
@@ -72,6 +76,8 @@ class LoadedModel:
         classes: its class names.
         default_layer: the dotted module name Grad-CAM uses by default.
         weights: where the weights came from (a file path), for the record.
+        binary: the network returns one logit (a sigmoid classifier); it is presented as two
+            classes whose signed logits are ``-z`` (negative) and ``z`` (positive).
 
     """
 
@@ -81,6 +87,7 @@ class LoadedModel:
     classes: ClassIndex
     default_layer: str
     weights: str
+    binary: bool = False
 
 
 ModelLoader = Callable[[Path | None, bool], LoadedModel]
@@ -161,7 +168,13 @@ def load_model(name: str, weights: Path | None = None, offline: bool = False) ->
 
     """
     offline = offline_requested(offline)
-    if name in _REGISTRY:
+    from camcli import own_models
+
+    if own_models.is_factory_spec(name):
+        loaded = own_models.load_factory_model(name, weights)
+    elif own_models.is_timm_spec(name):
+        loaded = own_models.load_timm_model(name, weights, offline)
+    elif name in _REGISTRY:
         loaded = _REGISTRY[name](weights, offline)
     elif name in _torchvision_classifiers():
         loaded = _load_torchvision(name, weights, offline)
@@ -181,12 +194,18 @@ def _short(error: BaseException, limit: int = 240) -> str:
 def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
     """Load a state dict safely (``weights_only=True``: a pickle cannot run code).
 
-    Accepts a plain state dict or a checkpoint holding one under ``state_dict`` or ``model``.
+    Accepts a plain state dict or a checkpoint holding one under ``state_dict`` or ``model``
+    (keys prefixed ``module.`` by DataParallel or ``_orig_mod.`` by ``torch.compile`` are
+    renamed), saying so on stderr, and ``.safetensors`` files.
 
     Raises:
         ModelUnavailable: when the file is missing, unsafe or not a state dict.
 
     """
+    if path.suffix.lower() == ".safetensors":
+        from camcli.own_models import load_safetensors
+
+        return load_safetensors(path)
     try:
         obj: Any = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
@@ -197,14 +216,26 @@ def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
             f"cannot load weights file {path} as a state dict with weights_only=True "
             f"(files that need full unpickling are refused): {reason}"
         ) from None
+    notes = []
     if isinstance(obj, dict):
         for key in ("state_dict", "model"):
             if isinstance(obj.get(key), dict):
                 obj = obj[key]
+                notes.append(f"the state dict under {key!r} of the checkpoint")
                 break
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise ModelUnavailable(f"weights file {path} does not hold a state dict of tensors")
-    return {k.removeprefix("module."): v for k, v in obj.items()}
+    state: dict[str, torch.Tensor] = {}
+    for key, value in obj.items():
+        for prefix in ("module.", "_orig_mod."):
+            if key.startswith(prefix):
+                key = key.removeprefix(prefix)
+                notes.append(f"keys without their {prefix!r} prefix")
+        state[key] = value
+    if notes:
+        used = ", ".join(dict.fromkeys(notes))
+        print(f"camcli: weights file {path.name}: using {used}", file=sys.stderr)
+    return state
 
 
 # --- the embedded default model ---------------------------------------------------------
@@ -374,6 +405,28 @@ def _last_child(parent: str) -> Callable[[nn.Module], str]:
     return pick
 
 
+def transformer_layer(model: nn.Module) -> str | None:
+    """The last block's first norm of a vision transformer (ViT, DeiT, Swin), or ``None``.
+
+    That norm's output is the input of the block's attention: tokens that the class token or
+    the pooled output still attend to, with one token per patch (the usual choice for
+    Grad-CAM on transformers). Recognised by any attention module and a block norm named
+    ``norm1`` (timm, torchvision Swin) or ``ln_1`` (torchvision ViT).
+    """
+    attention = any(
+        isinstance(m, nn.MultiheadAttention) or "Attention" in type(m).__name__
+        for m in model.modules()
+    )
+    if not attention:
+        return None
+    norms = [
+        name
+        for name, _ in model.named_modules()
+        if name.endswith(".norm1") or name.endswith(".ln_1")
+    ]
+    return norms[-1] if norms else None
+
+
 _FAMILY_LAYERS: list[tuple[str, Callable[[nn.Module], str]]] = [
     ("vgg", lambda m: _last_relu_before_pool(m.get_submodule("features"))),
     ("alexnet", lambda m: _last_relu_before_pool(m.get_submodule("features"))),
@@ -390,10 +443,12 @@ _FAMILY_LAYERS: list[tuple[str, Callable[[nn.Module], str]]] = [
     ("mnasnet", _last_child("layers")),
     ("googlenet", lambda m: "inception5b"),
     ("inception", lambda m: "Mixed_7c"),
+    ("vit_", lambda m: transformer_layer(m) or ""),
+    ("swin", lambda m: transformer_layer(m) or ""),
 ]
 
 
-def default_layer(name: str, model: nn.Module, size: int = 224) -> str:
+def default_layer(name: str, model: nn.Module, size: int = 224, channels: int = 3) -> str:
     """The layer Grad-CAM uses for a model unless ``--layer`` says otherwise.
 
     Known torchvision families use the customary layer (VGG's last convolutional block,
@@ -403,6 +458,7 @@ def default_layer(name: str, model: nn.Module, size: int = 224) -> str:
         name: the model name.
         model: the network.
         size: input side used when probing.
+        channels: input channels used when probing.
 
     Returns:
         A dotted module name.
@@ -411,13 +467,16 @@ def default_layer(name: str, model: nn.Module, size: int = 224) -> str:
     for prefix, pick in _FAMILY_LAYERS:
         if name.startswith(prefix):
             try:
-                return pick(model)
+                picked = pick(model)
             except AttributeError:
                 break
-    return probe_layer(model, size)
+            if picked:
+                return picked
+            break
+    return transformer_layer(model) or probe_layer(model, size, channels)
 
 
-def probe_layer(model: nn.Module, size: int = 224) -> str:
+def probe_layer(model: nn.Module, size: int = 224, channels: int = 3) -> str:
     """Find the last module that outputs a spatial feature map (N, C, H, W with H*W > 1).
 
     Runs one forward pass on a blank image with hooks on every module; the module whose
@@ -449,7 +508,7 @@ def probe_layer(model: nn.Module, size: int = 224) -> str:
         model.eval()
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
         with torch.no_grad():
-            model(torch.zeros(1, 3, size, size, device=device))
+            model(torch.zeros(1, channels, size, size, device=device))
     finally:
         for handle in handles:
             handle.remove()

@@ -30,7 +30,7 @@ from camcli import __version__
 from camcli.config import Settings
 from camcli.decode import Batch, make_loader, model_inputs_on_device, unpack_pixels
 from camcli.discover import ImageItem
-from camcli.explain import normalise_maps, top_predictions
+from camcli.explain import class_probabilities, normalise_maps, top_predictions
 from camcli.guided import GUIDED_RULE
 from camcli.methods import BatchMethods, compute_methods
 from camcli.models import LoadedModel
@@ -334,8 +334,8 @@ def _explain_positions(
     """Decode, explain, render and write the images at ``todo`` positions of ``items``."""
     device = settings.device
     prep = model.preprocessing
-    mean = torch.tensor(prep.mean, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(prep.std, device=device).view(1, 3, 1, 1)
+    mean = torch.tensor(prep.mean, device=device).view(1, -1, 1, 1)
+    std = torch.tensor(prep.std, device=device).view(1, -1, 1, 1)
     lut = jet_lut(device)
     loader = make_loader(
         [items[p].path for p in todo],
@@ -395,7 +395,7 @@ def _explain_positions(
             lut,
             settings.alpha,
         )
-        number_keys, numbers = _launch_numbers(result, settings)
+        number_keys, numbers = _launch_numbers(result, settings, model.binary)
         raw_keys, raws = (
             _launch_raws(result, settings, prep.size) if settings.save_raw else ([], None)
         )
@@ -524,10 +524,12 @@ def settings_payload(model: LoadedModel, settings: Settings) -> dict[str, Any]:
     }
 
 
-def _launch_numbers(result: BatchMethods, settings: Settings) -> tuple[list[str], HostCopy]:
+def _launch_numbers(
+    result: BatchMethods, settings: Settings, binary: bool = False
+) -> tuple[list[str], HostCopy]:
     """Everything the records need from the device, on its way to the host in one go."""
     explanation = result.explanation
-    predictions = top_predictions(explanation.logits, settings.top_k)
+    predictions = top_predictions(explanation.logits, settings.top_k, binary)
     logits = explanation.logits.float()
     targets = explanation.targets
     tensors = {
@@ -535,7 +537,7 @@ def _launch_numbers(result: BatchMethods, settings: Settings) -> tuple[list[str]
         "top_p": predictions.probabilities,
         "top_l": predictions.logits,
         "target": targets,
-        "target_p": logits.softmax(dim=1).gather(1, targets[:, None])[:, 0],
+        "target_p": class_probabilities(logits, binary).gather(1, targets[:, None])[:, 0],
         "target_l": logits.gather(1, targets[:, None])[:, 0],
     }
     for method, per_layer in result.maps.items():
@@ -658,10 +660,14 @@ def _static_fields(model: LoadedModel, settings: Settings) -> dict[str, Any]:
         "mean": list(prep.mean),
         "std": list(prep.std),
     }
+    if prep.channels != 3:
+        view["channels"] = prep.channels
     if settings.crop:
         view["resize_size"] = prep.resize_size
+    head = {"head": "sigmoid (one logit z; classes -z, z)"} if model.binary else {}
     return {
         "model": model.name,
+        **head,
         "weights": model.weights,
         "layers": list(settings.layers),
         "methods": list(settings.methods),

@@ -54,6 +54,14 @@ from camcli.models import (
     available_models,
     load_model,
 )
+from camcli.own_models import (
+    ModelSpecError,
+    OptionProblem,
+    OutputMismatch,
+    customise_model,
+    is_factory_spec,
+    is_timm_spec,
+)
 from camcli.pipeline import RunSummary, WriteFailed
 from camcli.runtime import (
     Rank,
@@ -141,19 +149,59 @@ model_options = _group(
         "model_name",
         default=EMBEDDED_MODEL,
         show_default=True,
-        help="Model name: the embedded default (works offline) or any torchvision "
-        "classifier (densenet201, vgg16, resnet50, ...). See 'camcli models'.",
+        help="Model: the embedded default (works offline), a torchvision classifier "
+        "(densenet201, vgg16, vit_b_16, ...; see 'camcli models'), timm/NAME (a timm model, "
+        "e.g. timm/resnet50.a1_in1k), or your own architecture as FILE.py:FUNCTION or "
+        "package.module:FUNCTION, a factory returning an nn.Module. A factory is Python code "
+        "that camcli imports and runs: name only code you trust.",
     ),
     click.option(
         "--weights",
         type=click.Path(exists=True, dir_okay=False, path_type=Path),
-        help="Local state-dict file for the architecture (loaded with weights_only=True).",
+        help="Local weights for the architecture: a .pt/.pth state dict (loaded with "
+        "weights_only=True; a checkpoint holding it under 'state_dict' or 'model', or with "
+        "DataParallel's 'module.' prefixes, is unwrapped) or a .safetensors file.",
     ),
     click.option(
         "--offline",
         is_flag=True,
         envvar="CAMCLI_OFFLINE",
         help="Never download weights (also set by CAMCLI_OFFLINE=1).",
+    ),
+    click.option(
+        "--classes",
+        "classes_file",
+        type=click.Path(exists=True, dir_okay=False, path_type=Path),
+        help="Class names: one per line, a JSON list, or a JSON object index -> name; one per "
+        "model output (a single-logit model: 2 names, negative first). Used in predictions, "
+        "--target and to match class folders.",
+    ),
+    click.option(
+        "--input-size",
+        type=click.IntRange(min=1),
+        help="Side of the square model input [default: from the model, else 224].",
+    ),
+    click.option(
+        "--mean",
+        help="Normalisation mean on the [0, 1] scale, one value or one per channel "
+        "(0.485,0.456,0.406) [default: from the model; own models: ImageNet's for RGB, 0 "
+        "for one channel].",
+    ),
+    click.option(
+        "--std",
+        help="Normalisation standard deviation, like --mean [default: from the model; own "
+        "models: ImageNet's for RGB, 1 for one channel].",
+    ),
+    click.option(
+        "--interpolation",
+        type=click.Choice(["bilinear", "bicubic", "nearest"]),
+        help="Resampling of the model input [default: from the model, else bilinear].",
+    ),
+    click.option(
+        "--channels",
+        type=click.Choice(["1", "3"]),
+        help="Input channels: 3 (RGB) or 1 (decoded as single-channel L; overlays are still "
+        "drawn on the original photo) [default: from the model's first convolution].",
     ),
 )
 
@@ -259,6 +307,8 @@ def _load_config(ctx: click.Context, _param: click.Parameter, value: Path | None
             raise click.BadParameter(f"{value} sets unknown option {key!r}", ctx=ctx)
         if getattr(params[name], "multiple", False) and not isinstance(setting, list):
             setting = [setting]
+        elif isinstance(setting, list) and not getattr(params[name], "multiple", False):
+            setting = ",".join(str(value) for value in setting)  # mean = [0.5, 0.5, 0.5]
         defaults[name] = setting
     ctx.default_map = {**(ctx.default_map or {}), **defaults}
     return value
@@ -323,6 +373,8 @@ class PreparedRun:
 
 def check_model_name(model_name: str) -> None:
     """Refuse an unknown ``--model`` with the closest names (click.BadParameter, exit 2)."""
+    if is_factory_spec(model_name) or is_timm_spec(model_name):
+        return  # checked when loaded
     names = available_models()
     if model_name not in names:
         close = difflib.get_close_matches(model_name, names, n=4, cutoff=0.5)
@@ -392,6 +444,9 @@ def prepare_run(options: dict[str, Any]) -> PreparedRun:
         loaded = load_model(model_name, options.pop("weights"), options.pop("offline"))
     except ModelUnavailable as exc:
         raise click.ClickException(str(exc)) from None
+    except (ModelSpecError, OutputMismatch) as exc:
+        raise click.BadParameter(str(exc), param_hint="'--model'") from None
+    loaded = _customise(loaded, options)
 
     suffix = f".shard-{shard_k}-of-{shard_n}" if shard_n > 1 else ""
     if rank is not None:
@@ -428,6 +483,23 @@ def prepare_run(options: dict[str, Any]) -> PreparedRun:
         png_level=None if png_level == "fast" else int(png_level),
         max_pixels=options.pop("max_pixels"),
     )
+
+
+def _customise(loaded: LoadedModel, options: dict[str, Any]) -> LoadedModel:
+    """Apply the class and preprocessing options (checked against the model: exit 2)."""
+    channels: str | None = options.pop("channels")
+    try:
+        return customise_model(
+            loaded,
+            input_size=options.pop("input_size"),
+            mean=options.pop("mean"),
+            std=options.pop("std"),
+            interpolation=options.pop("interpolation"),
+            channels=int(channels) if channels else None,
+            classes_file=options.pop("classes_file"),
+        )
+    except OptionProblem as exc:
+        raise click.BadParameter(str(exc), param_hint=f"'{exc.option}'") from None
 
 
 # --- the frame of a run -----------------------------------------------------------------

@@ -52,14 +52,21 @@ def find_linear_head(
     pooled = {False: a.mean(dim=(2, 3)), True: a.clamp(min=0).mean(dim=(2, 3))}
     channels, classes = a.shape[1], target.shape[1]
     for name, module in model.named_modules():
+        # A single-logit (sigmoid) head shown as two classes [-z, z] has the weights [-w, w].
+        signed = classes == 2 and isinstance(module, nn.Linear) and module.out_features == 1
         if not (
             isinstance(module, nn.Linear)
             and module.in_features == channels
-            and module.out_features == classes
+            and (module.out_features == classes or signed)
         ):
             continue
-        weight = module.weight.detach().float()
-        bias = module.bias.detach().float() if module.bias is not None else 0.0
+        weight = module.weight.detach().float().to(a.device)
+        bias: torch.Tensor | float = (
+            module.bias.detach().float().to(a.device) if module.bias is not None else 0.0
+        )
+        if signed:
+            weight = torch.cat([-weight, weight])
+            bias = torch.cat([-bias, bias]) if isinstance(bias, torch.Tensor) else 0.0
         for relu_first, features in pooled.items():
             if torch.allclose(features @ weight.T + bias, target, rtol=rtol, atol=tolerance):
                 return LinearHead(name, weight, relu_first)
