@@ -241,7 +241,7 @@ def model_input(
     if (left, top, cw, ch) != (0, 0, *geometry.resized):
         resized = resized.crop((left, top, left + cw, top + ch))
     array = np.asarray(resized)
-    return (array[:, :, None] if array.ndim == 2 else array), geometry
+    return (array[:, :, None].copy() if array.ndim == 2 else array), geometry
 
 
 @dataclass(frozen=True)
