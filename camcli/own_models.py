@@ -68,9 +68,9 @@ class OutputMismatch(ValueError):
 
 
 def is_factory_spec(name: str) -> bool:
-    """``True`` for ``FILE.py:FUNCTION`` and ``package.module:FUNCTION``."""
+    """``True`` for ``FILE.py:FUNCTION`` and ``package.module:FUNCTION`` (or ``Class.method``)."""
     module, sep, function = name.rpartition(":")
-    return bool(sep and module and function.isidentifier())
+    return bool(sep and module and all(part.isidentifier() for part in function.split(".")))
 
 
 def is_timm_spec(name: str) -> bool:
@@ -121,7 +121,9 @@ def _call_factory(spec: str) -> nn.Module:
             module = importlib.import_module(location)
         except ImportError as exc:
             raise ModelSpecError(f"cannot import module {location!r}: {_short(exc)}") from None
-    factory = getattr(module, function, None)
+    factory: Any = module
+    for part in function.split("."):  # FUNCTION or Class.factory_method
+        factory = getattr(factory, part, None)
     if not callable(factory):
         raise ModelSpecError(f"{location} has no function named {function!r}")
     try:

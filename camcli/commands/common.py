@@ -279,7 +279,12 @@ output_options = _group(
 )
 
 # Config-file keys that differ from the parameter names.
-_CONFIG_ALIASES = {"model": "model_name", "layer": "layers", "method": "methods"}
+_CONFIG_ALIASES = {
+    "model": "model_name",
+    "layer": "layers",
+    "method": "methods",
+    "classes": "classes_file",
+}
 
 
 def _load_config(ctx: click.Context, _param: click.Parameter, value: Path | None) -> Path | None:
