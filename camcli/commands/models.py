@@ -18,6 +18,9 @@ def models() -> None:
 
     One model per line on stdout: NAME<TAB>STATUS, where STATUS is 'embedded' (ships with
     camcli), 'cached' (in the torch hub cache) or 'download' (fetched on first use).
+
+    --model also takes timm/NAME (any timm model) and FILE.py:FUNCTION or
+    package.module:FUNCTION (your own architecture); these are not listed.
     """
     for name in available_models():
         click.echo(f"{name}\t{weights_status(name)}")
