@@ -78,6 +78,8 @@ class LoadedModel:
         weights: where the weights came from (a file path), for the record.
         binary: the network returns one logit (a sigmoid classifier); it is presented as two
             classes whose signed logits are ``-z`` (negative) and ``z`` (positive).
+        classes_source: the class file the names came from, with a digest of the names
+            (``None``: the model's own names).
 
     """
 
@@ -88,6 +90,7 @@ class LoadedModel:
     default_layer: str
     weights: str
     binary: bool = False
+    classes_source: str | None = None
 
 
 ModelLoader = Callable[[Path | None, bool], LoadedModel]

@@ -14,6 +14,7 @@ classifier: :func:`present_binary` shows it as two classes.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib
 import importlib.util
 import math
@@ -459,5 +460,8 @@ def customise_model(
                 f"{classes_file} names {len(names)} classes, but the model has "
                 f"{len(loaded.classes)} outputs",
             )
-        loaded = replace(loaded, classes=ClassIndex(names))
+        digest = hashlib.sha256("\n".join(names).encode("utf-8")).hexdigest()[:16]
+        loaded = replace(
+            loaded, classes=ClassIndex(names), classes_source=f"{classes_file} ({digest})"
+        )
     return loaded

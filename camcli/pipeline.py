@@ -664,10 +664,12 @@ def _static_fields(model: LoadedModel, settings: Settings) -> dict[str, Any]:
         view["channels"] = prep.channels
     if settings.crop:
         view["resize_size"] = prep.resize_size
-    head = {"head": "sigmoid (one logit z; classes -z, z)"} if model.binary else {}
+    own: dict[str, Any] = {"head": "sigmoid (one logit z; classes -z, z)"} if model.binary else {}
+    if model.classes_source is not None:
+        own["classes"] = model.classes_source  # other names: other records
     return {
         "model": model.name,
-        **head,
+        **own,
         "weights": model.weights,
         "layers": list(settings.layers),
         "methods": list(settings.methods),

@@ -358,6 +358,17 @@ def test_class_names_drive_predictions_and_target(
     record = json.loads(result.stdout.splitlines()[0])
     assert {p["name"] for p in record["predictions"]} == {"ok", "defect"}
     assert record["target"]["name"] == "defect" and record["target"]["index"] == 1
+    assert record["classes"].startswith(f"{classes} (")
+    # Other names are other results: a re-run with a changed class file redoes the images.
+    classes.write_text('["good", "bad"]', encoding="utf-8")
+    again = run(
+        "explain", photos, "--model", f"{binary_factory}:build", "--classes", classes,
+        "--target", "bad", "--input-size", "32", "--method", "gradcam", "--device", "cpu",
+        "-j", "0", "-o", tmp_path / "out", "--jsonl",
+    )  # fmt: skip
+    assert again.exit_code == 0, again.output
+    records = [json.loads(line) for line in again.stdout.splitlines()]
+    assert all("reused" not in r and r["target"]["name"] == "bad" for r in records)
 
 
 @pytest.mark.parametrize(
