@@ -59,6 +59,17 @@ def build(depth=2):
         img_size=32, patch_size=8, embed_dim=32, depth=depth, num_heads=2, num_classes=2
     )"""
 
+TINY_SWIN_SOURCE = """
+from timm.models.swin_transformer import SwinTransformer
+
+
+def build():
+    return SwinTransformer(
+        img_size=32, patch_size=4, window_size=4, embed_dim=16, depths=(1, 1),
+        num_heads=(1, 2), num_classes=3,
+    )
+"""
+
 
 def write_factory(directory: Path, name: str, source: str) -> Path:
     """Write a factory file and return its path."""

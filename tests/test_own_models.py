@@ -25,7 +25,13 @@ from camcli.models import Preprocessing, default_layer, load_model
 from camcli.own_models import present_binary
 
 from .conftest import TINY, random_photo, save_image
-from .synthetic import BLOB_CNN_SOURCE, TINY_VIT_SOURCE, import_file, write_factory
+from .synthetic import (
+    BLOB_CNN_SOURCE,
+    TINY_SWIN_SOURCE,
+    TINY_VIT_SOURCE,
+    import_file,
+    write_factory,
+)
 
 
 def run(*args: str | Path) -> Result:
@@ -246,7 +252,7 @@ def _check_outputs(out: Path, result: Result, methods: list[str]) -> None:
 
 
 @pytest.mark.parametrize("channels_last", ["--channels-last", "--no-channels-last"])
-@pytest.mark.parametrize("family", ["binary-grey-cnn", "vit"])
+@pytest.mark.parametrize("family", ["binary-grey-cnn", "vit", "swin"])
 def test_every_method_on_own_models_through_the_cli(
     tmp_path: Path,
     photos: Path,
@@ -255,8 +261,13 @@ def test_every_method_on_own_models_through_the_cli(
     family: str,
     channels_last: str,
 ) -> None:
-    methods = [m for m in ALL_METHODS if not (family == "vit" and m == "cam")]
-    model = f"{binary_factory}:build" if family == "binary-grey-cnn" else f"{vit_factory}:build"
+    methods = [m for m in ALL_METHODS if not (family != "binary-grey-cnn" and m == "cam")]
+    factories = {
+        "binary-grey-cnn": binary_factory,
+        "vit": vit_factory,
+        "swin": write_factory(tmp_path, "tinyswin", TINY_SWIN_SOURCE),
+    }
+    model = f"{factories[family]}:build"
     out = tmp_path / "out"
     result = run(
         "explain", photos, "--model", model, "--input-size", "32", "--method", ",".join(methods),
@@ -272,11 +283,13 @@ def test_every_method_on_own_models_through_the_cli(
         assert record["maps"]["cam"]["classifier"] == {"features": "fc"}
 
 
-def test_cam_on_a_vit_is_refused_in_one_sentence(
-    tmp_path: Path, photos: Path, vit_factory: Path
+@pytest.mark.parametrize("source", [TINY_VIT_SOURCE, TINY_SWIN_SOURCE], ids=["vit", "swin"])
+def test_cam_on_a_transformer_is_refused_in_one_sentence(
+    tmp_path: Path, photos: Path, source: str
 ) -> None:
+    factory = write_factory(tmp_path, "transformer", source)
     result = run(
-        "explain", photos, "--model", f"{vit_factory}:build", "--method", "cam",
+        "explain", photos, "--model", f"{factory}:build", "--method", "cam",
         "--device", "cpu", "-j", "0", "-o", tmp_path / "out",
     )  # fmt: skip
     assert result.exit_code == 2
