@@ -100,37 +100,45 @@ def load_safetensors(path: Path) -> dict[str, torch.Tensor]:
 def _call_factory(spec: str) -> nn.Module:
     """Import the module of ``spec`` and call its factory (code the user asked to run)."""
     location, _, function = spec.rpartition(":")
-    if location.endswith(".py"):
-        path = Path(location).expanduser()
-        if not path.is_file():
-            raise ModelSpecError(f"factory file {location} does not exist")
-        module_name = f"camcli_factory_{abs(hash(str(path.resolve())))}"
-        spec_obj = importlib.util.spec_from_file_location(module_name, path)
-        if spec_obj is None or spec_obj.loader is None:
-            raise ModelSpecError(f"cannot import {location} as Python code")
-        module = importlib.util.module_from_spec(spec_obj)
-        # The file's own folder is importable, as when running it as a script.
-        sys.path.insert(0, str(path.resolve().parent))
-        try:
-            spec_obj.loader.exec_module(module)
-        except Exception as exc:
-            raise ModelUnavailable(f"importing {location} failed: {_short(exc)}") from None
-        finally:
-            sys.path.remove(str(path.resolve().parent))
-    else:
-        try:
-            module = importlib.import_module(location)
-        except ImportError as exc:
-            raise ModelSpecError(f"cannot import module {location!r}: {_short(exc)}") from None
-    factory: Any = module
-    for part in function.split("."):  # FUNCTION or Class.factory_method
-        factory = getattr(factory, part, None)
-    if not callable(factory):
-        raise ModelSpecError(f"{location} has no function named {function!r}")
+    folder: str | None = None
     try:
-        built = factory()
-    except Exception as exc:
-        raise ModelUnavailable(f"{spec}() failed: {_short(exc)}") from None
+        if location.endswith(".py"):
+            path = Path(location).expanduser().resolve()
+            if not path.is_file():
+                raise ModelSpecError(f"factory file {location} does not exist")
+            digest = hashlib.sha1(str(path).encode("utf-8", "surrogateescape")).hexdigest()[:12]
+            module_name = f"camcli_factory_{path.stem}_{digest}"
+            spec_obj = importlib.util.spec_from_file_location(module_name, path)
+            if spec_obj is None or spec_obj.loader is None:
+                raise ModelSpecError(f"cannot import {location} as Python code")
+            module = importlib.util.module_from_spec(spec_obj)
+            # As when the file runs as a script: its folder is importable (also while the
+            # factory runs), and it is a registered module (dataclasses need that).
+            folder = str(path.parent)
+            sys.path.insert(0, folder)
+            sys.modules[module_name] = module
+            try:
+                spec_obj.loader.exec_module(module)
+            except Exception as exc:
+                del sys.modules[module_name]
+                raise ModelUnavailable(f"importing {location} failed: {_short(exc)}") from None
+        else:
+            try:
+                module = importlib.import_module(location)
+            except ImportError as exc:
+                raise ModelSpecError(f"cannot import module {location!r}: {_short(exc)}") from None
+        factory: Any = module
+        for part in function.split("."):  # FUNCTION or Class.factory_method
+            factory = getattr(factory, part, None)
+        if not callable(factory):
+            raise ModelSpecError(f"{location} has no function named {function!r}")
+        try:
+            built = factory()
+        except Exception as exc:
+            raise ModelUnavailable(f"{spec}() failed: {_short(exc)}") from None
+    finally:
+        if folder is not None and folder in sys.path:
+            sys.path.remove(folder)
     if not isinstance(built, nn.Module):
         raise ModelSpecError(f"{spec}() returned {type(built).__name__}, not a torch nn.Module")
     return built

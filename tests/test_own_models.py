@@ -487,9 +487,51 @@ def test_own_model_config_file(tmp_path: Path, photos: Path, binary_factory: Pat
     assert {p["name"] for p in record["predictions"]} == {"ok", "defect"}
 
 
-def test_repository_config_example_is_valid() -> None:
-    import tomllib
-
+def test_repository_config_example_runs(
+    photos: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     repo = Path(__file__).resolve().parents[1]
-    data = tomllib.loads((repo / "configs" / "own-model.toml").read_text(encoding="utf-8"))
-    assert ":" in data["model"] and data["channels"] == 1
+    monkeypatch.chdir(repo)
+    result = run(
+        "explain", photos, "--config", "configs/own-model/config.toml", "--device", "cpu",
+        "-j", "0", "-o", tmp_path / "out", "--jsonl",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.stdout.splitlines()[0])
+    assert record["view"]["channels"] == 1 and record["view"]["size"] == 64
+    assert {p["name"] for p in record["predictions"]} == {"ok", "defect"}
+    assert sorted(record["maps"]) == ["cam", "gradcam"]
+
+
+def test_factory_file_imports_its_neighbours_and_may_use_dataclasses(
+    tmp_path: Path, photos: Path
+) -> None:
+    (tmp_path / "layers_of_mine.py").write_text(
+        "from torch import nn\n\ndef head(c):\n    return nn.Linear(c, 4)\n", encoding="utf-8"
+    )
+    factory = write_factory(
+        tmp_path,
+        "withsettings",
+        "from dataclasses import dataclass\n"
+        "from torch import nn\n\n"
+        "@dataclass\nclass Settings:\n    width: int = 8\n\n"
+        "class Net(nn.Module):\n"
+        "    def __init__(self, settings):\n"
+        "        super().__init__()\n"
+        "        from layers_of_mine import head  # imported while the factory runs\n"
+        "        self.conv = nn.Conv2d(3, settings.width, 3)\n"
+        "        self.pool = nn.AdaptiveAvgPool2d(1)\n"
+        "        self.fc = head(settings.width)\n\n"
+        "    def forward(self, x):\n"
+        "        return self.fc(self.pool(self.conv(x)).flatten(1))\n\n"
+        "    @classmethod\n"
+        "    def create(cls):\n"
+        "        return cls(Settings())\n",
+    )
+    result = run(
+        "explain", photos, "--model", f"{factory}:Net.create", "--input-size", "16",
+        "--method", "cam", "--device", "cpu", "-j", "0", "-o", tmp_path / "out", "--jsonl",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.stdout.splitlines()[0])
+    assert record["layers"] == ["conv"] and len(record["predictions"]) == 4
