@@ -9,6 +9,8 @@ from torch import nn
 
 
 class DefectNet(nn.Module):
+    """Three convolutions, global average pooling, one logit."""
+
     def __init__(self) -> None:
         super().__init__()
         self.features = nn.Sequential(
@@ -23,8 +25,10 @@ class DefectNet(nn.Module):
         self.fc = nn.Linear(32, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits ``(N, 1)`` of a ``(N, 1, H, W)`` batch."""
         return self.fc(torch.flatten(self.pool(self.features(x)), 1))
 
 
 def build() -> nn.Module:
+    """The factory camcli calls: ``--model configs/own-model/model.py:build``."""
     return DefectNet()
