@@ -346,6 +346,17 @@ def discover_inputs(
         if str(input_path) == "-":
             data = sys.stdin.buffer.read()
             items = images_from_list(read_path_list(data, null), root)
+            outputs = exclude.resolve()
+            kept = [i for i in items if not i.path.resolve().is_relative_to(outputs)]
+            if len(kept) < len(items):
+                click.echo(
+                    f"camcli: ignored {len(items) - len(kept)} listed path(s) inside the "
+                    f"output directory {exclude} (outputs of camcli, not inputs)",
+                    err=True,
+                )
+                items = kept
+            if not items:
+                raise NoImagesFound("no paths left to explain on standard input")
             if any(item.mirrored for item in items):
                 click.echo(
                     "camcli: absolute paths outside the input root are mirrored below the "
