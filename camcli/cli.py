@@ -13,6 +13,8 @@ import click
 from camcli import __version__
 from camcli.commands.common import CONTEXT
 from camcli.commands.explain import explain
+from camcli.commands.features import features
+from camcli.commands.layers import layers
 from camcli.commands.models import models
 
 __all__ = ["main"]
@@ -26,6 +28,8 @@ def main() -> None:
 
 main.add_command(explain)
 main.add_command(models)
+main.add_command(layers)
+main.add_command(features)
 
 
 if __name__ == "__main__":  # pragma: no cover
