@@ -41,6 +41,7 @@ __all__ = [
     "RunSummary",
     "WriteFailed",
     "backend_settings",
+    "reusable_records",
     "run_batches",
     "write_image_files",
 ]
@@ -244,7 +245,7 @@ def run_batches(
     )
     try:
         todo = []
-        reusable = _reusable(items, settings, key)
+        reusable = reusable_records(items, settings, key)
         for position, item in enumerate(items):
             if ".." in item.relative.parts or item.relative.is_absolute():
                 fail(
@@ -286,9 +287,10 @@ def _input_stats(items: Sequence[ImageItem]) -> list[dict[str, int] | None]:
         return list(threads.map(lambda item: input_stat(item.path), items))
 
 
-def _reusable(
+def reusable_records(
     items: Sequence[ImageItem], settings: Settings, key: str
 ) -> list[dict[str, Any] | None]:
+    """Per image, its stored record when its outputs are up to date under ``key``, else None."""
     if settings.force:
         return [None] * len(items)
 
