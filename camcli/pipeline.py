@@ -49,6 +49,14 @@ from camcli.runloop import (
     run_batches,
     write_image_files,
 )
+from camcli.targets import (
+    ExtraTargets,
+    add_extra_targets,
+    collect_extra_targets,
+    compute_for_targets,
+    launch_extra_targets,
+    target_indices,
+)
 from camcli.transfer import HostCopy
 from camcli.write import (
     artifact_path,
@@ -195,15 +203,33 @@ def _explain_work(
         part: Batch, positions: list[int], pixels: list[torch.Tensor], inputs: torch.Tensor
     ) -> _InFlight:
         """Queue a batch's device work: explain, render, and the copies back to the host."""
-        result = compute_methods(
-            module,
-            inputs,
-            settings.layers,
-            settings.methods,
-            _batch_targets(settings, [label_indices[p] for p in positions], part),
-            settings.method_options,
-            seeds=[image_seed(items[p]) for p in positions],
-            autocast_dtype=torch.bfloat16 if settings.precision == "bf16" else None,
+        labels = [label_indices[p] for p in positions]
+        results = []
+        if settings.extra_targets:  # one forward pass, the maps of every target
+            extra_sets = [target_indices(s, labels, len(part)) for s in settings.extra_targets]
+            results = compute_for_targets(
+                module,
+                inputs,
+                settings.layers,
+                settings.methods,
+                [_batch_targets(settings, labels, part), *extra_sets],
+                settings.method_options,
+                seeds=[image_seed(items[p]) for p in positions],
+                autocast_dtype=torch.bfloat16 if settings.precision == "bf16" else None,
+            )
+        result = (
+            results[0]
+            if results
+            else compute_methods(
+                module,
+                inputs,
+                settings.layers,
+                settings.methods,
+                _batch_targets(settings, labels, part),
+                settings.method_options,
+                seeds=[image_seed(items[p]) for p in positions],
+                autocast_dtype=torch.bfloat16 if settings.precision == "bf16" else None,
+            )
         )
         render = launch_render(
             _map_keys(result, settings.layers),
@@ -217,8 +243,15 @@ def _explain_work(
         raw_keys, raws = (
             _launch_raws(result, settings, prep.size) if settings.save_raw else ([], None)
         )
+        extra = (
+            launch_extra_targets(
+                results, settings.extra_targets, pixels, part.thetas, lut, settings
+            )
+            if results
+            else None
+        )
         return _InFlight(
-            part, positions, render, number_keys, numbers, raw_keys, raws, _meta(result)
+            part, positions, render, number_keys, numbers, raw_keys, raws, _meta(result), extra
         )
 
     def finish_part(done: _InFlight) -> list[ImageOutput]:
@@ -227,6 +260,7 @@ def _explain_work(
         numbers = _numbers(done.number_keys, done.numbers.wait(), peaks)
         raws = dict(zip(done.raw_keys, done.raws.wait(), strict=True)) if done.raws else {}
         part = done.part
+        landed = collect_extra_targets(done.extra) if done.extra is not None else []
         outputs = []
         for j, position in enumerate(done.positions):
             item = items[position]
@@ -250,6 +284,10 @@ def _explain_work(
                 for kind in (rendered[j].heatmaps, rendered[j].overlays, rendered[j].pictures)
                 for a in kind.values()
             )
+            if done.extra is not None:
+                size += add_extra_targets(
+                    record, jobs, item, j, done.extra, landed, model, settings
+                )
             outputs.append(ImageOutput(record, jobs, size))
         return outputs
 
@@ -269,6 +307,7 @@ def settings_payload(model: LoadedModel, settings: Settings) -> dict[str, Any]:
         **_static_fields(model, settings),
         "weights": weights_id,
         "target": {"mode": settings.target.mode, "index": settings.target.index},
+        **_extra_targets_payload(settings),
         "top_k": settings.top_k,
         "save_raw": settings.save_raw,
         "alpha": settings.alpha,
@@ -283,6 +322,13 @@ def settings_payload(model: LoadedModel, settings: Settings) -> dict[str, Any]:
             "seed": options.seed,
         },
     }
+
+
+def _extra_targets_payload(settings: Settings) -> dict[str, Any]:
+    # Absent for a single target, so its settings key (and resume) is unchanged.
+    if not settings.extra_targets:
+        return {}
+    return {"extra_targets": [{"mode": t.mode, "index": t.index} for t in settings.extra_targets]}
 
 
 def _launch_numbers(result: BatchMethods, settings: Settings) -> tuple[list[str], HostCopy]:
@@ -368,6 +414,7 @@ class _InFlight:
     raw_keys: list[str]
     raws: HostCopy | None
     meta: _BatchMeta
+    extra: ExtraTargets | None = None  # the further targets of --target pred,label
 
 
 def _file_jobs(
