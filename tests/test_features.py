@@ -90,6 +90,14 @@ def red_blue(path: Path) -> Path:
 # --- layers ------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("command", ["layers", "features", "compare"])
+def test_new_commands_have_help_and_version(command: str):
+    for flag in ("--help", "-h"):
+        result = run(command, flag)
+        assert result.exit_code == 0 and "Usage:" in result.stdout
+    assert run(command, "--version").stdout.strip().endswith("0.1.0")
+
+
 def test_layers_json_lists_every_module_with_its_shape_and_marks():
     result = run("layers", TINY, "--json")
     assert result.exit_code == 0, result.output
