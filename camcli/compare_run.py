@@ -127,6 +127,8 @@ def run_compare(
     try:
         loaded: LoadedModel | None = None
         for index, name in enumerate(options.models):
+            if index > 0 and not todo:
+                break  # every sheet is up to date: no other model is needed
             loaded = None  # release the previous model before loading the next
             loaded = load(index)
             rows.append({"model": name, "layer": loaded.default_layer, "weights": loaded.weights})
@@ -280,7 +282,7 @@ def _load_maps(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
 class _SheetLaunched:
     part: Batch
     positions: list[int]
-    layouts: list[SheetLayout]
+    layouts: list[SheetLayout | None]
     metas: list[list[dict[str, Any]]]
     maps: list[list[np.ndarray]]
     copy: HostCopy
@@ -308,14 +310,25 @@ class _SheetWork:
         self, part: Batch, positions: list[int], pixels: list[torch.Tensor], inputs: torch.Tensor
     ) -> _SheetLaunched:
         device = self.settings.device
-        sheets, layouts, metas, all_maps = [], [], [], []
+        sheets: list[torch.Tensor | None] = []
+        layouts: list[SheetLayout | None] = []
+        metas: list[list[dict[str, Any]]] = []
+        all_maps: list[list[np.ndarray]] = []
         for j, position in enumerate(positions):
             item = self.items[position]
             height, width = part.shapes[j]
-            stored = [
-                _load_maps(artifact_path(self.scratch / str(r), item.relative, "maps.npz"))
-                for r in range(len(self.rows))
-            ]
+            try:
+                stored = [
+                    _load_maps(artifact_path(self.scratch / str(r), item.relative, "maps.npz"))
+                    for r in range(len(self.rows))
+                ]
+            except (OSError, ValueError, KeyError):
+                # A model's pass failed on this image (reported as such by finish).
+                sheets.append(None)
+                layouts.append(None)
+                metas.append([])
+                all_maps.append([])
+                continue
             layout = sheet_layout(
                 len(self.rows), len(self.options.methods), width, height, self.options.cell
             )
@@ -324,16 +337,22 @@ class _SheetWork:
             layouts.append(layout)
             metas.append([meta for _, meta in stored])
             all_maps.append([m for m, _ in stored])
-        return _SheetLaunched(part, positions, layouts, metas, all_maps, HostCopy(sheets))
+        made = [sheet for sheet in sheets if sheet is not None]
+        return _SheetLaunched(part, positions, layouts, metas, all_maps, HostCopy(made))
 
     def finish(self, launched: _SheetLaunched) -> list[ImageOutput]:
-        sheets = launched.copy.wait()
+        landed = iter(launched.copy.wait())
         settings, methods = self.settings, self.options.methods
         outputs = []
         for j, position in enumerate(launched.positions):
             item = self.items[position]
             height, width = launched.part.shapes[j]
             layout, metas, maps = launched.layouts[j], launched.metas[j], launched.maps[j]
+            if layout is None:
+                error = "a model's pass over this image failed, so its sheet cannot be made"
+                outputs.append(ImageOutput(_error(item, error), [], 0))
+                continue
+            sheet = next(landed)
             texts, rows, cells = [], [], []
             for r, (row, meta) in enumerate(zip(self.rows, metas, strict=True)):
                 top = meta["prediction"]
@@ -370,7 +389,7 @@ class _SheetWork:
                         }
                     )
             path = artifact_path(settings.output_dir, item.relative, "compare.png")
-            produce = _sheet_png(sheets[j], layout, list(methods), texts, settings.png_level)
+            produce = _sheet_png(sheet, layout, list(methods), texts, settings.png_level)
 
             record = {
                 "image": str(item.relative),
@@ -386,7 +405,7 @@ class _SheetWork:
                 "cells": cells,
                 "files": {"compare": {"sheet": path.name}},
             }
-            outputs.append(ImageOutput(record, [(path, produce)], sheets[j].nbytes))
+            outputs.append(ImageOutput(record, [(path, produce)], sheet.nbytes))
         return outputs
 
 
@@ -398,3 +417,7 @@ def _sheet_png(
     level: int | None,
 ) -> Callable[[], bytes]:
     return lambda: encode_png(label_sheet(sheet, layout, columns, texts), level)
+
+
+def _error(item: ImageItem, message: str) -> dict[str, Any]:
+    return {"image": str(item.relative), "status": "error", "error": message}

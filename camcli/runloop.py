@@ -111,7 +111,9 @@ class ImageOutput:
     """What a command made for one image of a batch.
 
     Attributes:
-        record: the image's JSON record (the loop adds ``settings_key`` and ``input``).
+        record: the image's JSON record (the loop adds ``settings_key`` and ``input``); a
+            record with ``"status": "error"`` and an ``error`` message reports the image as
+            failed instead (nothing is written).
         jobs: its files.
         size: bytes of pictures the jobs hold (bounds the writes in flight).
 
@@ -396,6 +398,9 @@ class _Loop:
         for j, (position, output) in enumerate(zip(done.positions, outputs, strict=True)):
             item = self.items[position]
             record = output.record
+            if record.get("status") == "error":
+                self.fail(item, str(record.get("error")))
+                continue
             record["settings_key"] = self.key
             record["input"] = {**(self.stats[position] or {}), "sha256": done.part.sha256[j]}
             future = self.pool.submit(

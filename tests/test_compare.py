@@ -124,3 +124,34 @@ def test_compare_usage_errors_and_a_corrupt_file(squares: Path, tmp_path: Path):
     statuses = sorted(json.loads(line)["status"] for line in corrupt.stdout.splitlines())
     assert statuses == ["error", "ok", "ok", "ok"]
     assert "Traceback" not in corrupt.output
+
+
+def test_an_image_a_model_failed_on_is_reported_and_the_others_are_made(
+    squares: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    import torch
+
+    import camcli.compare_run as compare_run
+
+    real = compare_run.compute_methods
+    calls: list[str] = []
+
+    def failing_once(model: Any, *args: Any, **kwargs: Any) -> Any:
+        name = type(model).__name__
+        calls.append(name)
+        if name == "BrightnessNet" and calls.count(name) == 2:
+            raise torch.OutOfMemoryError("simulated")
+        return real(model, *args, **kwargs)
+
+    monkeypatch.setattr(compare_run, "compute_methods", failing_once)
+    out = tmp_path / "out"
+    result = compare(squares, out, "-b", "1", "--jsonl")
+    assert result.exit_code == 1, result.output
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    failed = [r for r in records if r["status"] == "error"]
+    assert len(records) == 3 and len(failed) == 1
+    assert "pass over this image failed" in failed[0]["error"]
+    assert failed[0]["image"] in result.stderr
+    assert not (out / f"{failed[0]['image']}.compare.png").exists()
+    assert sum((out / f"{r['image']}.compare.png").is_file() for r in records) == 2
+    assert not any(p.name.startswith(".camcli-compare") for p in out.iterdir())
