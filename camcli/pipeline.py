@@ -204,7 +204,7 @@ def _explain_work(
     ) -> _InFlight:
         """Queue a batch's device work: explain, render, and the copies back to the host."""
         labels = [label_indices[p] for p in positions]
-        results = []
+        results: list[BatchMethods] = []
         if settings.extra_targets:  # one forward pass, the maps of every target
             extra_sets = [target_indices(s, labels, len(part)) for s in settings.extra_targets]
             results = compute_for_targets(
@@ -217,10 +217,9 @@ def _explain_work(
                 seeds=[image_seed(items[p]) for p in positions],
                 autocast_dtype=torch.bfloat16 if settings.precision == "bf16" else None,
             )
-        result = (
-            results[0]
-            if results
-            else compute_methods(
+            result = results[0]
+        else:
+            result = compute_methods(
                 module,
                 inputs,
                 settings.layers,
@@ -230,7 +229,6 @@ def _explain_work(
                 seeds=[image_seed(items[p]) for p in positions],
                 autocast_dtype=torch.bfloat16 if settings.precision == "bf16" else None,
             )
-        )
         render = launch_render(
             _map_keys(result, settings.layers),
             _pictures(result),

@@ -155,3 +155,16 @@ def test_an_image_a_model_failed_on_is_reported_and_the_others_are_made(
     assert not (out / f"{failed[0]['image']}.compare.png").exists()
     assert sum((out / f"{r['image']}.compare.png").is_file() for r in records) == 2
     assert not any(p.name.startswith(".camcli-compare") for p in out.iterdir())
+
+
+def test_config_file_table_for_compare(squares: Path, tmp_path: Path):
+    config = tmp_path / "camcli.toml"
+    config.write_text(
+        f'[explain]\ntop-k = 3\n\n[compare]\nmodel = ["{BRIGHT}", "{TINY}"]\nmethod = "layercam"\n'
+        "cell-size = 80\nworkers = 0\n"
+    )
+    out = tmp_path / "out"
+    result = run("compare", squares, "-o", out, "--config", config)
+    assert result.exit_code == 0, result.output
+    record = json.loads((out / "left.png.json").read_text())
+    assert record["models"] == [BRIGHT, TINY] and record["methods"] == ["layercam"]

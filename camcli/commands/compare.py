@@ -35,7 +35,7 @@ __all__ = ["compare"]
 @click.option(
     "-m",
     "--model",
-    "model_names",
+    "model_name",
     multiple=True,
     required=True,
     help="A model to compare (one row each, in the order given); repeat for several. "
@@ -91,7 +91,7 @@ def compare(ctx: click.Context, **options: Any) -> None:
       2    usage error
       130  stopped by SIGINT; 143 by SIGTERM; 141 stdout closed
     """
-    names = tuple(dict.fromkeys(options.pop("model_names")))
+    names = tuple(dict.fromkeys(options.pop("model_name")))
     for name in names:
         check_model_name(name)
     try:
