@@ -250,6 +250,7 @@ class _MapsWork:
                     "probability": round(float(top_p[j]), 6),
                 },
                 "label_index": label,
+                "label_name": classes.name(label) if label is not None else None,
                 "max": [float(m) for m in maxima[j]],
             }
             path = artifact_path(self.settings.output_dir, item.relative, "maps.npz")
@@ -399,7 +400,15 @@ class _SheetWork:
                 "height": height,
                 "models": [row["model"] for row in self.rows],
                 "methods": list(methods),
-                "label": item.label,
+                "label": (
+                    {
+                        "folder": item.label,
+                        "index": metas[0]["label_index"],
+                        "name": metas[0]["label_name"],
+                    }
+                    if item.label is not None
+                    else None
+                ),
                 "target": "pred",
                 "rows": rows,
                 "cells": cells,

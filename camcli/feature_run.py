@@ -238,6 +238,7 @@ class _FeatureWork:
                 "model": self.model.name,
                 "weights": self.model.weights,
                 "view": self.view,
+                "label": _label(item, classes),
                 "predictions": [
                     {
                         "rank": rank + 1,
@@ -254,6 +255,18 @@ class _FeatureWork:
             }
             outputs.append(ImageOutput(record, jobs, size))
         return outputs
+
+
+def _label(item: ImageItem, classes: Any) -> dict[str, Any] | None:
+    """The image's class folder as in explain's records (``None`` outside class folders)."""
+    if item.label is None:
+        return None
+    index = classes.resolve(item.label)
+    return {
+        "folder": item.label,
+        "index": index,
+        "name": classes.name(index) if index is not None else None,
+    }
 
 
 def _grid_png(

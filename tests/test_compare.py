@@ -66,12 +66,27 @@ def test_one_sheet_per_image_a_row_per_model_a_column_per_method(squares: Path, 
             top = record["target"]  # the brightness model ties every class: argmax's pick
             assert row["prediction"]["index"] == top["index"]
             assert row["prediction"]["probability"] == pytest.approx(top["probability"], abs=1e-5)
+            # and its Grad-CAM is explain's: same unnormalised maximum
+            (cell,) = [
+                c
+                for c in records[record["image"]]["cells"]
+                if c["model"] == model and c["method"] == "gradcam"
+            ]
+            expected = record["maps"]["gradcam"]["max"]
+            assert cell["map"]["max"] == pytest.approx(expected, rel=1e-4, abs=1e-6)
     # the brightness model's map is the photo's brightness: its peak lies on the square
     for image, box in (("left.png", (4, 8, 24, 28)), ("right.png", (56, 12, 76, 32))):
         cell = records[image]["cells"][2]
         assert cell["model"] == BRIGHT
         x, y = cell["map"]["peak"]["x"], cell["map"]["peak"]["y"]
         assert box[0] <= x < box[2] and box[1] <= y < box[3], (image, x, y)
+    assert records["left.png"]["label"] is None
+    # "sub" is a WordNet synonym of submarine, so the folder is a label
+    wide = records["sub/wide.png"]
+    assert wide["label"] == {"folder": "sub", "index": 833, "name": "submarine"}
+    assert [r["correct"] for r in wide["rows"]] == [
+        r["prediction"]["index"] == 833 for r in wide["rows"]
+    ]
     assert not any(p.name.startswith(".camcli-compare") for p in out.iterdir())
     index = [json.loads(line) for line in (out / "index.jsonl").read_text().splitlines()]
     assert len(index) == 3 and set(index[0]["predictions"]) == {TINY, BRIGHT}

@@ -232,6 +232,7 @@ def test_features_first_channels_several_layers_index_and_resume(tmp_path: Path)
     index = [json.loads(line) for line in (out / "index.jsonl").read_text().splitlines()]
     assert [e["image"] for e in index] == ["c/0.png", "c/1.png", "c/2.png"]
     assert index[0]["layers"] == ["features.0", "features.3"]
+    assert record["label"] == {"folder": "c", "index": None, "name": None}
     again = run(*args)
     assert again.exit_code == 0 and "3 up to date (reused)" in again.stderr
     changed = run(*args, "--strongest")
