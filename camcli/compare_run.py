@@ -127,12 +127,12 @@ def run_compare(
     try:
         loaded: LoadedModel | None = None
         for index, name in enumerate(options.models):
-            if index > 0 and not todo:
-                break  # every sheet is up to date: no other model is needed
+            if index > 0 and (not todo or (stop is not None and stop.is_set())):
+                break  # every sheet is up to date, or the run stops: no other model needed
             loaded = None  # release the previous model before loading the next
             loaded = load(index)
             rows.append({"model": name, "layer": loaded.default_layer, "weights": loaded.weights})
-            if todo and not (stop is not None and stop.is_set()):
+            if todo:
                 print(
                     f"camcli: model {index + 1} of {len(options.models)}: {name} over "
                     f"{len(todo)} image(s)",

@@ -183,3 +183,36 @@ def test_config_file_table_for_compare(squares: Path, tmp_path: Path):
     assert result.exit_code == 0, result.output
     record = json.loads((out / "left.png.json").read_text())
     assert record["models"] == [BRIGHT, TINY] and record["methods"] == ["layercam"]
+
+
+def test_a_stop_after_the_first_model_loads_no_other_and_leaves_no_scratch(
+    squares: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    import os
+    import signal
+
+    import camcli.compare_run as compare_run
+
+    real = compare_run._maps_pass
+    passes: list[str] = []
+
+    def pass_then_sigterm(items: Any, model: Any, *args: Any) -> None:
+        passes.append(model.name)
+        real(items, model, *args)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    loads: list[str] = []
+
+    def loading(name: str, *args: Any) -> Any:
+        loads.append(name)
+        return load_model(name, *args)
+
+    monkeypatch.setattr(compare_run, "_maps_pass", pass_then_sigterm)
+    monkeypatch.setattr(compare_command, "load_model", loading)
+    out = tmp_path / "out"
+    result = compare(squares, out)
+    assert result.exit_code == 143, result.output
+    assert passes == [TINY] and loads == []  # the second model is never loaded
+    assert not list(out.rglob("*.compare.png"))
+    assert not any(p.name.startswith(".camcli-compare") for p in out.iterdir())
+    assert json.loads((out / "run.json").read_text())["status"] == "interrupted"
