@@ -31,6 +31,7 @@ from camcli.methods import (
 )
 from camcli.pipeline import RunSummary, run_explain, settings_payload
 from camcli.runtime import StopRequest
+from camcli.targets import parse_targets
 
 __all__ = ["explain"]
 
@@ -60,7 +61,8 @@ __all__ = ["explain"]
     default="pred",
     show_default=True,
     help="Class to explain: pred (top-1), label (the image's class folder), "
-    "a class index or a class name.",
+    "a class index or a class name; several, comma-separated (pred,label), are explained "
+    "from one forward pass, the further ones in files named NAME.METHOD.TARGET.png.",
 )
 @click.option(
     "-k",
@@ -192,10 +194,12 @@ def explain_settings(
     except UnknownLayer as exc:
         raise click.BadParameter(f"{exc}", param_hint="'--layer'") from None
     try:
-        target_spec = parse_target(options["target"], loaded.classes)
+        target_spec, extra_targets = parse_targets(
+            options["target"], lambda text: parse_target(text, loaded.classes)
+        )
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="'--target'") from None
-    if target_spec.mode == "label":
+    if "label" in (t.mode for t in (target_spec, *extra_targets)):
         _check_labels(run.items, loaded.classes)
     device = run.device
     chunk_size = options["chunk_size"]
@@ -211,6 +215,7 @@ def explain_settings(
             seed=options["seed"],
         ),
         target=target_spec,
+        extra_targets=extra_targets,
         top_k=options["top_k"],
         save_raw=options["save_raw"],
         batch_size=run.batch_size,
