@@ -43,6 +43,7 @@ def test_one_sheet_per_image_a_row_per_model_a_column_per_method(squares: Path, 
     out = tmp_path / "out"
     result = compare(squares, out, "--method", "gradcam,gradcam++", "--jsonl", "--cell-size", "96")
     assert result.exit_code == 0, result.output
+    assert "camcli: compared 3 of 3 images" in result.stderr
     records = {r["image"]: r for r in map(json.loads, result.stdout.splitlines())}
     assert sorted(records) == ["left.png", "right.png", "sub/wide.png"]
     for image, record in records.items():

@@ -235,6 +235,7 @@ def test_features_first_channels_several_layers_index_and_resume(tmp_path: Path)
     assert record["label"] == {"folder": "c", "index": None, "name": None}
     again = run(*args)
     assert again.exit_code == 0 and "3 up to date (reused)" in again.stderr
+    assert "camcli: processed 0 of 3 images" in again.stderr
     changed = run(*args, "--strongest")
     assert changed.exit_code == 0 and "up to date" not in changed.stderr
     assert json.loads((out / "run.json").read_text())["counts"]["explained"] == 3

@@ -481,6 +481,7 @@ def run_in_frame(
     settings: dict[str, Any],
     described: str,
     usage_errors: UsageErrors | None = None,
+    verb: str = "explained",
 ) -> int:
     """Run ``body`` under the output directory's lock and signal handling; write the summary.
 
@@ -495,6 +496,7 @@ def run_in_frame(
         described: what the report says was used (``"resnet18 at layer4"``).
         usage_errors: exceptions of the body that are usage mistakes, with the option each
             is about.
+        verb: what the report says was done to the images (``explained``, ``compared``).
 
     Raises:
         click.BadParameter: for the usage errors.
@@ -544,7 +546,7 @@ def run_in_frame(
     )
     _write_summaries(record, run)
     if summary.status != "broken-pipe":
-        _report(summary, output_dir, described)
+        _report(summary, output_dir, described, verb)
     return code
 
 
@@ -618,7 +620,7 @@ def _silence_stdout() -> None:
         pass
 
 
-def _report(summary: RunSummary, output_dir: Path, described: str) -> None:
+def _report(summary: RunSummary, output_dir: Path, described: str, verb: str) -> None:
     rate = summary.explained / summary.seconds if summary.seconds > 0 else 0.0
     failed = f", {summary.failed} failed" if summary.failed else ""
     if summary.skipped:
@@ -626,7 +628,7 @@ def _report(summary: RunSummary, output_dir: Path, described: str) -> None:
     if summary.status == "interrupted":
         failed += ", interrupted"
     click.echo(
-        f"camcli: explained {summary.explained} of {summary.total} images{failed} with "
+        f"camcli: {verb} {summary.explained} of {summary.total} images{failed} with "
         f"{described} in {summary.seconds:.1f} s ({rate:.1f} images/s); "
         f"outputs in {output_dir}",
         err=True,

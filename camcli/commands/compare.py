@@ -150,5 +150,6 @@ def compare(ctx: click.Context, **options: Any) -> None:
         compare_payload(settings, compare_options),
         f"{', '.join(names)} ({', '.join(methods)})",
         {LayerUnusable: "--model", CamNotApplicable: "--method"},
+        verb="compared",
     )
     ctx.exit(code)

@@ -116,6 +116,7 @@ def features(ctx: click.Context, **options: Any) -> None:
         features_payload(model, settings, feature_options),
         f"{model.name} features at {', '.join(settings.layers)}",
         {LayerUnusable: "--layer"},
+        verb="processed",
     )
     ctx.exit(code)
 
