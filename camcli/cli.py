@@ -14,6 +14,7 @@ from camcli import __version__
 from camcli.commands.common import CONTEXT
 from camcli.commands.explain import explain
 from camcli.commands.models import models
+from camcli.commands.report import report
 
 __all__ = ["main"]
 
@@ -26,6 +27,7 @@ def main() -> None:
 
 main.add_command(explain)
 main.add_command(models)
+main.add_command(report)
 
 
 if __name__ == "__main__":  # pragma: no cover
