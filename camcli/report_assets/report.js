@@ -414,7 +414,7 @@
     });
     if (detail.source) ul.appendChild(element("li", null, "source: " + detail.source));
     files.appendChild(ul);
-    main.appendChild(files);
+    if (ul.childNodes.length) main.appendChild(files);
   }
 
   function initImage() {
