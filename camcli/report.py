@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib import resources
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -95,24 +95,39 @@ class ReportSummary:
 class _Entry:
     image: str
     record: dict[str, Any] | None  # None for an image that failed (index entry only)
-    record_path: PurePosixPath | None  # relative to the output directory
+    record_path: str | None  # relative to the output directory, with '/'
     error: str | None = None
+    _files: tuple[list[tuple[str, str]], list[tuple[str, str]]] | None = None
+
+    def files(self) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+        """The record's pictures and other files, as ``(caption, path)`` (made once)."""
+        if self._files is None:
+            self._files = _pictures(self)
+        return self._files
 
 
-def _iter_record_files(output_dir: Path) -> Iterator[Path]:
-    """Every ``*.json`` file below the output directory except hidden ones and run summaries."""
-    for folder, dirs, files in os.walk(output_dir, followlinks=False):
+def _iter_record_files(output_dir: Path) -> Iterator[tuple[str, str]]:
+    """Every ``*.json`` file below the output directory except hidden ones and run summaries.
+
+    Yields:
+        ``(path, path relative to the output directory with '/')``.
+    """
+    top = str(output_dir)
+    for folder, dirs, files in os.walk(top, followlinks=False):
         dirs[:] = [d for d in dirs if not d.startswith(".")]
+        relative = os.path.relpath(folder, top).replace(os.sep, "/")
+        prefix = "" if relative == "." else relative + "/"
         for name in files:
             if name.endswith(".json") and not name.startswith("."):
-                if folder == str(output_dir) and name.startswith("run"):
+                if not prefix and name.startswith("run"):
                     continue  # run.json, run.shard-K-of-N.json
-                yield Path(folder, name)
+                yield os.path.join(folder, name), prefix + name
 
 
-def _read_json(path: Path) -> Any:
+def _read_json(path: Path | str) -> Any:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
     except (OSError, UnicodeDecodeError, ValueError):
         return None  # removed meanwhile (a re-explained image) or not a record
 
@@ -159,17 +174,16 @@ def collect_entries(output_dir: Path) -> list[_Entry]:
     """
     entries: list[_Entry] = []
     seen: set[str] = set()
-    for path in _iter_record_files(output_dir):
+    for path, relative in _iter_record_files(output_dir):
         record = _read_json(path)
         if not isinstance(record, dict) or not isinstance(record.get("image"), str):
             continue
-        relative = PurePosixPath(path.relative_to(output_dir).as_posix())
         entries.append(_Entry(record["image"], record, relative))
         seen.add(record["image"])
     for image, message in _index_errors(output_dir).items():
         if image not in seen:
             entries.append(_Entry(image, None, None, message))
-    entries.sort(key=lambda e: (natural_key(e.image), natural_key(str(e.record_path or ""))))
+    entries.sort(key=lambda e: (natural_key(e.image), natural_key(e.record_path or "")))
     return entries
 
 
@@ -188,17 +202,17 @@ def _walk_files(files: Any, trail: tuple[str, ...] = ()) -> Iterator[tuple[tuple
         yield trail, files
 
 
-def _safe_join(folder: PurePosixPath, name: str) -> PurePosixPath | None:
+def _safe_join(folder: str, name: str) -> str | None:
     """``folder/name`` when it stays inside the output directory, else ``None``."""
-    joined = posixpath.normpath(posixpath.join(str(folder), name))
+    joined = posixpath.normpath(posixpath.join(folder, name))
     if joined.startswith(("../", "/")) or joined == "..":
         return None
-    return PurePosixPath(joined)
+    return joined
 
 
-def _url(relative: PurePosixPath, prefix: str = "../") -> str:
+def _url(relative: str, prefix: str = "../") -> str:
     """A URL from the report folder to a file of the output directory, percent-encoded."""
-    return prefix + quote(relative.as_posix(), safe="/")
+    return prefix + quote(relative, safe="/")
 
 
 def _top1(record: dict[str, Any]) -> dict[str, Any] | None:
@@ -222,15 +236,13 @@ def _number(value: Any) -> float | None:
     return float(value)
 
 
-def _pictures(
-    entry: _Entry,
-) -> tuple[list[tuple[str, PurePosixPath]], list[tuple[str, PurePosixPath]]]:
+def _pictures(entry: _Entry) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
     """The record's pictures and other files, as ``(caption, path in the output directory)``."""
-    pictures: list[tuple[str, PurePosixPath]] = []
-    others: list[tuple[str, PurePosixPath]] = []
+    pictures: list[tuple[str, str]] = []
+    others: list[tuple[str, str]] = []
     if entry.record is None or entry.record_path is None:
         return pictures, others
-    folder = entry.record_path.parent
+    folder = posixpath.dirname(entry.record_path)
     for trail, name in _walk_files(entry.record.get("files")):
         path = _safe_join(folder, name)
         if path is None:
@@ -240,7 +252,7 @@ def _pictures(
     return pictures, others
 
 
-def _thumb_source(pictures: list[tuple[str, PurePosixPath]]) -> PurePosixPath | None:
+def _thumb_source(pictures: list[tuple[str, str]]) -> str | None:
     """The picture a thumbnail shows: the first overlay, else the first picture."""
     for caption, path in pictures:
         if "overlay" in caption:
@@ -251,9 +263,9 @@ def _thumb_source(pictures: list[tuple[str, PurePosixPath]]) -> PurePosixPath | 
 # --- thumbnails ---------------------------------------------------------------------------
 
 
-def _thumb_path(entry: _Entry) -> PurePosixPath:
-    assert entry.record_path is not None
-    return PurePosixPath("thumbs") / entry.record_path.with_suffix(".jpg")
+def _thumb_path(record_path: str) -> str:
+    """The thumbnail of a record, in the report folder (``a/b.png.json``: ``a/b.png.jpg``)."""
+    return "thumbs/" + record_path.removesuffix(".json") + ".jpg"
 
 
 def _make_thumb(source: Path, thumb: Path, newer_than: float, size: int) -> tuple[bool, Any]:
@@ -319,7 +331,7 @@ def _detail(entry: _Entry) -> dict[str, Any]:
         detail["error"] = entry.error
         return detail
     record = entry.record
-    pictures, others = _pictures(entry)
+    pictures, others = entry.files()
     detail["record"] = _url(entry.record_path)
     detail["pictures"] = [{"caption": c, "src": _url(p)} for c, p in pictures]
     detail["files"] = [{"caption": c, "href": _url(p)} for c, p in others]
@@ -390,21 +402,19 @@ def write_report(
     report_dir = output_dir / REPORT_DIR
     report_dir.mkdir(parents=True, exist_ok=True)
 
-    jobs: list[tuple[int, Path, Path, float, PurePosixPath]] = []
+    jobs: list[tuple[int, Path, Path, float, str]] = []
     for position, entry in enumerate(entries):
-        if entry.record is None:
+        if entry.record is None or entry.record_path is None:
             continue
-        source = _thumb_source(_pictures(entry)[0])
+        source = _thumb_source(entry.files()[0])
         if source is None:
             continue
-        thumb = _thumb_path(entry)
+        thumb = _thumb_path(entry.record_path)
         try:
-            record_time = (output_dir / str(entry.record_path)).stat().st_mtime
+            record_time = os.stat(os.path.join(output_dir, entry.record_path)).st_mtime
         except OSError:
             record_time = 0.0
-        jobs.append(
-            (position, output_dir / str(source), report_dir / str(thumb), record_time, thumb)
-        )
+        jobs.append((position, output_dir / source, report_dir / thumb, record_time, thumb))
     workers = threads or min(8, os.cpu_count() or 1)
     sizes: dict[int, tuple[str, Any]] = {}
     written = reused = 0
