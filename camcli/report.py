@@ -21,6 +21,7 @@ import io
 import json
 import os
 import posixpath
+import re
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -50,6 +51,8 @@ THUMB_SIZE = 160
 DETAIL_CHUNK = 200  # full entries per details/K.js file: the page of an image loads one
 PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp")
 _ASSETS = ("index.html", "image.html", "report.js", "report.css")
+# run.json, run.shard-K-of-N.json, run.rank-R-of-W.json, run.shard-K-of-N.rank-R-of-W.json
+_RUN_SUMMARY = re.compile(r"run(\.shard-\d+-of-\d+)?(\.rank-\d+-of-\d+)?\.json")
 
 
 class NothingToReport(Exception):
@@ -107,7 +110,9 @@ class _Entry:
 
 
 def _iter_record_files(output_dir: Path) -> Iterator[tuple[str, str]]:
-    """Every ``*.json`` file below the output directory except hidden ones and run summaries.
+    """Every ``*.json`` file below the output directory except hidden ones.
+
+    Run summaries (``run.json``) are among them; they are no records (no ``image`` key).
 
     Yields:
         ``(path, path relative to the output directory with '/')``.
@@ -119,8 +124,6 @@ def _iter_record_files(output_dir: Path) -> Iterator[tuple[str, str]]:
         prefix = "" if relative == "." else relative + "/"
         for name in files:
             if name.endswith(".json") and not name.startswith("."):
-                if not prefix and name.startswith("run"):
-                    continue  # run.json, run.shard-K-of-N.json
                 yield os.path.join(folder, name), prefix + name
 
 
@@ -303,8 +306,6 @@ def _grid_item(entry: _Entry, thumb: str | None, size: Any) -> dict[str, Any]:
         return item
     record = entry.record
     item["s"] = str(record.get("status", "ok"))
-    if record.get("reused"):
-        item["s"] = "ok"
     top = _top1(record)
     if top is not None:
         item["p"] = str(top.get("name", top.get("index", "")))
@@ -357,6 +358,8 @@ def _run_state(output_dir: Path) -> dict[str, Any]:
     """What the report says about the run(s): finished, still going or interrupted."""
     summaries = []
     for path in sorted(output_dir.glob("run*.json")):
+        if not _RUN_SUMMARY.fullmatch(path.name):
+            continue  # e.g. the record of an image named runner.jpg
         summary = _read_json(path)
         if isinstance(summary, dict) and "status" in summary:
             summaries.append(

@@ -332,6 +332,17 @@ def test_any_record_layout_shows_every_picture_and_stays_inside(tmp_path: Path):
     assert item["t"] == "thumbs/cats/x.jpg.jpg" and "c" not in item and "l" not in item
 
 
+def test_an_image_named_like_the_run_summary_is_shown(tmp_path: Path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "runner.jpg.json").write_text(json.dumps({"image": "runner.jpg", "status": "ok"}))
+    (out / "run.shard-0-of-2.json").write_text(json.dumps({"status": "interrupted"}))
+    write_report(out)
+    data = report_data(out)
+    assert [item["i"] for item in data["items"]] == ["runner.jpg"]
+    assert [s["file"] for s in data["run"]["summaries"]] == ["run.shard-0-of-2.json"]
+
+
 def test_report_usage_and_empty_directory(tmp_path: Path):
     missing = cli("report", tmp_path / "nowhere")
     assert missing.exit_code == 2 and "does not exist" in missing.stderr
