@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -245,6 +246,31 @@ def test_explain_report_keeps_stdout_pure_and_the_exit_code(tmp_path: Path):
     assert sorted(r["image"] for r in lines) == sorted(LABELLED)
     assert f"report in {out / 'report' / 'index.html'}" in result.stderr
     assert len(report_data(out)["items"]) == len(LABELLED)
+
+
+def test_explain_report_after_sigint_shows_what_was_explained(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    from camcli.commands import common
+
+    original = common.Reporter.record
+    seen: list[str] = []
+
+    def record_then_interrupt(self: Any, record: dict[str, Any]) -> None:
+        original(self, record)
+        seen.append(record["image"])
+        if len(seen) == 2:
+            os.kill(os.getpid(), signal.SIGINT)  # as Ctrl-C: the run stops taking batches
+
+    monkeypatch.setattr(common.Reporter, "record", record_then_interrupt)
+    out = tmp_path / "out"
+    result = explain_run(make_images(tmp_path / "images", broken=False), out, "-b", "1", "--report")
+    assert result.exit_code == 130, result.output
+    done = set(records(out))
+    assert 2 <= len(done) < len(LABELLED)
+    data = report_data(out)
+    assert {item["i"] for item in data["items"]} == done
+    assert data["run"]["summaries"][0]["status"] == "interrupted"
 
 
 def test_report_of_an_interrupted_run_shows_what_exists(tmp_path: Path):
