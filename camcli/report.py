@@ -19,6 +19,7 @@ from __future__ import annotations
 import datetime
 import io
 import json
+import math
 import os
 import posixpath
 import re
@@ -404,6 +405,13 @@ def write_report(
         )
     report_dir = output_dir / REPORT_DIR
     report_dir.mkdir(parents=True, exist_ok=True)
+    # Thumbnails of another size are remade: they count as older than everything.
+    size_file = report_dir / "thumbs" / "size.txt"
+    try:
+        same_size = size_file.read_text(encoding="ascii").strip() == str(thumb_size)
+    except (OSError, UnicodeDecodeError):
+        same_size = False
+    remake_all = not same_size
 
     jobs: list[tuple[int, Path, Path, float, str]] = []
     for position, entry in enumerate(entries):
@@ -417,6 +425,8 @@ def write_report(
             record_time = os.stat(os.path.join(output_dir, entry.record_path)).st_mtime
         except OSError:
             record_time = 0.0
+        if remake_all:
+            record_time = math.inf
         jobs.append((position, output_dir / source, report_dir / thumb, record_time, thumb))
     workers = threads or min(8, os.cpu_count() or 1)
     sizes: dict[int, tuple[str, Any]] = {}
@@ -432,6 +442,8 @@ def write_report(
             reused += not made
             sizes[position] = (_url(thumb, prefix=""), size)
 
+    if remake_all:
+        atomic_write_bytes(size_file, f"{thumb_size}\n".encode())
     items = [
         _grid_item(entry, *sizes.get(position, (None, None)))
         for position, entry in enumerate(entries)

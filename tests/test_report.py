@@ -194,10 +194,10 @@ def test_report_command_writes_the_report_and_one_json_line(tmp_path: Path):
         assert item["q"] == round(top["probability"], 4)
         assert item["l"] == record["label"]["name"]
         assert item["c"] is (item["i"] not in MISCLASSIFIED)
-        thumb = Image.open(out / "report" / unquote(item["t"]))
-        assert thumb.size == ((160, 120) if item["i"] == LARGE else (40, 32))
-        assert thumb.format == "JPEG"
-        assert (item["w"], item["h"]) == thumb.size
+        with Image.open(out / "report" / unquote(item["t"])) as thumb:
+            assert thumb.size == ((160, 120) if item["i"] == LARGE else (40, 32))
+            assert thumb.format == "JPEG"
+            assert (item["w"], item["h"]) == thumb.size
     assert data["run"]["summaries"][0]["status"] == "complete"
     assert data["run"]["partial_indexes"] == []
 
@@ -235,6 +235,10 @@ def test_thumbnails_are_made_once_and_remade_when_their_source_changes(sorted_ru
     assert json.loads(result.stdout)["thumbnails"] == {"written": 1, "reused": len(LABELLED) - 1}
     changed = [t for t in thumbs if t.stat().st_mtime_ns != before[t]]
     assert changed == [sorted_run / "report" / "thumbs" / "tench" / "dark1.png.jpg"]
+    result = cli("report", sorted_run, "--thumb-size", "64")
+    assert json.loads(result.stdout)["thumbnails"] == {"written": len(LABELLED), "reused": 0}
+    with Image.open(sorted_run / "report" / "thumbs" / "tench" / "bright3.jpg.jpg") as thumb:
+        assert thumb.size == (64, 48)
 
 
 def test_explain_report_keeps_stdout_pure_and_the_exit_code(tmp_path: Path):
@@ -456,7 +460,8 @@ def test_browser_index_loads_clean_every_image_resolves_and_screenshot(
     assert all(width > 0 for _src, width in shown), shown
     assert "9 of 9" in tab.inner_text("#count")
     tab.screenshot(path=str(tmp_path / "report-index.png"), full_page=True)
-    assert Image.open(tmp_path / "report-index.png").size[0] == 1200
+    with Image.open(tmp_path / "report-index.png") as screenshot:
+        assert screenshot.size[0] == 1200
     assert page.problems == []
     page.close()
 

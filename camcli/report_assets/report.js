@@ -331,6 +331,7 @@
   }
 
   function describeTarget(target) {
+    if (Array.isArray(target)) return target.map(describeTarget).join(", ");
     if (!target || typeof target !== "object") return String(target);
     var text = (target.mode ? target.mode + ": " : "") + (target.name || target.index);
     if (typeof target.probability === "number") text += " (" + percent(target.probability) + ")";
