@@ -219,10 +219,22 @@ def _url(relative: str, prefix: str = "../") -> str:
     return prefix + quote(relative, safe="/")
 
 
+def _first_row(record: dict[str, Any]) -> dict[str, Any] | None:
+    """The first model's row of a record with one row per model (``camcli compare``)."""
+    rows = record.get("rows")
+    if isinstance(rows, list) and rows and isinstance(rows[0], dict):
+        return rows[0]
+    return None
+
+
 def _top1(record: dict[str, Any]) -> dict[str, Any] | None:
+    """The top-1 prediction: the record's first, or its first model's."""
     predictions = record.get("predictions")
     if isinstance(predictions, list) and predictions and isinstance(predictions[0], dict):
         return predictions[0]
+    row = _first_row(record)
+    if row is not None and isinstance(row.get("prediction"), dict):
+        return row["prediction"]
     return None
 
 
@@ -316,10 +328,13 @@ def _grid_item(entry: _Entry, thumb: str | None, size: Any) -> dict[str, Any]:
     label = _label_name(record)
     if label is not None:
         item["l"] = label
-    if isinstance(record.get("correct"), bool):
-        item["c"] = record["correct"]
-    if isinstance(record.get("model"), str):
-        item["m"] = record["model"]
+    row = _first_row(record) or {}
+    correct = record.get("correct", row.get("correct"))
+    if isinstance(correct, bool):
+        item["c"] = correct
+    model = record.get("model", row.get("model"))
+    if isinstance(model, str):
+        item["m"] = model
     if thumb is not None and size is not None:
         item["t"] = thumb
         item["w"], item["h"] = size
@@ -344,7 +359,7 @@ def _detail(entry: _Entry) -> dict[str, Any]:
         detail["error"] = record.get("error")
     if isinstance(record.get("predictions"), list):
         detail["predictions"] = [p for p in record["predictions"] if isinstance(p, dict)]
-    for key in ("target", "targets", "maps"):
+    for key in ("target", "targets", "maps", "rows"):
         if key in record:
             detail[key] = record[key]
     return detail

@@ -362,6 +362,38 @@ def test_any_record_layout_shows_every_picture_and_stays_inside(tmp_path: Path):
     assert item["t"] == "thumbs/cats/x.jpg.jpg" and "c" not in item and "l" not in item
 
 
+def test_a_record_with_a_row_per_model_shows_its_first_model(tmp_path: Path):
+    out = tmp_path / "out"
+    save_image(out / "a.png.compare.png", shade(0, True))
+    rows = [
+        {
+            "model": "m1",
+            "layer": "l1",
+            "prediction": {"index": 1, "name": "goldfish", "probability": 0.7},
+            "correct": False,
+        },
+        {
+            "model": "m2",
+            "layer": "l2",
+            "prediction": {"index": 0, "name": "tench", "probability": 0.9},
+            "correct": True,
+        },
+    ]
+    record = {
+        "image": "a.png",
+        "status": "ok",
+        "rows": rows,
+        "files": {"compare": {"sheet": "a.png.compare.png"}},
+    }
+    (out / "a.png.json").write_text(json.dumps(record))
+    write_report(out)
+    item = report_data(out)["items"][0]
+    assert (item["p"], item["q"], item["c"], item["m"]) == ("goldfish", 0.7, False, "m1")
+    assert item["t"] == "thumbs/a.png.jpg"
+    detail = read_script(out / "report" / "details" / "0.js", "window.CAMCLI_DETAILS[0]")[0]
+    assert detail["rows"] == rows
+
+
 def test_an_image_named_like_the_run_summary_is_shown(tmp_path: Path):
     out = tmp_path / "out"
     out.mkdir()

@@ -385,7 +385,19 @@
       top.appendChild(predictionsTable(detail));
       main.appendChild(top);
     }
-    if (detail.targets) {
+    if (Array.isArray(detail.rows) && detail.rows.length) {
+      var models = section("Models");
+      models.appendChild(table(["model", "layer", "top-1", "probability", "verdict"],
+        detail.rows.map(function (row) {
+          var top = row.prediction || {};
+          var verdict = row.correct === true ? "correct" :
+            row.correct === false ? "misclassified" : "";
+          return [row.model, row.layer, top.name, typeof top.probability === "number" ?
+            percent(top.probability) : "", verdict];
+        })));
+      main.appendChild(models);
+    }
+        if (detail.targets) {
       var targets = section("Targets");
       var list = [].concat(Array.isArray(detail.targets) ? detail.targets :
         Object.keys(detail.targets).map(function (k) { return detail.targets[k]; }));
