@@ -16,6 +16,7 @@ that is still going or was interrupted gives a report of what exists. The run in
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import io
 import json
@@ -307,6 +308,16 @@ def _make_thumb(source: Path, thumb: Path, newer_than: float, size: int) -> tupl
         return False, None
 
 
+def _remove_stale_thumbs(report_dir: Path, current: set[str]) -> None:
+    """Delete the thumbnails of records that are gone (their images were removed or renamed)."""
+    for folder, _dirs, files in os.walk(report_dir / "thumbs"):
+        relative = os.path.relpath(folder, report_dir).replace(os.sep, "/")
+        for name in files:
+            if name.endswith(".jpg") and f"{relative}/{name}" not in current:
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(folder, name))
+
+
 # --- writing ------------------------------------------------------------------------------
 
 
@@ -459,6 +470,7 @@ def write_report(
 
     if remake_all:
         atomic_write_bytes(size_file, f"{thumb_size}\n".encode())
+    _remove_stale_thumbs(report_dir, {job[4] for job in jobs})
     items = [
         _grid_item(entry, *sizes.get(position, (None, None)))
         for position, entry in enumerate(entries)

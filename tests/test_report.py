@@ -235,6 +235,11 @@ def test_thumbnails_are_made_once_and_remade_when_their_source_changes(sorted_ru
     assert json.loads(result.stdout)["thumbnails"] == {"written": 1, "reused": len(LABELLED) - 1}
     changed = [t for t in thumbs if t.stat().st_mtime_ns != before[t]]
     assert changed == [sorted_run / "report" / "thumbs" / "tench" / "dark1.png.jpg"]
+    gone = sorted_run / "report" / "thumbs" / "goldfish" / "dark10.png.jpg"
+    (sorted_run / "goldfish" / "dark10.png.json").rename(sorted_run / "dark10.json.bak")
+    assert cli("report", sorted_run).exit_code == 0
+    assert not gone.exists() and len(list(gone.parent.glob("*.jpg"))) == 2
+    (sorted_run / "dark10.json.bak").rename(sorted_run / "goldfish" / "dark10.png.json")
     result = cli("report", sorted_run, "--thumb-size", "64")
     assert json.loads(result.stdout)["thumbnails"] == {"written": len(LABELLED), "reused": 0}
     with Image.open(sorted_run / "report" / "thumbs" / "tench" / "bright3.jpg.jpg") as thumb:
