@@ -27,7 +27,7 @@ import re
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -43,6 +43,7 @@ __all__ = [
     "REPORT_DIR",
     "THUMB_SIZE",
     "NothingToReport",
+    "ReportEntry",
     "ReportSummary",
     "collect_entries",
     "write_report",
@@ -97,12 +98,24 @@ class ReportSummary:
 
 
 @dataclass
-class _Entry:
+class ReportEntry:
+    """One image of the report: its record, or the error of an image that failed.
+
+    Attributes:
+        image: the image's path relative to the input root.
+        record: the record, or ``None`` for an image that failed (known from an index).
+        record_path: the record's path relative to the output directory, with ``/``.
+        error: why the image failed, for entries without a record.
+
+    """
+
     image: str
-    record: dict[str, Any] | None  # None for an image that failed (index entry only)
-    record_path: str | None  # relative to the output directory, with '/'
+    record: dict[str, Any] | None
+    record_path: str | None
     error: str | None = None
-    _files: tuple[list[tuple[str, str]], list[tuple[str, str]]] | None = None
+    _files: tuple[list[tuple[str, str]], list[tuple[str, str]]] | None = field(
+        default=None, repr=False, compare=False
+    )
 
     def files(self) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
         """The record's pictures and other files, as ``(caption, path)`` (made once)."""
@@ -164,7 +177,7 @@ def _index_errors(output_dir: Path) -> dict[str, str]:
     return errors
 
 
-def collect_entries(output_dir: Path) -> list[_Entry]:
+def collect_entries(output_dir: Path) -> list[ReportEntry]:
     """The report's entries: every record under ``output_dir`` and every failed image.
 
     A record is a JSON object with an ``image`` key; failures come from the index files
@@ -175,19 +188,19 @@ def collect_entries(output_dir: Path) -> list[_Entry]:
         output_dir: an output directory of ``camcli explain`` (or of a command built like it).
 
     Returns:
-        The entries (private type: pass them to the report writer).
+        The entries.
     """
-    entries: list[_Entry] = []
+    entries: list[ReportEntry] = []
     seen: set[str] = set()
     for path, relative in _iter_record_files(output_dir):
         record = _read_json(path)
         if not isinstance(record, dict) or not isinstance(record.get("image"), str):
             continue
-        entries.append(_Entry(record["image"], record, relative))
+        entries.append(ReportEntry(record["image"], record, relative))
         seen.add(record["image"])
     for image, message in _index_errors(output_dir).items():
         if image not in seen:
-            entries.append(_Entry(image, None, None, message))
+            entries.append(ReportEntry(image, None, None, message))
     entries.sort(key=lambda e: (natural_key(e.image), natural_key(e.record_path or "")))
     return entries
 
@@ -253,7 +266,7 @@ def _number(value: Any) -> float | None:
     return float(value)
 
 
-def _pictures(entry: _Entry) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+def _pictures(entry: ReportEntry) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
     """The record's pictures and other files, as ``(caption, path in the output directory)``."""
     pictures: list[tuple[str, str]] = []
     others: list[tuple[str, str]] = []
@@ -321,7 +334,7 @@ def _remove_stale_thumbs(report_dir: Path, current: set[str]) -> None:
 # --- writing ------------------------------------------------------------------------------
 
 
-def _grid_item(entry: _Entry, thumb: str | None, size: Any) -> dict[str, Any]:
+def _grid_item(entry: ReportEntry, thumb: str | None, size: Any) -> dict[str, Any]:
     """The compact entry of ``data.js`` (what the grid shows and filters on)."""
     item: dict[str, Any] = {"i": entry.image}
     if entry.record is None:
@@ -352,7 +365,7 @@ def _grid_item(entry: _Entry, thumb: str | None, size: Any) -> dict[str, Any]:
     return item
 
 
-def _detail(entry: _Entry) -> dict[str, Any]:
+def _detail(entry: ReportEntry) -> dict[str, Any]:
     """The full entry of ``details/K.js`` (what the page of one image shows)."""
     detail: dict[str, Any] = {"image": entry.image}
     if entry.record is None or entry.record_path is None:
