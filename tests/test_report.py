@@ -420,8 +420,11 @@ def test_report_usage_and_empty_directory(tmp_path: Path):
     empty = cli("report", tmp_path / "empty")
     assert empty.exit_code == 1 and empty.stdout == ""
     assert "holds no camcli record" in empty.stderr and "Traceback" not in empty.output
-    help_text = cli("report", "--help")
-    assert help_text.exit_code == 0 and "Usage:" in help_text.stdout
+    for option in ("--help", "-h"):
+        help_text = cli("report", option)
+        assert help_text.exit_code == 0 and "Usage:" in help_text.stdout
+    assert cli("report", "--version").stdout.strip().endswith("0.1.0")
+    assert "--report" in cli("explain", "--help").stdout
 
 
 # --- in a real browser -------------------------------------------------------------------
