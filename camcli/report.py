@@ -260,6 +260,17 @@ def _label_name(record: dict[str, Any]) -> str | None:
     return None
 
 
+def _label_matches(record: dict[str, Any], top: dict[str, Any] | None) -> bool | None:
+    """Whether the top-1 is the label, for records that do not say (``None``: no label)."""
+    label = record.get("label")
+    if top is None or not isinstance(label, dict):
+        return None
+    label_index, top_index = label.get("index"), top.get("index")
+    if isinstance(label_index, int) and isinstance(top_index, int):
+        return label_index == top_index
+    return None
+
+
 def _number(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
@@ -354,6 +365,8 @@ def _grid_item(entry: ReportEntry, thumb: str | None, size: Any) -> dict[str, An
         item["l"] = label
     row = _first_row(record) or {}
     correct = record.get("correct", row.get("correct"))
+    if not isinstance(correct, bool):
+        correct = _label_matches(record, top)
     if isinstance(correct, bool):
         item["c"] = correct
     model = record.get("model", row.get("model"))

@@ -399,6 +399,19 @@ def test_a_record_with_a_row_per_model_shows_its_first_model(tmp_path: Path):
     assert detail["rows"] == rows
 
 
+def test_records_without_correct_are_judged_by_their_label(tmp_path: Path):
+    out = tmp_path / "out"
+    out.mkdir()
+    top = [{"rank": 1, "index": 1, "name": "goldfish", "probability": 0.6}]
+    for name, label in (("a.png", 1), ("b.png", 0), ("c.png", None)):
+        record = {"image": name, "status": "ok", "predictions": top}
+        if label is not None:
+            record["label"] = {"folder": str(label), "index": label, "name": str(label)}
+        (out / f"{name}.json").write_text(json.dumps(record))
+    write_report(out)
+    assert [item.get("c") for item in report_data(out)["items"]] == [True, False, None]
+
+
 def test_an_image_named_like_the_run_summary_is_shown(tmp_path: Path):
     out = tmp_path / "out"
     out.mkdir()
@@ -627,5 +640,55 @@ def test_browser_opens_a_copied_report(browser: Any, sorted_run: Path, tmp_path:
     page.page.wait_for_selector("#topk")
     shown = page.images_resolve()
     assert shown and all(src.startswith(copy.as_uri()) and w > 0 for src, w in shown)
+    assert page.problems == []
+    page.close()
+
+
+def test_browser_image_page_of_other_record_layouts(browser: Any, tmp_path: Path):
+    """Several targets, a row per model, nested files: shown without a script error."""
+    out = tmp_path / "out"
+    names = ["x.png.gradcam.png", "x.png.gradcam.overlay.png", "x.png.gradcam.label.overlay.png"]
+    for seed, name in enumerate(names):
+        save_image(out / "goldfish" / name, shade(seed, True))
+    targets = [
+        {
+            "mode": "pred",
+            "index": 0,
+            "name": "tench",
+            "probability": 0.8,
+            "maps": {"gradcam": {"layer": "l", "max": 0.5, "peak": {"x": 1, "y": 2}}},
+        },
+        {
+            "mode": "label",
+            "index": 1,
+            "name": "goldfish",
+            "probability": 0.1,
+            "maps": {"gradcam": {"layer": "l", "max": 0.25, "peak": {"x": 3, "y": 4}}},
+        },
+    ]
+    record = {
+        "image": "goldfish/x.png",
+        "status": "ok",
+        "label": {"folder": "goldfish", "index": 1, "name": "goldfish"},
+        "predictions": [{"rank": 1, "index": 0, "name": "tench", "probability": 0.8}],
+        "target": targets[0],
+        "targets": targets,
+        "maps": {"gradcam": targets[0]["maps"]["gradcam"]},
+        "rows": [{"model": "m", "layer": "l", "prediction": targets[0], "correct": False}],
+        "files": {"gradcam": {"heatmap": names[0], "overlay": names[1], "label.overlay": names[2]}},
+    }
+    (out / "goldfish" / "x.png.json").write_text(json.dumps(record))
+    write_report(out)
+    page = Page(browser)
+    tab = page.open(out / "report" / "image.html", "?i=0")
+    tab.wait_for_selector("#topk")
+    shown = page.images_resolve()
+    assert sorted(unquote(src.rsplit("/", 1)[1]) for src, _ in shown) == sorted(names)
+    assert all(width > 0 for _src, width in shown)
+    tables = tab.eval_on_selector_all("table", "ts => ts.map(t => t.rows.length)")
+    assert tables == [2, 2, 3]  # top-k, models, one row per target
+    text = tab.inner_text("#detail")
+    assert "label: goldfish (10.0 %)" in text and "(3, 4)" in text
+    assert "misclassified" in tab.inner_text("#verdict")
     assert page.problems == []
     page.close()

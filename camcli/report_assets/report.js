@@ -320,14 +320,27 @@
     return node;
   }
 
-  function mapsTable(maps) {
-    var rows = Object.keys(maps).map(function (method) {
+  function mapRows(maps) {
+    return Object.keys(maps || {}).map(function (method) {
       var entry = maps[method] || {};
       var peak = entry.peak ? "(" + entry.peak.x + ", " + entry.peak.y + ")" : "";
       var max = typeof entry.max === "number" ? entry.max.toPrecision(4) : "";
       return [method, entry.layer !== undefined ? entry.layer : "", max, peak];
     });
-    return table(["map", "layer", "maximum", "peak (x, y)"], rows);
+  }
+
+  /* Map statistics; with several targets, one row per target and map. */
+  function mapsTable(maps, targets) {
+    var head = ["map", "layer", "maximum", "peak (x, y)"];
+    if (!targets.length) return table(head, mapRows(maps));
+    var rows = [];
+    targets.forEach(function (target) {
+      var described = describeTarget(target);
+      var own = mapRows(target && target.maps);
+      if (!own.length) rows.push([described, "", "", "", ""]);
+      own.forEach(function (row) { rows.push([described].concat(row)); });
+    });
+    return table(["target"].concat(head), rows);
   }
 
   function describeTarget(target) {
@@ -397,16 +410,15 @@
         })));
       main.appendChild(models);
     }
-        if (detail.targets) {
-      var targets = section("Targets");
-      var list = [].concat(Array.isArray(detail.targets) ? detail.targets :
-        Object.keys(detail.targets).map(function (k) { return detail.targets[k]; }));
-      targets.appendChild(table(["target"], list.map(function (t) { return [describeTarget(t)]; })));
-      main.appendChild(targets);
+        var targets = [];
+    if (detail.targets && typeof detail.targets === "object") {
+      targets = Array.isArray(detail.targets) ? detail.targets :
+        Object.keys(detail.targets).map(function (k) { return detail.targets[k]; });
     }
-    if (detail.maps && typeof detail.maps === "object" && Object.keys(detail.maps).length) {
-      var maps = section("Map statistics");
-      maps.appendChild(mapsTable(detail.maps));
+    var hasMaps = detail.maps && typeof detail.maps === "object" && Object.keys(detail.maps).length;
+    if (hasMaps || targets.length) {
+      var maps = section(targets.length ? "Targets and map statistics" : "Map statistics");
+      maps.appendChild(mapsTable(detail.maps, targets));
       main.appendChild(maps);
     }
     var files = section("Files");
