@@ -379,7 +379,8 @@
       var gallery = section("Maps and overlays");
       var row = element("div", "gallery");
       pictures.forEach(function (picture) {
-        var figure = element("figure");
+        // A lone picture (a comparison sheet, a feature grid) gets the whole width.
+        var figure = element("figure", pictures.length === 1 ? "wide" : null);
         var link = element("a");
         link.href = picture.src;
         var img = element("img");
