@@ -17,6 +17,7 @@ from camcli.commands.explain import explain
 from camcli.commands.features import features
 from camcli.commands.layers import layers
 from camcli.commands.models import models
+from camcli.commands.report import report
 
 __all__ = ["main"]
 
@@ -32,6 +33,7 @@ main.add_command(models)
 main.add_command(layers)
 main.add_command(features)
 main.add_command(compare)
+main.add_command(report)
 
 
 if __name__ == "__main__":  # pragma: no cover

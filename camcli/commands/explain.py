@@ -19,6 +19,7 @@ from camcli.commands.common import (
     run_in_frame,
     runtime_options,
 )
+from camcli.commands.report import report_after_run
 from camcli.config import Settings, parse_target
 from camcli.discover import ImageItem
 from camcli.hooks import LayerUnusable, UnknownLayer, resolve_layer
@@ -130,6 +131,12 @@ __all__ = ["explain"]
     show_default=True,
     help="Heatmap weight in the overlay.",
 )
+@click.option(
+    "--report",
+    is_flag=True,
+    help="At the end of the run (also an interrupted one), write the HTML report of the "
+    "output directory to OUTPUT/report/index.html (see 'camcli report').",
+)
 @runtime_options
 @config_option
 @click.version_option(__version__, "--version", prog_name="camcli")
@@ -159,6 +166,7 @@ def explain(ctx: click.Context, **options: Any) -> None:
         chosen_methods = _methods(options.pop("methods"), options.pop("guided"))
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="'--method'") from None
+    write_html_report = options.pop("report")
     run = prepare_run(options)
     settings = explain_settings(run, options, chosen_methods)
     model = run.model
@@ -173,6 +181,8 @@ def explain(ctx: click.Context, **options: Any) -> None:
         f"{model.name} at {', '.join(settings.layers)}",
         {LayerUnusable: "--layer", CamNotApplicable: "--method"},
     )
+    if write_html_report and (run.rank is None or run.rank.rank == 0):
+        code = report_after_run(run.output_dir, code)
     ctx.exit(code)
 
 
