@@ -12,8 +12,12 @@ import click
 
 from camcli import __version__
 from camcli.commands.common import CONTEXT
+from camcli.commands.compare import compare
 from camcli.commands.explain import explain
+from camcli.commands.features import features
+from camcli.commands.layers import layers
 from camcli.commands.models import models
+from camcli.commands.report import report
 
 __all__ = ["main"]
 
@@ -26,6 +30,10 @@ def main() -> None:
 
 main.add_command(explain)
 main.add_command(models)
+main.add_command(layers)
+main.add_command(features)
+main.add_command(compare)
+main.add_command(report)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -81,6 +81,8 @@ class Settings:
         methods: the explanation methods, in canonical order.
         method_options: settings of Score-CAM and SmoothGrad.
         target: which class to explain.
+        extra_targets: further classes to explain from the same forward pass
+            (``--target pred,label``); their files get the target in their names.
         top_k: number of predictions recorded.
         save_raw: also write the raw CAM and guided gradient as ``.npy``.
         batch_size: images per forward pass.
@@ -108,6 +110,7 @@ class Settings:
     methods: tuple[str, ...] = DEFAULT_METHODS
     method_options: MethodOptions = field(default_factory=MethodOptions)
     target: TargetSpec = TargetSpec("pred")
+    extra_targets: tuple[TargetSpec, ...] = ()
     top_k: int = 5
     save_raw: bool = False
     batch_size: int = 16

@@ -9,6 +9,7 @@ the summed target logits gives each image its own gradient.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +26,7 @@ __all__ = [
     "Predictions",
     "class_probabilities",
     "explain_batch",
+    "explain_targets",
     "grad_cam",
     "normalise_maps",
     "top_predictions",
@@ -169,21 +171,63 @@ def explain_batch(
         ValueError: when ``targets`` does not have one entry per image.
 
     """
+    (explanation,) = explain_targets(
+        model, inputs, layers, [targets], guided, layer_gradients, autocast_dtype
+    )
+    return explanation
+
+
+def explain_targets(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    layers: str | list[str],
+    target_sets: Sequence[torch.Tensor | None],
+    guided: bool = True,
+    layer_gradients: bool = True,
+    autocast_dtype: torch.dtype | None = None,
+) -> list[Explanation]:
+    """:func:`explain_batch` for several targets per image, sharing one forward pass.
+
+    The graph of the one forward pass is kept while the gradients of each target are taken:
+    first every target's gradient to the layers (normal rule), then every target's guided
+    gradient to the input. Costs one forward pass and one backward pass per target and kind.
+
+    Args:
+        model: the classifier, returning logits ``(N, classes)``.
+        inputs: normalised input batch ``(N, 3, S, S)`` on the model's device.
+        layers: dotted name(s) of the layer(s) to explain.
+        target_sets: per target, the class per image ``(N,)``, or ``None`` for the top-1.
+        guided: also compute guided backprop to the input.
+        layer_gradients: compute the gradients at the layers.
+        autocast_dtype: run the forward pass under autocast to this type.
+
+    Returns:
+        One explanation per target, in order (logits and activations shared).
+
+    Raises:
+        RuntimeError: inside ``torch.inference_mode()``, or when a layer is unusable.
+        ValueError: when a target set does not have one entry per image, or none is given.
+
+    """
     if torch.is_inference_mode_enabled():
         raise RuntimeError(
             "explain_batch needs gradients and cannot run inside torch.inference_mode()"
         )
+    if not target_sets:
+        raise ValueError("at least one target set is needed")
     names = [layers] if isinstance(layers, str) else list(layers)
-    if targets is not None and targets.shape != (inputs.shape[0],):
-        raise ValueError(
-            f"targets must hold one class per image: got shape {tuple(targets.shape)} "
-            f"for {inputs.shape[0]} images"
-        )
+    for targets in target_sets:
+        if targets is not None and targets.shape != (inputs.shape[0],):
+            raise ValueError(
+                f"targets must hold one class per image: got shape {tuple(targets.shape)} "
+                f"for {inputs.shape[0]} images"
+            )
     x = inputs.detach()
     if x.is_inference():
         x = x.clone()
     x.requires_grad_(guided)
     mode: Any = GuidedActivations() if guided else nullcontext()
+    last = len(target_sets) - 1
     with frozen_eval(model), torch.enable_grad():
         with (
             LayerCapture(model, names, detach=not guided) as capture,
@@ -198,24 +242,31 @@ def explain_batch(
                 "training?); choose a layer on the path to the output"
             )
         activations = [capture.activations[name] for name in names]
-        chosen = (
+        chosen = [
             logits.detach().argmax(dim=1) if targets is None else to_device(targets, logits.device)
-        )
-        score = logits.gather(1, chosen[:, None]).sum()
-        gradients: dict[str, torch.Tensor] = {}
+            for targets in target_sets
+        ]
+        scores = [logits.gather(1, c[:, None]).sum() for c in chosen]
+        gradients: list[dict[str, torch.Tensor]] = [{} for _ in scores]
         if layer_gradients:
-            grads = torch.autograd.grad(score, activations, retain_graph=guided)
-            gradients = dict(zip(names, grads, strict=True))
-        guided_grad = None
+            for t, score in enumerate(scores):
+                grads = torch.autograd.grad(score, activations, retain_graph=guided or t < last)
+                gradients[t] = dict(zip(names, grads, strict=True))
+        guided_grads: list[torch.Tensor | None] = [None] * len(scores)
         if guided:
             mode.rule.guided = True
-            (guided_grad,) = torch.autograd.grad(score, x)
-    return Explanation(
-        logits=logits.detach(),
-        targets=chosen,
-        activations={name: act.detach() for name, act in zip(names, activations, strict=True)},
-        gradients=gradients,
-        guided=guided_grad,
-        guided_calls=dict(mode.guided) if guided else {},
-        unchanged_calls=dict(mode.unchanged) if guided else {},
-    )
+            for t, score in enumerate(scores):
+                (guided_grads[t],) = torch.autograd.grad(score, x, retain_graph=t < last)
+    detached = {name: act.detach() for name, act in zip(names, activations, strict=True)}
+    return [
+        Explanation(
+            logits=logits.detach(),
+            targets=chosen[t],
+            activations=detached,
+            gradients=gradients[t],
+            guided=guided_grads[t],
+            guided_calls=dict(mode.guided) if guided else {},
+            unchanged_calls=dict(mode.unchanged) if guided else {},
+        )
+        for t in range(len(scores))
+    ]

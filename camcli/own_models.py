@@ -222,7 +222,7 @@ def probe_outputs(module: nn.Module, prep: Preprocessing) -> int:
     except Exception as exc:
         raise OutputMismatch(
             f"the model does not take a {prep.channels}-channel {prep.size} x {prep.size} "
-            f"input ({_short(exc, 160)}); set --channels and --input-size"
+            f"input ({_short(exc, 160)}); set --input-channels and --input-size"
         ) from None
     finally:
         module.train(was_training)
@@ -444,7 +444,7 @@ def customise_model(
         try:
             outputs = probe_outputs(loaded.module, changed)
         except OutputMismatch as exc:
-            option = "--channels" if new_channels != prep.channels else "--input-size"
+            option = "--input-channels" if new_channels != prep.channels else "--input-size"
             raise OptionProblem(option, str(exc)) from None
         expected = 1 if loaded.binary else len(loaded.classes)
         if outputs != expected and not (loaded.binary and outputs == 2):

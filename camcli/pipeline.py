@@ -1,10 +1,9 @@
-"""The loop that joins the stages: decode -> forward/explain -> render -> write.
+"""``explain``'s pipeline: decode -> forward/explain -> render -> write.
 
-Decoding runs in loader workers ahead of the model. Each batch's device work (explain,
-render, the copies back) is launched before the previous batch's records and file jobs are
-made, so on a GPU the host prepares one batch while the device computes the next. Encoding and
-writing run in a thread pool behind, with a bounded number of images in flight so memory
-stays flat.
+The batch loop itself (decoding ahead in loader workers, each batch launched before the
+previous one's records and file jobs are made, writes in a thread pool behind with a bounded
+number of images in flight) is shared by every batch command and lives in ``runloop``; here
+is what explain does per batch.
 """
 
 from __future__ import annotations
@@ -13,22 +12,18 @@ import contextlib
 import functools
 import hashlib
 import os
-import sys
 import threading
-import time
-from collections import deque
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
 
 from camcli import __version__
 from camcli.config import Settings
-from camcli.decode import Batch, make_loader, model_inputs_on_device, unpack_pixels
+from camcli.decode import Batch
 from camcli.discover import ImageItem
 from camcli.explain import class_probabilities, normalise_maps, top_predictions
 from camcli.guided import GUIDED_RULE
@@ -42,73 +37,49 @@ from camcli.render import (
     saliency_to_unit,
     to_input_resolution,
 )
-from camcli.resume import input_stat, settings_key, up_to_date
+from camcli.resume import settings_key
+from camcli.runloop import (
+    MAX_PENDING_BYTES,
+    BatchWork,
+    FileJob,
+    ImageOutput,
+    Reporter,
+    RunSummary,
+    WriteFailed,
+    run_batches,
+    write_image_files,
+)
+from camcli.targets import (
+    ExtraTargets,
+    add_extra_targets,
+    collect_extra_targets,
+    compute_for_targets,
+    launch_extra_targets,
+    target_indices,
+)
 from camcli.transfer import HostCopy
 from camcli.write import (
-    IndexWriter,
     artifact_path,
     atomic_write_bytes,
     encode_npy,
     encode_png,
     record_path,
-    write_json,
 )
 
-__all__ = ["Reporter", "RunSummary", "WriteFailed", "run_explain", "settings_payload"]
-
-
-class WriteFailed(RuntimeError):
-    """An output file could not be written (disk full, permissions); the run stops."""
-
-
-class Reporter(Protocol):
-    """Receives what a run produces, as it happens."""
-
-    def record(self, record: dict[str, Any]) -> None:
-        """An image was explained and its files written, or it failed (``status`` says)."""
-
-    def advance(self, count: int) -> None:
-        """``count`` more images are finished."""
-
-
-@dataclass
-class RunSummary:
-    """Counts of a finished run."""
-
-    total: int
-    explained: int = 0
-    skipped: int = 0
-    failed: int = 0
-    status: str = "complete"
-    failures: list[tuple[str, str]] = field(default_factory=list)
-    seconds: float = 0.0
-
-
-# One file to write: its path and a function producing its bytes (run in a writer thread).
-FileJob = tuple[Path, Callable[[], bytes]]
-
-
-@dataclass
-class _Pending:
-    item: ImageItem
-    record: dict[str, Any]
-    future: Future[None]
-    size: int  # bytes of pictures the write holds
-
-
-MAX_PENDING_BYTES = 2 << 30  # pictures waiting to be written: large photos wait sooner
+__all__ = [
+    "MAX_PENDING_BYTES",
+    "FileJob",
+    "Reporter",
+    "RunSummary",
+    "WriteFailed",
+    "run_explain",
+    "settings_payload",
+]
 
 
 def _write_files(jobs: list[FileJob], record_file: Path, record: dict[str, Any]) -> None:
-    """Encode and write one image's files; the JSON record last, so it marks completion.
-
-    An older record is removed first: while its files are being replaced it must not
-    vouch for them.
-    """
-    record_file.unlink(missing_ok=True)
-    for path, produce in jobs:
-        atomic_write_bytes(path, produce())
-    write_json(record_file, record)
+    """Encode and write one image's files, the JSON record last (see ``write_image_files``)."""
+    write_image_files(jobs, record_file, record, atomic_write_bytes)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -194,199 +165,70 @@ def run_explain(
     Raises:
         WriteFailed: when an output cannot be written; files already written stay valid.
     """
-    start = time.perf_counter()
-    device = settings.device
-    module = model.module.to(device)
-    if settings.channels_last:
-        module = module.to(memory_format=torch.channels_last)
     label_indices = [model.classes.resolve(item.label) if item.label else None for item in items]
-    key = settings_key(settings_payload(model, settings))
-    summary = RunSummary(total=len(items))
-    index = IndexWriter(settings.output_dir, settings.index_name)
-    stats = _input_stats(items)
-
-    def fail(item: ImageItem, message: str) -> None:
-        summary.failed += 1
-        summary.failures.append((str(item.relative), message))
-        entry = {
-            "image": str(item.relative),
-            "source": str(item.path),
-            "status": "error",
-            "error": message,
-        }
-        reporter.record(entry)
-        index.add(entry)
-        reporter.advance(1)
-
-    completed = False
-    pool = ThreadPoolExecutor(
-        max_workers=max(1, settings.write_threads), thread_name_prefix="camcli-write"
+    return run_batches(
+        items,
+        model,
+        settings,
+        reporter,
+        settings_key(settings_payload(model, settings)),
+        lambda module: _explain_work(items, model, module, settings, label_indices),
+        lambda item, record: _index_entry(item, record, settings.output_dir),
+        stop,
+        write_files=lambda jobs, record_file, record: _write_files(jobs, record_file, record),
+        max_pending_bytes=MAX_PENDING_BYTES,
     )
-    try:
-        todo = []
-        reusable = _reusable(items, settings, key)
-        for position, item in enumerate(items):
-            if ".." in item.relative.parts or item.relative.is_absolute():
-                fail(
-                    item,
-                    "a relative path that climbs out of the input root with '..' (its outputs "
-                    "would leave the output directory): pass --root DIR with a folder that "
-                    "holds it, or list absolute paths",
-                )
-            elif (record := reusable[position]) is not None:
-                summary.skipped += 1
-                reporter.record({**record, "reused": True})
-                index.add({**_index_entry(item, record, settings.output_dir), "reused": True})
-                reporter.advance(1)
-            else:
-                todo.append(position)
-        if todo:
-            on_device = (
-                torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
-            )
-            with _backend_settings(settings), on_device:
-                _explain_positions(
-                    todo,
-                    items,
-                    model,
-                    module,
-                    settings,
-                    label_indices,
-                    key,
-                    stats,
-                    summary,
-                    reporter,
-                    index,
-                    pool,
-                    fail,
-                    stop,
-                )
-        completed = True
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-        index.close(complete=completed)
-    if stop is not None and stop.is_set():
-        summary.status = "interrupted"
-    summary.seconds = time.perf_counter() - start
-    return summary
 
 
-@contextlib.contextmanager
-def _backend_settings(settings: Settings) -> Iterator[None]:
-    """TF32 and cuDNN autotuning for the run, restored afterwards."""
-    cuda = settings.device.type == "cuda"
-    saved = (
-        torch.backends.cuda.matmul.allow_tf32,
-        torch.backends.cudnn.allow_tf32,
-        torch.backends.cudnn.benchmark,
-    )
-    try:
-        tf32 = settings.precision == "tf32"
-        torch.backends.cuda.matmul.allow_tf32 = tf32
-        torch.backends.cudnn.allow_tf32 = tf32
-        torch.backends.cudnn.benchmark = cuda  # fixed input size: autotuned kernels pay off
-        yield
-    finally:
-        (
-            torch.backends.cuda.matmul.allow_tf32,
-            torch.backends.cudnn.allow_tf32,
-            torch.backends.cudnn.benchmark,
-        ) = saved
+@dataclass
+class _Work:
+    launch: Callable[[Batch, list[int], list[torch.Tensor], torch.Tensor], _InFlight]
+    finish: Callable[[_InFlight], list[ImageOutput]]
 
 
-def _input_stats(items: Sequence[ImageItem]) -> list[dict[str, int] | None]:
-    # Taken before decoding: a file changed afterwards is found changed by the next run.
-    with ThreadPoolExecutor(max_workers=8) as threads:
-        return list(threads.map(lambda item: input_stat(item.path), items))
-
-
-def _reusable(
-    items: Sequence[ImageItem], settings: Settings, key: str
-) -> list[dict[str, Any] | None]:
-    if settings.force:
-        return [None] * len(items)
-
-    def check(item: ImageItem) -> dict[str, Any] | None:
-        if ".." in item.relative.parts:
-            return None
-        return up_to_date(record_path(settings.output_dir, item.relative), item.path, key)
-
-    with ThreadPoolExecutor(max_workers=8) as threads:
-        return list(threads.map(check, items))
-
-
-def _explain_positions(
-    todo: list[int],
+def _explain_work(
     items: Sequence[ImageItem],
     model: LoadedModel,
     module: torch.nn.Module,
     settings: Settings,
     label_indices: list[int | None],
-    key: str,
-    stats: list[dict[str, int] | None],
-    summary: RunSummary,
-    reporter: Reporter,
-    index: IndexWriter,
-    pool: ThreadPoolExecutor,
-    fail: Callable[[ImageItem, str], None],
-    stop: threading.Event | None,
-) -> None:
-    """Decode, explain, render and write the images at ``todo`` positions of ``items``."""
+) -> BatchWork:
+    """Explain's device work: methods, rendering and numbers per batch; records and files."""
     device = settings.device
     prep = model.preprocessing
-    mean = torch.tensor(prep.mean, device=device).view(1, -1, 1, 1)
-    std = torch.tensor(prep.std, device=device).view(1, -1, 1, 1)
     lut = jet_lut(device)
-    loader = make_loader(
-        [items[p].path for p in todo],
-        prep,
-        settings.crop,
-        settings.batch_size,
-        settings.workers,
-        pin_memory=device.type == "cuda",
-        max_pixels=settings.max_pixels,
-        resize=not settings.resize_on_device,
-    )
     static = _static_fields(model, settings)
-    pending: deque[_Pending] = deque()
-    max_pending = max(2 * settings.batch_size, 8)
-    largest_ok = settings.batch_size
 
-    pending_bytes = 0
-
-    def finish(entry: _Pending) -> None:
-        nonlocal pending_bytes
-        pending_bytes -= entry.size
-        try:
-            entry.future.result()
-        except OSError as exc:
-            raise WriteFailed(f"cannot write outputs for {entry.item.relative}: {exc}") from exc
-        summary.explained += 1
-        reporter.record(entry.record)
-        index.add(_index_entry(entry.item, entry.record, settings.output_dir))
-        reporter.advance(1)
-
-    def launch_part(part: Batch) -> _InFlight:
+    def launch_part(
+        part: Batch, positions: list[int], pixels: list[torch.Tensor], inputs: torch.Tensor
+    ) -> _InFlight:
         """Queue a batch's device work: explain, render, and the copies back to the host."""
-        positions = [todo[i] for i in part.indices]
-        pixels = unpack_pixels(part.pixel_data.to(device, non_blocking=True), part.shapes)
-        if settings.resize_on_device:
-            inputs = model_inputs_on_device(pixels, prep, settings.crop).div_(255.0)
+        labels = [label_indices[p] for p in positions]
+        results: list[BatchMethods] = []
+        if settings.extra_targets:  # one forward pass, the maps of every target
+            extra_sets = [target_indices(s, labels, len(part)) for s in settings.extra_targets]
+            results = compute_for_targets(
+                module,
+                inputs,
+                settings.layers,
+                settings.methods,
+                [_batch_targets(settings, labels, part), *extra_sets],
+                settings.method_options,
+                seeds=[image_seed(items[p]) for p in positions],
+                autocast_dtype=torch.bfloat16 if settings.precision == "bf16" else None,
+            )
+            result = results[0]
         else:
-            inputs = part.inputs.to(device, non_blocking=True).float().div_(255.0)
-        inputs = (inputs - mean) / std
-        if settings.channels_last:
-            inputs = inputs.contiguous(memory_format=torch.channels_last)
-        result = compute_methods(
-            module,
-            inputs,
-            settings.layers,
-            settings.methods,
-            _batch_targets(settings, [label_indices[p] for p in positions], part),
-            settings.method_options,
-            seeds=[image_seed(items[p]) for p in positions],
-            autocast_dtype=torch.bfloat16 if settings.precision == "bf16" else None,
-        )
+            result = compute_methods(
+                module,
+                inputs,
+                settings.layers,
+                settings.methods,
+                _batch_targets(settings, labels, part),
+                settings.method_options,
+                seeds=[image_seed(items[p]) for p in positions],
+                autocast_dtype=torch.bfloat16 if settings.precision == "bf16" else None,
+            )
         render = launch_render(
             _map_keys(result, settings.layers),
             _pictures(result),
@@ -399,17 +241,25 @@ def _explain_positions(
         raw_keys, raws = (
             _launch_raws(result, settings, prep.size) if settings.save_raw else ([], None)
         )
+        extra = (
+            launch_extra_targets(
+                results, settings.extra_targets, pixels, part.thetas, lut, settings, model.binary
+            )
+            if results
+            else None
+        )
         return _InFlight(
-            part, positions, render, number_keys, numbers, raw_keys, raws, _meta(result)
+            part, positions, render, number_keys, numbers, raw_keys, raws, _meta(result), extra
         )
 
-    def finish_part(done: _InFlight) -> None:
+    def finish_part(done: _InFlight) -> list[ImageOutput]:
         """Records and file jobs of a launched batch, once its copies have landed."""
-        nonlocal pending_bytes
         rendered, peaks = done.render.collect()
         numbers = _numbers(done.number_keys, done.numbers.wait(), peaks)
         raws = dict(zip(done.raw_keys, done.raws.wait(), strict=True)) if done.raws else {}
         part = done.part
+        landed = collect_extra_targets(done.extra) if done.extra is not None else []
+        outputs = []
         for j, position in enumerate(done.positions):
             item = items[position]
             height, width = part.shapes[j]
@@ -427,72 +277,19 @@ def _explain_positions(
                 height,
                 done.meta,
             )
-            record["settings_key"] = key
-            record["input"] = {**(stats[position] or {}), "sha256": part.sha256[j]}
-            future = pool.submit(
-                _write_files, jobs, record_path(settings.output_dir, item.relative), record
-            )
             size = sum(
                 a.nbytes
                 for kind in (rendered[j].heatmaps, rendered[j].overlays, rendered[j].pictures)
                 for a in kind.values()
             )
-            pending.append(_Pending(item, record, future, size))
-            pending_bytes += size
+            if done.extra is not None:
+                size += add_extra_targets(
+                    record, jobs, item, j, done.extra, landed, model, settings
+                )
+            outputs.append(ImageOutput(record, jobs, size))
+        return outputs
 
-    in_flight: _InFlight | None = None
-
-    def explain_part(part: Batch) -> None:
-        """Launch ``part``, then finish the batch launched before it while the device works."""
-        nonlocal in_flight
-        launched = launch_part(part)
-        previous, in_flight = in_flight, launched
-        if previous is not None:
-            finish_part(previous)
-
-    def explain_with_fallback(part: Batch) -> None:
-        nonlocal largest_ok
-        out_of_memory = False
-        try:
-            explain_part(part)
-        except torch.OutOfMemoryError:
-            out_of_memory = True
-        # Retry outside the except block: its traceback would keep the failed attempt's
-        # activations and graph alive while the smaller batches run.
-        if out_of_memory:
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
-            if len(part) == 1:
-                fail(items[todo[part.indices[0]]], "out of memory even as a batch of one image")
-                return
-            largest_ok = max(1, len(part) // 2)
-            print(
-                f"camcli: out of memory with a batch of {len(part)} images; "
-                f"retrying in batches of {largest_ok}",
-                file=sys.stderr,
-            )
-            for half in part.split(largest_ok):
-                explain_with_fallback(half)
-
-    for batch in loader:
-        if stop is not None and stop.is_set():
-            break  # a signal came while this batch was decoded: do not start it
-        for failure in batch.failures:
-            fail(items[todo[failure.index]], failure.message)
-        for part in batch.split(largest_ok) if len(batch) else []:
-            explain_with_fallback(part)
-        while pending and (
-            pending[0].future.done()
-            or len(pending) > max_pending
-            or pending_bytes > MAX_PENDING_BYTES
-        ):
-            finish(pending.popleft())
-        if stop is not None and stop.is_set():
-            break
-    if in_flight is not None:
-        finish_part(in_flight)
-    while pending:
-        finish(pending.popleft())
+    return _Work(launch_part, finish_part)
 
 
 def settings_payload(model: LoadedModel, settings: Settings) -> dict[str, Any]:
@@ -508,6 +305,7 @@ def settings_payload(model: LoadedModel, settings: Settings) -> dict[str, Any]:
         **_static_fields(model, settings),
         "weights": weights_id,
         "target": {"mode": settings.target.mode, "index": settings.target.index},
+        **_extra_targets_payload(settings),
         "top_k": settings.top_k,
         "save_raw": settings.save_raw,
         "alpha": settings.alpha,
@@ -522,6 +320,13 @@ def settings_payload(model: LoadedModel, settings: Settings) -> dict[str, Any]:
             "seed": options.seed,
         },
     }
+
+
+def _extra_targets_payload(settings: Settings) -> dict[str, Any]:
+    # Absent for a single target, so its settings key (and resume) is unchanged.
+    if not settings.extra_targets:
+        return {}
+    return {"extra_targets": [{"mode": t.mode, "index": t.index} for t in settings.extra_targets]}
 
 
 def _launch_numbers(
@@ -609,6 +414,7 @@ class _InFlight:
     raw_keys: list[str]
     raws: HostCopy | None
     meta: _BatchMeta
+    extra: ExtraTargets | None = None  # the further targets of --target pred,label
 
 
 def _file_jobs(

@@ -14,6 +14,8 @@ from torch import nn
 from camcli import explain as explain_module
 from camcli.explain import normalise_maps
 from camcli.methods import (
+    ALL_METHODS,
+    IMAGE_METHODS,
     CamNotApplicable,
     MethodOptions,
     compute_methods,
@@ -486,3 +488,35 @@ def test_guided_smoothgrad_alone_reports_its_guided_calls():
         MethodOptions(smooth_samples=2, smooth_guided=True),
     )
     assert result.explanation.guided_calls == {"relu": 17}
+
+
+@pytest.mark.parametrize("method", ALL_METHODS)
+def test_every_method_gives_the_same_result_in_channels_last(method: str):
+    """The CPU default is channels-last: no method may depend on the memory format.
+
+    Score-CAM once called ``view`` on channels-last activations and stopped with "view size is
+    not compatible with input tensor's size and stride".
+    """
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(4, 5, 3, stride=2, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(5, 3),
+    ).eval()
+    x = torch.randn(3, 3, 12, 12)
+    targets = torch.tensor([0, 2, 1])
+    options = MethodOptions(chunk_size=4, smooth_samples=2)
+    plain = compute_methods(model, x, ["2"], [method], targets, options, seeds=[1, 2, 3])
+    last_model = copy.deepcopy(model).to(memory_format=torch.channels_last)
+    last_x = x.contiguous(memory_format=torch.channels_last)
+    last = compute_methods(last_model, last_x, ["2"], [method], targets, options, seeds=[1, 2, 3])
+    if method in IMAGE_METHODS:
+        torch.testing.assert_close(last.images[method], plain.images[method], atol=1e-5, rtol=1e-4)
+    else:
+        torch.testing.assert_close(
+            last.maps[method]["2"], plain.maps[method]["2"], atol=1e-5, rtol=1e-4
+        )

@@ -387,7 +387,11 @@ def test_class_names_drive_predictions_and_target(
 @pytest.mark.parametrize(
     ("extra", "option", "words"),
     [
-        (["--channels", "1"], "'--channels'", "does not take a 1-channel 32 x 32 input"),
+        (
+            ["--input-channels", "1"],
+            "'--input-channels'",
+            "does not take a 1-channel 32 x 32 input",
+        ),
         (["--mean", "0.5,0.5"], "'--mean'", "give 1 or 3 values"),
         (["--std", "0"], "'--std'", "must be positive"),
     ],
@@ -474,7 +478,7 @@ def test_own_model_config_file(tmp_path: Path, photos: Path, binary_factory: Pat
     config = tmp_path / "own.toml"
     config.write_text(
         f'model = "{binary_factory}:build"\nclasses = "{classes}"\ninput-size = 32\n'
-        'mean = [0.5]\nstd = [0.25]\nchannels = 1\nmethod = "gradcam"\n',
+        'mean = [0.5]\nstd = [0.25]\ninput-channels = 1\nmethod = "gradcam"\n',
         encoding="utf-8",
     )
     result = run(

@@ -198,7 +198,7 @@ model_options = _group(
         help="Resampling of the model input [default: from the model, else bilinear].",
     ),
     click.option(
-        "--channels",
+        "--input-channels",
         type=click.Choice(["1", "3"]),
         help="Input channels: 3 (RGB) or 1 (decoded as single-channel L; overlays are still "
         "drawn on the original photo) [default: from the model's first convolution].",
@@ -403,6 +403,17 @@ def discover_inputs(
         if str(input_path) == "-":
             data = sys.stdin.buffer.read()
             items = images_from_list(read_path_list(data, null), root)
+            outputs = exclude.resolve()
+            kept = [i for i in items if not i.path.resolve().is_relative_to(outputs)]
+            if len(kept) < len(items):
+                click.echo(
+                    f"camcli: ignored {len(items) - len(kept)} listed path(s) inside the "
+                    f"output directory {exclude} (outputs of camcli, not inputs)",
+                    err=True,
+                )
+                items = kept
+            if not items:
+                raise NoImagesFound("no paths left to explain on standard input")
             if any(item.mirrored for item in items):
                 click.echo(
                     "camcli: absolute paths outside the input root are mirrored below the "
@@ -491,17 +502,21 @@ def prepare_run(options: dict[str, Any]) -> PreparedRun:
 
 
 def _customise(loaded: LoadedModel, options: dict[str, Any]) -> LoadedModel:
-    """Apply the class and preprocessing options (checked against the model: exit 2)."""
-    channels: str | None = options.pop("channels")
+    """Apply the class and preprocessing options (checked against the model: exit 2).
+
+    Commands without these options (``compare`` takes its own ``--model``) get the model as
+    it loads.
+    """
+    channels: str | None = options.pop("input_channels", None)
     try:
         return customise_model(
             loaded,
-            input_size=options.pop("input_size"),
-            mean=options.pop("mean"),
-            std=options.pop("std"),
-            interpolation=options.pop("interpolation"),
+            input_size=options.pop("input_size", None),
+            mean=options.pop("mean", None),
+            std=options.pop("std", None),
+            interpolation=options.pop("interpolation", None),
             channels=int(channels) if channels else None,
-            classes_file=options.pop("classes_file"),
+            classes_file=options.pop("classes_file", None),
         )
     except OptionProblem as exc:
         raise click.BadParameter(str(exc), param_hint=f"'{exc.option}'") from None
@@ -547,6 +562,7 @@ def run_in_frame(
     settings: dict[str, Any],
     described: str,
     usage_errors: UsageErrors | None = None,
+    verb: str = "explained",
 ) -> int:
     """Run ``body`` under the output directory's lock and signal handling; write the summary.
 
@@ -561,6 +577,7 @@ def run_in_frame(
         described: what the report says was used (``"resnet18 at layer4"``).
         usage_errors: exceptions of the body that are usage mistakes, with the option each
             is about.
+        verb: what the report says was done to the images (``explained``, ``compared``).
 
     Raises:
         click.BadParameter: for the usage errors.
@@ -610,7 +627,7 @@ def run_in_frame(
     )
     _write_summaries(record, run)
     if summary.status != "broken-pipe":
-        _report(summary, output_dir, described)
+        _report(summary, output_dir, described, verb)
     return code
 
 
@@ -684,7 +701,7 @@ def _silence_stdout() -> None:
         pass
 
 
-def _report(summary: RunSummary, output_dir: Path, described: str) -> None:
+def _report(summary: RunSummary, output_dir: Path, described: str, verb: str) -> None:
     rate = summary.explained / summary.seconds if summary.seconds > 0 else 0.0
     failed = f", {summary.failed} failed" if summary.failed else ""
     if summary.skipped:
@@ -692,7 +709,7 @@ def _report(summary: RunSummary, output_dir: Path, described: str) -> None:
     if summary.status == "interrupted":
         failed += ", interrupted"
     click.echo(
-        f"camcli: explained {summary.explained} of {summary.total} images{failed} with "
+        f"camcli: {verb} {summary.explained} of {summary.total} images{failed} with "
         f"{described} in {summary.seconds:.1f} s ({rate:.1f} images/s); "
         f"outputs in {output_dir}",
         err=True,

@@ -19,6 +19,7 @@ from camcli.commands.common import (
     run_in_frame,
     runtime_options,
 )
+from camcli.commands.report import report_after_run
 from camcli.config import Settings, parse_target
 from camcli.discover import ImageItem
 from camcli.hooks import LayerUnusable, UnknownLayer, resolve_layer
@@ -31,6 +32,7 @@ from camcli.methods import (
 )
 from camcli.pipeline import RunSummary, run_explain, settings_payload
 from camcli.runtime import StopRequest
+from camcli.targets import parse_targets
 
 __all__ = ["explain"]
 
@@ -60,7 +62,8 @@ __all__ = ["explain"]
     default="pred",
     show_default=True,
     help="Class to explain: pred (top-1), label (the image's class folder), "
-    "a class index or a class name.",
+    "a class index or a class name; several, comma-separated (pred,label), are explained "
+    "from one forward pass, the further ones in files named NAME.METHOD.TARGET.png.",
 )
 @click.option(
     "-k",
@@ -128,6 +131,12 @@ __all__ = ["explain"]
     show_default=True,
     help="Heatmap weight in the overlay.",
 )
+@click.option(
+    "--report",
+    is_flag=True,
+    help="At the end of the run (also an interrupted one), write the HTML report of the "
+    "output directory to OUTPUT/report/index.html (see 'camcli report').",
+)
 @runtime_options
 @config_option
 @click.version_option(__version__, "--version", prog_name="camcli")
@@ -157,6 +166,7 @@ def explain(ctx: click.Context, **options: Any) -> None:
         chosen_methods = _methods(options.pop("methods"), options.pop("guided"))
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="'--method'") from None
+    write_html_report = options.pop("report")
     run = prepare_run(options)
     settings = explain_settings(run, options, chosen_methods)
     model = run.model
@@ -171,6 +181,8 @@ def explain(ctx: click.Context, **options: Any) -> None:
         f"{model.name} at {', '.join(settings.layers)}",
         {LayerUnusable: "--layer", CamNotApplicable: "--method"},
     )
+    if write_html_report and (run.rank is None or run.rank.rank == 0):
+        code = report_after_run(run.output_dir, code)
     ctx.exit(code)
 
 
@@ -192,10 +204,12 @@ def explain_settings(
     except UnknownLayer as exc:
         raise click.BadParameter(f"{exc}", param_hint="'--layer'") from None
     try:
-        target_spec = parse_target(options["target"], loaded.classes)
+        target_spec, extra_targets = parse_targets(
+            options["target"], lambda text: parse_target(text, loaded.classes)
+        )
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="'--target'") from None
-    if target_spec.mode == "label":
+    if "label" in (t.mode for t in (target_spec, *extra_targets)):
         _check_labels(run.items, loaded.classes)
     device = run.device
     chunk_size = options["chunk_size"]
@@ -211,6 +225,7 @@ def explain_settings(
             seed=options["seed"],
         ),
         target=target_spec,
+        extra_targets=extra_targets,
         top_k=options["top_k"],
         save_raw=options["save_raw"],
         batch_size=run.batch_size,

@@ -151,6 +151,7 @@ def compute_methods(
     options: MethodOptions,
     seeds: Sequence[int] | None = None,
     autocast_dtype: torch.dtype | None = None,
+    explanation: Explanation | None = None,
 ) -> BatchMethods:
     """Compute every requested method for a batch, sharing one forward pass.
 
@@ -168,6 +169,8 @@ def compute_methods(
         options: settings of Score-CAM and SmoothGrad.
         seeds: per-image noise seeds for SmoothGrad (default: ``options.seed + position``).
         autocast_dtype: run every forward pass under autocast to this type (bfloat16).
+        explanation: the batch's forward pass and gradients when already made (one
+            forward for several targets, see ``camcli.targets``); ``targets`` is then unused.
 
     Returns:
         The maps and pictures.
@@ -179,15 +182,16 @@ def compute_methods(
     wanted = set(methods)
     need_gradients = bool(wanted & (set(GRADIENT_MAPS) | {"guided-gradcam"}))
     need_guided = bool(wanted & {"guided", "guided-gradcam"})
-    explanation = explain_batch(
-        model,
-        inputs,
-        list(layers),
-        targets,
-        guided=need_guided,
-        layer_gradients=need_gradients,
-        autocast_dtype=autocast_dtype,
-    )
+    if explanation is None:
+        explanation = explain_batch(
+            model,
+            inputs,
+            list(layers),
+            targets,
+            guided=need_guided,
+            layer_gradients=need_gradients,
+            autocast_dtype=autocast_dtype,
+        )
     result = BatchMethods(explanation)
     chosen = explanation.targets
     size = inputs.shape[-1]

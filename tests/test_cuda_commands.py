@@ -1,0 +1,79 @@
+"""layers, features, compare and several targets on CUDA: same results as on the CPU.
+
+Skipped without a CUDA device.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner, Result
+from PIL import Image
+
+from camcli.cli import main
+
+from .conftest import BRIGHT, TINY, save_image, square_image
+
+pytestmark = [
+    pytest.mark.cuda,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+]
+
+
+def run(*args: str | Path) -> Result:
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+@pytest.fixture
+def photos(tmp_path: Path) -> Path:
+    root = tmp_path / "in"
+    save_image(root / "1" / "a.png", square_image(80, 40, (4, 8, 24, 28)))
+    save_image(root / "1" / "b.png", square_image(50, 70, (20, 30, 40, 60)))
+    return root
+
+
+@pytest.mark.parametrize("resize_on", ["loader", "device"])
+def test_features_on_cuda_match_the_cpu(photos: Path, tmp_path: Path, resize_on: str):
+    pictures = {}
+    for device in ("cpu", "cuda"):
+        out = tmp_path / device
+        result = run("features", photos, "-o", out, "--model", TINY, "--device", device,
+                     "--strongest", "--save-raw", "-j", "0", "--resize-on", resize_on)  # fmt: skip
+        assert result.exit_code == 0, result.output
+        record = json.loads((out / "1" / "a.png.json").read_text())
+        pictures[device] = (record, np.load(out / "1" / "a.png.features.features.3.npy"))
+    (cpu_record, cpu_raw), (gpu_record, gpu_raw) = pictures["cpu"], pictures["cuda"]
+    np.testing.assert_allclose(gpu_raw, cpu_raw, rtol=1e-3, atol=1e-4)
+    cpu_entry, gpu_entry = (
+        cpu_record["features"]["features.3"],
+        gpu_record["features"]["features.3"],
+    )
+    assert gpu_entry["channels"] == cpu_entry["channels"]
+    assert gpu_entry["scale"]["max"] == pytest.approx(cpu_entry["scale"]["max"], rel=1e-3)
+
+
+def test_compare_and_several_targets_on_cuda(photos: Path, tmp_path: Path):
+    sheets = {}
+    for device in ("cpu", "cuda"):
+        out = tmp_path / device
+        result = run("compare", photos, "-o", out, "-m", TINY, "-m", BRIGHT, "--device",
+                     device, "-j", "0")  # fmt: skip
+        assert result.exit_code == 0, result.output
+        sheets[device] = np.asarray(Image.open(out / "1" / "a.png.compare.png")).astype(int)
+        targets = run("explain", photos, "-o", tmp_path / f"t-{device}", "--model", TINY,
+                      "--device", device, "--target", "pred,label", "-j", "0")  # fmt: skip
+        assert targets.exit_code == 0, targets.output
+    assert sheets["cpu"].shape == sheets["cuda"].shape
+    # overlays and text: a few pixels may round differently
+    assert np.mean(np.abs(sheets["cpu"] - sheets["cuda"]) > 8) < 0.01
+    for name in ("a.png.json",):
+        cpu = json.loads((tmp_path / "t-cpu" / "1" / name).read_text())
+        gpu = json.loads((tmp_path / "t-cuda" / "1" / name).read_text())
+        assert [t["index"] for t in gpu["targets"]] == [t["index"] for t in cpu["targets"]]
+        assert gpu["targets"][1]["probability"] == pytest.approx(
+            cpu["targets"][1]["probability"], rel=1e-3
+        )
