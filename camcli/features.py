@@ -31,6 +31,7 @@ from camcli.models import (
     default_layer,
     load_model,
 )
+from camcli.tokens import spatial_view
 
 __all__ = [
     "GridLayout",
@@ -57,6 +58,7 @@ class LayerInfo:
         output: ``"tensor"``, or the output's type name (``"tuple"``, ``"dict"``...).
         calls: how many times it ran in the forward pass (0: not on the path to the output).
         spatial: gives a spatial map a CAM can use: a 4-D output with more than one pixel,
+            or transformer patch tokens on a grid of more than one (:mod:`camcli.tokens`),
             from a module that runs once.
         parameters: number of parameters of the module itself (children excluded).
 
@@ -94,15 +96,24 @@ def probe_layers(model: nn.Module, size: int, channels: int = 3) -> list[LayerIn
     """
     outputs: dict[str, Any] = {}
     calls: dict[str, int] = {}
+    grids: dict[str, int] = {}  # pixels of the map a CAM would see
     handles = []
+    prefix = getattr(model, "num_prefix_tokens", None)
 
     def watch(name: str) -> Callable[..., None]:
-        def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
+        def hook(module: nn.Module, _inputs: Any, output: Any) -> None:
             calls[name] = calls.get(name, 0) + 1
             if name not in outputs:
                 outputs[name] = (
                     tuple(output.shape) if isinstance(output, torch.Tensor) else type(output)
                 )
+                view = (
+                    spatial_view(module, output, prefix if isinstance(prefix, int) else None)
+                    if isinstance(output, torch.Tensor)
+                    else None
+                )
+                if view is not None:
+                    grids[name] = int(view.to_spatial(output)[0, 0].numel())
 
         return hook
 
@@ -126,7 +137,7 @@ def probe_layers(model: nn.Module, size: int, channels: int = 3) -> list[LayerIn
         shape = tuple(int(s) for s in seen[1:]) if isinstance(seen, tuple) else None
         output = "tensor" if isinstance(seen, tuple) else (seen.__name__ if seen else "none")
         count = calls.get(name, 0)
-        spatial = shape is not None and len(shape) == 3 and shape[1] * shape[2] > 1
+        spatial = grids.get(name, 0) > 1
         layers.append(
             LayerInfo(
                 name=name,

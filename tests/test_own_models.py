@@ -539,3 +539,21 @@ def test_factory_file_imports_its_neighbours_and_may_use_dataclasses(
     assert result.exit_code == 0, result.output
     record = json.loads(result.stdout.splitlines()[0])
     assert record["layers"] == ["conv"] and len(record["predictions"]) == 4
+
+
+def test_layers_lists_own_models_with_their_input_and_token_maps(
+    binary_factory: Path, vit_factory: Path
+) -> None:
+    result = run("layers", f"{binary_factory}:build", "--json")
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.stdout)
+    assert document["input"] == [1, 224, 224]
+    assert document["default_layer"] == "features"
+    result = run("layers", f"{vit_factory}:build", "--json")
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.stdout)
+    by_name = {layer["name"]: layer for layer in document["layers"]}
+    assert document["default_layer"] == "blocks.1.norm1"
+    assert by_name["blocks.1.norm1"]["spatial"] and by_name["blocks.1.norm1"]["default"]
+    assert by_name["blocks.1.norm1"]["shape"] == [17, 32]  # class token + 4 x 4 patches
+    assert not by_name["head"]["spatial"]

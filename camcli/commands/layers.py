@@ -58,7 +58,8 @@ def layers(model_name: str, weights: Path | None, offline: bool, spatial_only: b
             err=True,
         )
     size = loaded.preprocessing.size
-    found = probe_layers(loaded.module, size)
+    channels = loaded.preprocessing.channels
+    found = probe_layers(loaded.module, size, channels)
     if spatial_only:
         found = [layer for layer in found if layer.spatial]
     default = loaded.default_layer
@@ -66,7 +67,7 @@ def layers(model_name: str, weights: Path | None, offline: bool, spatial_only: b
         document = {
             "model": loaded.name,
             "weights": loaded.weights,
-            "input": [3, size, size],
+            "input": [channels, size, size],
             "default_layer": default,
             "layers": [_entry(layer, default) for layer in found],
         }
