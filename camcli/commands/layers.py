@@ -38,10 +38,11 @@ def layers(model_name: str, weights: Path | None, offline: bool, spatial_only: b
     One forward pass on a blank image of the model's input size. Columns on stdout: NAME,
     TYPE, OUTPUT (C x H x W without the batch), MARKS: 'default' for the layer Grad-CAM uses
     unless --layer says otherwise, 'spatial' for the layers that give a spatial map (a
-    4-D output with more than one pixel, from a module that runs once: what --layer
-    accepts), 'repeated' for modules that run several times, 'unused' for modules the
-    forward pass does not reach. Shapes do not depend on the weights: a torchvision model
-    whose weights are not available is probed with random weights (said on stderr).
+    4-D output with more than one pixel, or a transformer's patch tokens, from a module
+    that runs once: what --layer accepts), 'repeated' for modules that run several
+    times, 'unused' for modules the forward pass does not reach. Shapes do not depend on
+    the weights: a torchvision model whose weights are not available is probed with random
+    weights (said on stderr).
     """
     try:
         check_model_name(model_name)
