@@ -32,7 +32,8 @@ from camcli.decode import Batch, make_loader, model_inputs_on_device, unpack_pix
 from camcli.discover import ImageItem
 from camcli.explain import normalise_maps, top_predictions
 from camcli.guided import GUIDED_RULE
-from camcli.methods import BatchMethods, compute_methods
+from camcli.methods import LRP_COMPOSITE, BatchMethods, compute_methods
+from camcli.metrics import FaithfulnessAverages
 from camcli.models import LoadedModel
 from camcli.render import (
     PendingRender,
@@ -82,6 +83,7 @@ class RunSummary:
     status: str = "complete"
     failures: list[tuple[str, str]] = field(default_factory=list)
     seconds: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)  # more fields for run.json
 
 
 # One file to write: its path and a function producing its bytes (run in a writer thread).
@@ -155,7 +157,7 @@ def _map_keys(result: BatchMethods, layers: Sequence[str]) -> dict[str, torch.Te
     maps: dict[str, torch.Tensor] = {}
     for method, per_layer in result.maps.items():
         maps[method] = result.unit_map(method)
-        if len(layers) > 1:
+        if len(per_layer) > 1:
             for layer, values in per_layer.items():
                 maps[f"{method}@{layer}"] = normalise_maps(values)
     return maps
@@ -163,7 +165,7 @@ def _map_keys(result: BatchMethods, layers: Sequence[str]) -> dict[str, torch.Te
 
 def _pictures(result: BatchMethods) -> dict[str, torch.Tensor]:
     return {
-        method: saliency_to_unit(grads) if method == "smoothgrad" else guided_to_unit(grads)
+        method: saliency_to_unit(grads) if method in ("smoothgrad", "ig") else guided_to_unit(grads)
         for method, grads in result.images.items()
     }
 
@@ -204,6 +206,8 @@ def run_explain(
     summary = RunSummary(total=len(items))
     index = IndexWriter(settings.output_dir, settings.index_name)
     stats = _input_stats(items)
+    averages = FaithfulnessAverages()
+    reporter = _Averaging(reporter, averages)
 
     def fail(item: ImageItem, message: str) -> None:
         summary.failed += 1
@@ -268,7 +272,24 @@ def run_explain(
     if stop is not None and stop.is_set():
         summary.status = "interrupted"
     summary.seconds = time.perf_counter() - start
+    if averages.counts:
+        summary.extra["faithfulness"] = averages.result()
     return summary
+
+
+class _Averaging:
+    """A reporter that also averages the records' faithfulness scores."""
+
+    def __init__(self, reporter: Reporter, averages: FaithfulnessAverages) -> None:
+        self.reporter = reporter
+        self.averages = averages
+
+    def record(self, record: dict[str, Any]) -> None:
+        self.averages.add(record)
+        self.reporter.record(record)
+
+    def advance(self, count: int) -> None:
+        self.reporter.advance(count)
 
 
 @contextlib.contextmanager
@@ -520,8 +541,22 @@ def settings_payload(model: LoadedModel, settings: Settings) -> dict[str, Any]:
             "smooth_noise": options.smooth_noise,
             "smooth_guided": options.smooth_guided,
             "seed": options.seed,
+            **_new_method_options(settings),
         },
     }
+
+
+def _new_method_options(settings: Settings) -> dict[str, Any]:
+    """The options of RISE, Integrated Gradients and the scores, when they are used."""
+    options = settings.method_options
+    fields: dict[str, Any] = {}
+    if "rise" in settings.methods:
+        fields["rise_masks"] = options.rise_masks
+    if "ig" in settings.methods:
+        fields.update(ig_steps=options.ig_steps, ig_baseline=options.ig_baseline)
+    if options.metrics:
+        fields.update(metrics=list(options.metrics), metric_steps=options.metric_steps)
+    return fields
 
 
 def _launch_numbers(result: BatchMethods, settings: Settings) -> tuple[list[str], HostCopy]:
@@ -541,6 +576,11 @@ def _launch_numbers(result: BatchMethods, settings: Settings) -> tuple[list[str]
     for method, per_layer in result.maps.items():
         for layer, values in per_layer.items():
             tensors[f"max:{method}@{layer}"] = values.flatten(1).amax(dim=1).float()
+    for name, values in result.checks.items():
+        tensors[f"check:{name}"] = values.float()
+    for method, scores in result.metrics.items():
+        for name, values in scores.items():
+            tensors[f"metric:{method}:{name}"] = values.float()
     return list(tensors), HostCopy(list(tensors.values()))
 
 
@@ -548,10 +588,13 @@ def _numbers(
     keys: list[str], arrays: list[np.ndarray], peaks: dict[str, list[tuple[int, int]]]
 ) -> dict[str, Any]:
     """The landed numbers as Python lists, maxima grouped under ``max``."""
-    numbers: dict[str, Any] = {"max": {}, "peaks": peaks}
+    numbers: dict[str, Any] = {"max": {}, "peaks": peaks, "check": {}, "metric": {}}
     for key, array in zip(keys, arrays, strict=True):
         if key.startswith("max:"):
             numbers["max"][key.removeprefix("max:")] = array.tolist()
+        elif key.startswith(("check:", "metric:")):
+            group, _, name = key.partition(":")
+            numbers[group][name] = array.tolist()
         else:
             numbers[key] = array.tolist()
     return numbers
@@ -562,7 +605,7 @@ def _launch_raws(result: BatchMethods, settings: Settings, size: int) -> tuple[l
     raws: dict[str, torch.Tensor] = {}
     for method, per_layer in result.maps.items():
         for layer, values in per_layer.items():
-            key = f"{method}@{layer}" if len(settings.layers) > 1 else method
+            key = f"{method}@{layer}" if len(per_layer) > 1 else method
             raws[key] = to_input_resolution(values, size)
         if method in result.fused:
             raws[method] = result.fused[method].float()
@@ -581,6 +624,7 @@ class _BatchMeta:
     guided_calls: dict[str, int]
     unchanged_calls: dict[str, int]
     images: tuple[str, ...]
+    lrp_canonizers: list[str] = field(default_factory=list)
 
 
 def _meta(result: BatchMethods) -> _BatchMeta:
@@ -592,6 +636,7 @@ def _meta(result: BatchMethods) -> _BatchMeta:
         guided_calls=dict(explanation.guided_calls),
         unchanged_calls=dict(explanation.unchanged_calls),
         images=tuple(result.images),
+        lrp_canonizers=list(result.lrp_canonizers),
     )
 
 
@@ -736,8 +781,48 @@ def _record(
             "gradients": "guided" if options.smooth_guided else "plain",
             "seed": options.seed + image_seed(item),
         }
+    record.update(_attribution_fields(item, settings, numbers, j, meta))
     record["files"] = files
     return record
+
+
+def _attribution_fields(
+    item: ImageItem, settings: Settings, numbers: dict[str, Any], j: int, meta: _BatchMeta
+) -> dict[str, Any]:
+    """The record's fields of RISE, LRP, Integrated Gradients and the faithfulness scores."""
+    options = settings.method_options
+    check = numbers["check"]
+    fields: dict[str, Any] = {}
+    if "rise" in meta.map_layers:
+        fields["rise"] = {
+            "masks": options.rise_masks,
+            "cells": 7,
+            "keep": 0.5,
+            "seed": options.seed,
+        }
+    if "lrp_sum" in check:
+        fields["lrp"] = {
+            "composite": LRP_COMPOSITE,
+            "canonizers": meta.lrp_canonizers,
+            "relevance_sum": round(check["lrp_sum"][j], 6),
+            "logit": round(check["lrp_logit"][j], 6),
+        }
+    if "ig_sum" in check:
+        total, difference = check["ig_sum"][j], check["ig_difference"][j]
+        fields["integrated_gradients"] = {
+            "baseline": options.ig_baseline,
+            "steps": options.ig_steps,
+            "attribution_sum": round(total, 6),
+            "logit_difference": round(difference, 6),
+            "completeness_error": round(abs(total - difference) / max(abs(difference), 1e-12), 6),
+        }
+    if numbers["metric"]:
+        scores: dict[str, dict[str, float]] = {}
+        for key, values in numbers["metric"].items():
+            method, _, name = key.partition(":")
+            scores.setdefault(method, {})[name] = round(values[j], 6)
+        fields["faithfulness"] = {"steps": options.metric_steps, **scores}
+    return fields
 
 
 def _point(xy: tuple[int, int]) -> dict[str, int]:
@@ -748,15 +833,15 @@ def _maps_entry(
     meta: _BatchMeta, settings: Settings, numbers: dict[str, Any], j: int
 ) -> dict[str, Any]:
     entries: dict[str, Any] = {}
-    layers = settings.layers
     for method, per_layer in meta.map_layers.items():
         entry: dict[str, Any] = {"peak": _point(numbers["peaks"][method][j])}
-        if len(layers) == 1:
-            entry["layer"] = layers[0]
-            entry["max"] = numbers["max"][f"{method}@{layers[0]}"][j]
+        if len(per_layer) == 1:
+            (layer,) = per_layer
+            entry["layer"] = layer
+            entry["max"] = numbers["max"][f"{method}@{layer}"][j]
         else:
             entry["layer"] = "fused"
-            entry["fused_from"] = list(layers)
+            entry["fused_from"] = list(per_layer)
             entry["layers"] = {
                 layer: {
                     "max": numbers["max"][f"{method}@{layer}"][j],
@@ -787,4 +872,5 @@ def _index_entry(item: ImageItem, record: dict[str, Any], output_dir: Path) -> d
         },
         "target": record["target"]["index"],
         "correct": record["correct"],
+        **({"faithfulness": record["faithfulness"]} if "faithfulness" in record else {}),
     }
