@@ -230,6 +230,32 @@ def test_rise_is_the_probability_weighted_mean_of_the_masks():
     assert max(counter.sizes) == 4
 
 
+def test_rise_masks_come_from_the_seed_and_an_images_map_ignores_its_batch():
+    torch.manual_seed(0)
+    model = TinyNet().eval()
+    x = torch.randn(3, 3, 16, 16)
+    targets = torch.tensor([1, 2, 3])
+    options = MethodOptions(rise_masks=10, chunk_size=4, seed=5)
+    together = compute_methods(model, x, ["features.3"], ["rise"], targets, options)
+    alone = compute_methods(model, x[1:2], ["features.3"], ["rise"], targets[1:2], options)
+    maps = together.maps["rise"]["input"]
+    torch.testing.assert_close(alone.maps["rise"]["input"][0], maps[1])
+    other = MethodOptions(rise_masks=10, chunk_size=4, seed=6)
+    reseeded = compute_methods(model, x[1:2], ["features.3"], ["rise"], targets[1:2], other)
+    assert not torch.allclose(reseeded.maps["rise"]["input"][0], maps[1])
+
+
+def test_integrated_gradients_do_not_depend_on_the_chunk():
+    torch.manual_seed(0)
+    model = TinyNet().eval()
+    x = torch.randn(2, 3, 16, 16)
+    b = torch.zeros_like(x)
+    targets = torch.tensor([1, 2])
+    small, _ = integrated_gradients(model, x, b, targets, steps=6, chunk_size=5)
+    large, _ = integrated_gradients(model, x, b, targets, steps=6, chunk_size=12)
+    torch.testing.assert_close(small, large, rtol=1e-4, atol=1e-6)
+
+
 # --- faithfulness scores -----------------------------------------------------------------------
 
 
