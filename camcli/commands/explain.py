@@ -98,8 +98,8 @@ __all__ = ["explain"]
     type=click.IntRange(min=1),
     default=4000,
     show_default=True,
-    help="Random masks in rise (one forward pass each per image: about 0.02 s per mask "
-    "and image for the embedded model on a 2-core CPU).",
+    help="Random masks in rise: one forward pass each per image (at 4000, minutes per "
+    "image on a CPU; see the README).",
 )
 @click.option(
     "--ig-steps",
@@ -161,7 +161,8 @@ __all__ = ["explain"]
     type=int,
     default=0,
     show_default=True,
-    help="Base seed of smoothgrad's noise (image i uses seed + i).",
+    help="Base seed of smoothgrad's noise (image i uses seed + i) and of rise's masks "
+    "(shared by all images).",
 )
 @click.option(
     "--save-raw",
