@@ -14,7 +14,7 @@ import hashlib
 import os
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,8 @@ from camcli.decode import Batch
 from camcli.discover import ImageItem
 from camcli.explain import class_probabilities, normalise_maps, top_predictions
 from camcli.guided import GUIDED_RULE
-from camcli.methods import BatchMethods, compute_methods
+from camcli.methods import LRP_COMPOSITE, BatchMethods, compute_methods
+from camcli.metrics import FaithfulnessAverages
 from camcli.models import LoadedModel
 from camcli.render import (
     PendingRender,
@@ -126,7 +127,7 @@ def _map_keys(result: BatchMethods, layers: Sequence[str]) -> dict[str, torch.Te
     maps: dict[str, torch.Tensor] = {}
     for method, per_layer in result.maps.items():
         maps[method] = result.unit_map(method)
-        if len(layers) > 1:
+        if len(per_layer) > 1:
             for layer, values in per_layer.items():
                 maps[f"{method}@{layer}"] = normalise_maps(values)
     return maps
@@ -134,7 +135,7 @@ def _map_keys(result: BatchMethods, layers: Sequence[str]) -> dict[str, torch.Te
 
 def _pictures(result: BatchMethods) -> dict[str, torch.Tensor]:
     return {
-        method: saliency_to_unit(grads) if method == "smoothgrad" else guided_to_unit(grads)
+        method: saliency_to_unit(grads) if method in ("smoothgrad", "ig") else guided_to_unit(grads)
         for method, grads in result.images.items()
     }
 
@@ -166,11 +167,12 @@ def run_explain(
         WriteFailed: when an output cannot be written; files already written stay valid.
     """
     label_indices = [model.classes.resolve(item.label) if item.label else None for item in items]
-    return run_batches(
+    averages = FaithfulnessAverages()
+    summary = run_batches(
         items,
         model,
         settings,
-        reporter,
+        _Averaging(reporter, averages),
         settings_key(settings_payload(model, settings)),
         lambda module: _explain_work(items, model, module, settings, label_indices),
         lambda item, record: _index_entry(item, record, settings.output_dir),
@@ -178,6 +180,24 @@ def run_explain(
         write_files=lambda jobs, record_file, record: _write_files(jobs, record_file, record),
         max_pending_bytes=MAX_PENDING_BYTES,
     )
+    if averages.counts:
+        summary.extra["faithfulness"] = averages.result()
+    return summary
+
+
+class _Averaging:
+    """A reporter that also averages the records' faithfulness scores."""
+
+    def __init__(self, reporter: Reporter, averages: FaithfulnessAverages) -> None:
+        self.reporter = reporter
+        self.averages = averages
+
+    def record(self, record: dict[str, Any]) -> None:
+        self.averages.add(record)
+        self.reporter.record(record)
+
+    def advance(self, count: int) -> None:
+        self.reporter.advance(count)
 
 
 @dataclass
@@ -318,6 +338,7 @@ def settings_payload(model: LoadedModel, settings: Settings) -> dict[str, Any]:
             "smooth_noise": options.smooth_noise,
             "smooth_guided": options.smooth_guided,
             "seed": options.seed,
+            **_new_method_options(settings),
         },
     }
 
@@ -327,6 +348,19 @@ def _extra_targets_payload(settings: Settings) -> dict[str, Any]:
     if not settings.extra_targets:
         return {}
     return {"extra_targets": [{"mode": t.mode, "index": t.index} for t in settings.extra_targets]}
+
+
+def _new_method_options(settings: Settings) -> dict[str, Any]:
+    """The options of RISE, Integrated Gradients and the scores, when they are used."""
+    options = settings.method_options
+    fields: dict[str, Any] = {}
+    if "rise" in settings.methods:
+        fields["rise_masks"] = options.rise_masks
+    if "ig" in settings.methods:
+        fields.update(ig_steps=options.ig_steps, ig_baseline=options.ig_baseline)
+    if options.metrics:
+        fields.update(metrics=list(options.metrics), metric_steps=options.metric_steps)
+    return fields
 
 
 def _launch_numbers(
@@ -348,6 +382,11 @@ def _launch_numbers(
     for method, per_layer in result.maps.items():
         for layer, values in per_layer.items():
             tensors[f"max:{method}@{layer}"] = values.flatten(1).amax(dim=1).float()
+    for name, values in result.checks.items():
+        tensors[f"check:{name}"] = values.float()
+    for method, scores in result.metrics.items():
+        for name, values in scores.items():
+            tensors[f"metric:{method}:{name}"] = values.float()
     return list(tensors), HostCopy(list(tensors.values()))
 
 
@@ -355,10 +394,13 @@ def _numbers(
     keys: list[str], arrays: list[np.ndarray], peaks: dict[str, list[tuple[int, int]]]
 ) -> dict[str, Any]:
     """The landed numbers as Python lists, maxima grouped under ``max``."""
-    numbers: dict[str, Any] = {"max": {}, "peaks": peaks}
+    numbers: dict[str, Any] = {"max": {}, "peaks": peaks, "check": {}, "metric": {}}
     for key, array in zip(keys, arrays, strict=True):
         if key.startswith("max:"):
             numbers["max"][key.removeprefix("max:")] = array.tolist()
+        elif key.startswith(("check:", "metric:")):
+            group, _, name = key.partition(":")
+            numbers[group][name] = array.tolist()
         else:
             numbers[key] = array.tolist()
     return numbers
@@ -369,7 +411,7 @@ def _launch_raws(result: BatchMethods, settings: Settings, size: int) -> tuple[l
     raws: dict[str, torch.Tensor] = {}
     for method, per_layer in result.maps.items():
         for layer, values in per_layer.items():
-            key = f"{method}@{layer}" if len(settings.layers) > 1 else method
+            key = f"{method}@{layer}" if len(per_layer) > 1 else method
             raws[key] = to_input_resolution(values, size)
         if method in result.fused:
             raws[method] = result.fused[method].float()
@@ -388,6 +430,7 @@ class _BatchMeta:
     guided_calls: dict[str, int]
     unchanged_calls: dict[str, int]
     images: tuple[str, ...]
+    lrp_canonizers: list[str] = field(default_factory=list)
 
 
 def _meta(result: BatchMethods) -> _BatchMeta:
@@ -399,6 +442,7 @@ def _meta(result: BatchMethods) -> _BatchMeta:
         guided_calls=dict(explanation.guided_calls),
         unchanged_calls=dict(explanation.unchanged_calls),
         images=tuple(result.images),
+        lrp_canonizers=list(result.lrp_canonizers),
     )
 
 
@@ -550,8 +594,48 @@ def _record(
             "gradients": "guided" if options.smooth_guided else "plain",
             "seed": options.seed + image_seed(item),
         }
+    record.update(_attribution_fields(item, settings, numbers, j, meta))
     record["files"] = files
     return record
+
+
+def _attribution_fields(
+    item: ImageItem, settings: Settings, numbers: dict[str, Any], j: int, meta: _BatchMeta
+) -> dict[str, Any]:
+    """The record's fields of RISE, LRP, Integrated Gradients and the faithfulness scores."""
+    options = settings.method_options
+    check = numbers["check"]
+    fields: dict[str, Any] = {}
+    if "rise" in meta.map_layers:
+        fields["rise"] = {
+            "masks": options.rise_masks,
+            "cells": 7,
+            "keep": 0.5,
+            "seed": options.seed,
+        }
+    if "lrp_sum" in check:
+        fields["lrp"] = {
+            "composite": LRP_COMPOSITE,
+            "canonizers": meta.lrp_canonizers,
+            "relevance_sum": round(check["lrp_sum"][j], 6),
+            "logit": round(check["lrp_logit"][j], 6),
+        }
+    if "ig_sum" in check:
+        total, difference = check["ig_sum"][j], check["ig_difference"][j]
+        fields["integrated_gradients"] = {
+            "baseline": options.ig_baseline,
+            "steps": options.ig_steps,
+            "attribution_sum": round(total, 6),
+            "logit_difference": round(difference, 6),
+            "completeness_error": round(abs(total - difference) / max(abs(difference), 1e-12), 6),
+        }
+    if numbers["metric"]:
+        scores: dict[str, dict[str, float]] = {}
+        for key, values in numbers["metric"].items():
+            method, _, name = key.partition(":")
+            scores.setdefault(method, {})[name] = round(values[j], 6)
+        fields["faithfulness"] = {"steps": options.metric_steps, **scores}
+    return fields
 
 
 def _point(xy: tuple[int, int]) -> dict[str, int]:
@@ -562,15 +646,15 @@ def _maps_entry(
     meta: _BatchMeta, settings: Settings, numbers: dict[str, Any], j: int
 ) -> dict[str, Any]:
     entries: dict[str, Any] = {}
-    layers = settings.layers
     for method, per_layer in meta.map_layers.items():
         entry: dict[str, Any] = {"peak": _point(numbers["peaks"][method][j])}
-        if len(layers) == 1:
-            entry["layer"] = layers[0]
-            entry["max"] = numbers["max"][f"{method}@{layers[0]}"][j]
+        if len(per_layer) == 1:
+            (layer,) = per_layer
+            entry["layer"] = layer
+            entry["max"] = numbers["max"][f"{method}@{layer}"][j]
         else:
             entry["layer"] = "fused"
-            entry["fused_from"] = list(layers)
+            entry["fused_from"] = list(per_layer)
             entry["layers"] = {
                 layer: {
                     "max": numbers["max"][f"{method}@{layer}"][j],
@@ -601,4 +685,5 @@ def _index_entry(item: ImageItem, record: dict[str, Any], output_dir: Path) -> d
         },
         "target": record["target"]["index"],
         "correct": record["correct"],
+        **({"faithfulness": record["faithfulness"]} if "faithfulness" in record else {}),
     }

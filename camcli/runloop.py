@@ -72,6 +72,7 @@ class RunSummary:
     status: str = "complete"
     failures: list[tuple[str, str]] = field(default_factory=list)
     seconds: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)  # more fields for run.json
 
 
 # One file to write: its path and a function producing its bytes (run in a writer thread).

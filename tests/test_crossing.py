@@ -41,8 +41,9 @@ from .conftest import random_photo, save_image
 SIZE = 64  # the model input side: every default layer still gives a 2 x 2 map
 ARCHITECTURES = ("resnet18", "densenet121", "vgg11", "efficientnet_lite0")
 # Methods that need a model property some architectures lack: CAM needs one linear layer on
-# the pooled layer (VGG's classifier has three).
-NOT_APPLICABLE = {("vgg11", "cam")}
+# the pooled layer (VGG's classifier has three); LRP needs zennit canonizers, which DenseNet's
+# batch norms after concatenations do not fit.
+NOT_APPLICABLE = {("vgg11", "cam"), ("densenet121", "lrp")}
 
 
 def _build(architecture: str) -> tuple[torch.nn.Module, str]:
@@ -165,6 +166,14 @@ def _run_and_check(
             ",".join(methods),
             "--smooth-samples",
             "2",
+            "--rise-masks",
+            "16",
+            "--ig-steps",
+            "4",
+            "--metrics",
+            "all",
+            "--metric-steps",
+            "4",
             "--chunk-size",
             "256",
             "--save-raw",

@@ -271,7 +271,8 @@ def test_every_method_on_own_models_through_the_cli(
     out = tmp_path / "out"
     result = run(
         "explain", photos, "--model", model, "--input-size", "32", "--method", ",".join(methods),
-        "--smooth-samples", "2", "--save-raw", "-b", "2", "-j", "0", "--device", "cpu",
+        "--smooth-samples", "2", "--rise-masks", "16", "--ig-steps", "4",
+        "--save-raw", "-b", "2", "-j", "0", "--device", "cpu",
         channels_last, "-o", out, "--jsonl",
     )  # fmt: skip
     assert result.exit_code == 0, result.output

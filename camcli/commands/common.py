@@ -625,6 +625,7 @@ def run_in_frame(
         started=started,
         shard=f"{shard_k}/{shard_n}" if shard_n > 1 else None,
     )
+    record.update(summary.extra)  # a command's own fields (explain: faithfulness means)
     _write_summaries(record, run)
     if summary.status != "broken-pipe":
         _report(summary, output_dir, described, verb)

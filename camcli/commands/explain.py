@@ -30,6 +30,8 @@ from camcli.methods import (
     MethodOptions,
     parse_methods,
 )
+from camcli.methods.integrated import IG_BASELINES
+from camcli.metrics import parse_metrics
 from camcli.pipeline import RunSummary, run_explain, settings_payload
 from camcli.runtime import StopRequest
 from camcli.targets import parse_targets
@@ -54,8 +56,8 @@ __all__ = ["explain"]
     "methods",
     multiple=True,
     help="Explanation method(s), repeatable or comma-separated: gradcam, gradcam++, "
-    "xgradcam, layercam, hirescam, cam, eigencam, scorecam, guided, guided-gradcam, "
-    "smoothgrad [default: gradcam,guided].",
+    "xgradcam, layercam, hirescam, cam, eigencam, scorecam, rise, guided, guided-gradcam, "
+    "smoothgrad, lrp, ig [default: gradcam,guided].",
 )
 @click.option(
     "--target",
@@ -90,8 +92,45 @@ __all__ = ["explain"]
     "--chunk-size",
     type=click.IntRange(min=1),
     default=None,
-    help="Modified images per forward pass in scorecam and smoothgrad: their memory bound "
-    "[default: 256 on CUDA, 32 on CPU].",
+    help="Modified images per forward pass in scorecam, smoothgrad, rise, ig, lrp and the "
+    "--metrics scores: their memory bound [default: 256 on CUDA, 32 on CPU].",
+)
+@click.option(
+    "--rise-masks",
+    type=click.IntRange(min=1),
+    default=4000,
+    show_default=True,
+    help="Random masks in rise: one forward pass each per image (at 4000, minutes per "
+    "image on a CPU; see the README).",
+)
+@click.option(
+    "--ig-steps",
+    type=click.IntRange(min=1),
+    default=32,
+    show_default=True,
+    help="Path steps of ig (Integrated Gradients): one forward + backward pass each.",
+)
+@click.option(
+    "--ig-baseline",
+    type=click.Choice(IG_BASELINES),
+    default="black",
+    show_default=True,
+    help="Where ig's path starts: a black image or a heavy blur of the image.",
+)
+@click.option(
+    "--metrics",
+    "metrics",
+    default="",
+    help="Faithfulness scores per image and method, comma-separated: deletion, insertion, "
+    "drop (average drop and increase in confidence), or all. In each record, index.jsonl "
+    "and, averaged per method, run.json.",
+)
+@click.option(
+    "--metric-steps",
+    type=click.IntRange(min=2),
+    default=16,
+    show_default=True,
+    help="Steps of the deletion and insertion curves (one forward pass each).",
 )
 @click.option(
     "--smooth-samples",
@@ -117,7 +156,8 @@ __all__ = ["explain"]
     type=int,
     default=0,
     show_default=True,
-    help="Base seed of smoothgrad's noise (image i uses seed + i).",
+    help="Base seed of smoothgrad's noise (image i uses seed + i) and of rise's masks "
+    "(shared by all images).",
 )
 @click.option(
     "--save-raw",
@@ -167,8 +207,12 @@ def explain(ctx: click.Context, **options: Any) -> None:
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="'--method'") from None
     write_html_report = options.pop("report")
+    try:
+        metrics = parse_metrics(options.pop("metrics"))
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="'--metrics'") from None
     run = prepare_run(options)
-    settings = explain_settings(run, options, chosen_methods)
+    settings = explain_settings(run, options, chosen_methods, metrics)
     model = run.model
 
     def body(reporter: Reporter, stop: StopRequest) -> RunSummary:
@@ -187,7 +231,10 @@ def explain(ctx: click.Context, **options: Any) -> None:
 
 
 def explain_settings(
-    run: PreparedRun, options: dict[str, Any], methods: tuple[str, ...]
+    run: PreparedRun,
+    options: dict[str, Any],
+    methods: tuple[str, ...],
+    metrics: tuple[str, ...] = (),
 ) -> Settings:
     """The settings of an explain run from the prepared run and the command's own options.
 
@@ -212,6 +259,7 @@ def explain_settings(
     if "label" in (t.mode for t in (target_spec, *extra_targets)):
         _check_labels(run.items, loaded.classes)
     device = run.device
+    prep = loaded.preprocessing
     chunk_size = options["chunk_size"]
     return Settings(
         output_dir=run.output_dir,
@@ -223,6 +271,12 @@ def explain_settings(
             smooth_noise=options["smooth_noise"],
             smooth_guided=options["smooth_guided"],
             seed=options["seed"],
+            rise_masks=options["rise_masks"],
+            ig_steps=options["ig_steps"],
+            ig_baseline=options["ig_baseline"],
+            black=tuple(-m / s for m, s in zip(prep.mean, prep.std, strict=True)),
+            metrics=metrics,
+            metric_steps=options["metric_steps"],
         ),
         target=target_spec,
         extra_targets=extra_targets,

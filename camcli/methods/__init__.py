@@ -7,6 +7,7 @@ picture at the input resolution: guided backprop, guided Grad-CAM and SmoothGrad
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -23,15 +24,22 @@ from camcli.methods.activation import (
     find_linear_head,
 )
 from camcli.methods.gradient import gradcam, gradcam_plus_plus, hirescam, layercam, xgradcam
+from camcli.methods.integrated import ig_baseline, integrated_gradients
+from camcli.methods.lrp import LRP_COMPOSITE, LrpNotApplicable, lrp, lrp_canonizers
 from camcli.methods.perturbation import scorecam, smoothgrad
+from camcli.methods.rise import RiseMasks, rise
+from camcli.metrics import faithfulness, pixel_order_saliency
 
 __all__ = [
     "ALL_METHODS",
     "DEFAULT_METHODS",
     "IMAGE_METHODS",
+    "LRP_COMPOSITE",
     "MAP_METHODS",
+    "RISE_LAYER",
     "BatchMethods",
     "CamNotApplicable",
+    "LrpNotApplicable",
     "MethodOptions",
     "compute_methods",
     "parse_methods",
@@ -44,8 +52,9 @@ GRADIENT_MAPS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] =
     "layercam": layercam,
     "hirescam": hirescam,
 }
-MAP_METHODS = (*GRADIENT_MAPS, "cam", "eigencam", "scorecam")
-IMAGE_METHODS = ("guided", "guided-gradcam", "smoothgrad")
+MAP_METHODS = (*GRADIENT_MAPS, "cam", "eigencam", "scorecam", "rise")
+IMAGE_METHODS = ("guided", "guided-gradcam", "smoothgrad", "lrp", "ig")
+RISE_LAYER = "input"  # RISE's map is keyed by this instead of a layer
 ALL_METHODS = MAP_METHODS + IMAGE_METHODS
 DEFAULT_METHODS = ("gradcam", "guided")
 _ALIASES = {
@@ -61,6 +70,8 @@ _ALIASES = {
     "xgrad-cam": "xgradcam",
     "hires-cam": "hirescam",
     "guided-grad-cam": "guided-gradcam",
+    "integrated-gradients": "ig",
+    "integratedgradients": "ig",
 }
 
 
@@ -97,7 +108,15 @@ class MethodOptions:
         smooth_samples: noisy copies per image in SmoothGrad.
         smooth_noise: SmoothGrad noise level, relative to each image's value range.
         smooth_guided: average guided-backprop gradients instead of plain ones.
-        seed: base seed of SmoothGrad's noise (an image's seed is ``seed + its index``).
+        seed: base seed of SmoothGrad's noise (an image's seed is ``seed + its index``) and
+            of RISE's masks (shared by all images).
+        rise_masks: random masks in RISE.
+        ig_steps: path steps of Integrated Gradients.
+        ig_baseline: ``black`` or ``blur``.
+        black: the normalised value of a black pixel per channel (``-mean / std``), for
+            the black baseline; ``None`` takes 0.
+        metrics: faithfulness scores to compute (:data:`camcli.metrics.METRICS`).
+        metric_steps: steps of the deletion and insertion curves.
 
     """
 
@@ -106,6 +125,12 @@ class MethodOptions:
     smooth_noise: float = 0.15
     smooth_guided: bool = False
     seed: int = 0
+    rise_masks: int = 4000
+    ig_steps: int = 32
+    ig_baseline: str = "black"
+    black: tuple[float, ...] | None = None
+    metrics: tuple[str, ...] = ()
+    metric_steps: int = 16
 
 
 @dataclass
@@ -119,6 +144,11 @@ class BatchMethods:
             normalised maps at the input resolution, ``(N, S, S)`` in [0, 1].
         images: per image method, the gradient picture ``(N, 3, S, S)``.
         heads: the linear head CAM used, per layer.
+        checks: per-image numbers the records report, ``(N,)`` each: ``ig_sum`` and
+            ``ig_difference`` (completeness of Integrated Gradients), ``lrp_sum`` and
+            ``lrp_logit`` (conservation of LRP).
+        lrp_canonizers: the zennit canonizers LRP used.
+        metrics: per method, per faithfulness score, ``(N,)``.
 
     """
 
@@ -127,6 +157,9 @@ class BatchMethods:
     fused: dict[str, torch.Tensor] = field(default_factory=dict)
     images: dict[str, torch.Tensor] = field(default_factory=dict)
     heads: dict[str, LinearHead] = field(default_factory=dict)
+    checks: dict[str, torch.Tensor] = field(default_factory=dict)
+    lrp_canonizers: list[str] = field(default_factory=list)
+    metrics: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
 
     def unit_map(self, method: str) -> torch.Tensor:
         """The method's final map in [0, 1]: the fused one, or the only layer's."""
@@ -158,7 +191,10 @@ def compute_methods(
     Cost per batch: one forward; one gradient to the layers if any gradient-based method is
     asked for (all of them share it); one gradient to the input for guided backprop / guided
     Grad-CAM; Score-CAM adds ``N * C / chunk_size`` forward passes, SmoothGrad
-    ``N * samples / chunk_size`` forward + backward passes.
+    ``N * samples / chunk_size`` forward + backward passes; RISE ``N * masks / chunk_size``
+    forward passes; Integrated Gradients ``N * steps / chunk_size`` forward + backward
+    passes; LRP one forward + backward per ``chunk_size`` images; the faithfulness scores
+    about ``N * 2 (steps + 1) / chunk_size`` forward passes per method.
 
     Args:
         model: the classifier.
@@ -176,7 +212,8 @@ def compute_methods(
         The maps and pictures.
 
     Raises:
-        CamNotApplicable: when ``cam`` is asked for a model without a linear head.
+        CamNotApplicable: when ``cam`` is asked for a model without a linear head, or
+            ``lrp`` for a model it cannot canonize (:class:`LrpNotApplicable`).
 
     """
     wanted = set(methods)
@@ -248,4 +285,66 @@ def compute_methods(
         if calls and not explanation.guided_calls:
             explanation.guided_calls = calls["guided"]
             explanation.unchanged_calls = calls["unchanged"]
+    _attribution_methods(model, inputs, wanted, result, options, autocast_dtype)
+    if options.metrics:
+        saliencies = {
+            method: pixel_order_saliency(method, result.unit_map(method), size)
+            for method in result.maps
+        }
+        saliencies.update(
+            (method, pixel_order_saliency(method, values, size))
+            for method, values in result.images.items()
+        )
+        result.metrics = faithfulness(
+            model,
+            inputs,
+            chosen,
+            saliencies,
+            options.metrics,
+            options.metric_steps,
+            options.chunk_size,
+            autocast_dtype,
+        )
     return result
+
+
+@functools.lru_cache(maxsize=4)
+def run_masks(count: int, size: int, seed: int) -> RiseMasks:
+    """RISE's masks of a run: made once from the seed, shared by every image and batch."""
+    return RiseMasks.random(count, size, seed)
+
+
+def _attribution_methods(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    wanted: set[str],
+    result: BatchMethods,
+    options: MethodOptions,
+    autocast_dtype: torch.dtype | None,
+) -> None:
+    """RISE, LRP and Integrated Gradients: each its own passes, chunked."""
+    chosen = result.explanation.targets
+    if "rise" in wanted:
+        masks = run_masks(options.rise_masks, inputs.shape[-1], options.seed)
+        maps = rise(model, inputs, chosen, masks, options.chunk_size, autocast_dtype)
+        result.maps["rise"] = {RISE_LAYER: maps}
+    if "lrp" in wanted:
+        result.lrp_canonizers = [type(c).__name__ for c in lrp_canonizers(model)]
+        relevance, logits = lrp(model, inputs, chosen, options.chunk_size)
+        result.images["lrp"] = relevance
+        result.checks["lrp_sum"] = relevance.flatten(1).sum(dim=1)
+        result.checks["lrp_logit"] = logits
+    if "ig" in wanted:
+        baselines = ig_baseline(inputs, options.ig_baseline, options.black)
+        attributions, differences = integrated_gradients(
+            model,
+            inputs,
+            baselines,
+            chosen,
+            options.ig_steps,
+            options.chunk_size,
+            autocast_dtype,
+        )
+        result.images["ig"] = attributions
+        result.checks["ig_sum"] = attributions.flatten(1).sum(dim=1)
+        result.checks["ig_difference"] = differences
