@@ -444,8 +444,14 @@ def customise_model(
         try:
             outputs = probe_outputs(loaded.module, changed)
         except OutputMismatch as exc:
-            option = "--input-channels" if new_channels != prep.channels else "--input-size"
-            raise OptionProblem(option, str(exc)) from None
+            if new_channels == prep.channels:  # only the size changed: a fixed-size head
+                raise OptionProblem(
+                    "--input-size",
+                    f"{loaded.name} cannot run at a {new_size} x {new_size} input (its head "
+                    f"has a fixed size); leave out --input-size to use its default input "
+                    f"size {prep.size}",
+                ) from None
+            raise OptionProblem("--input-channels", str(exc)) from None
         expected = 1 if loaded.binary else len(loaded.classes)
         if outputs != expected and not (loaded.binary and outputs == 2):
             loaded = replace(loaded, classes=ClassIndex.numbered(outputs))
