@@ -496,9 +496,9 @@ def test_repository_config_example_runs(
     photos: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     repo = Path(__file__).resolve().parents[1]
-    monkeypatch.chdir(repo)
+    monkeypatch.chdir(tmp_path)  # any directory: the model's files are found beside the config
     result = run(
-        "explain", photos, "--config", "configs/own-model/config.toml", "--device", "cpu",
+        "explain", photos, "--config", repo / "configs/own-model/config.toml", "--device", "cpu",
         "-j", "0", "-o", tmp_path / "out", "--jsonl",
     )  # fmt: skip
     assert result.exit_code == 0, result.output

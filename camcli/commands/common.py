@@ -292,6 +292,9 @@ def _load_config(ctx: click.Context, _param: click.Parameter, value: Path | None
 
     The file may hold the options at the top level or in a table named after the command
     (``[explain]``, ``[features]``); keys are option names (``batch-size`` or ``batch_size``).
+    The files that define the model (``weights``, ``classes``, a ``model = "FILE.py:FUNC"``
+    factory file) are found relative to the config file, so a model's config, factory and
+    class file can live together and work from any directory.
     """
     if value is None:
         return None
@@ -313,10 +316,23 @@ def _load_config(ctx: click.Context, _param: click.Parameter, value: Path | None
         if getattr(params[name], "multiple", False) and not isinstance(setting, list):
             setting = [setting]
         elif isinstance(setting, list) and not getattr(params[name], "multiple", False):
-            setting = ",".join(str(value) for value in setting)  # mean = [0.5, 0.5, 0.5]
-        defaults[name] = setting
+            setting = ",".join(str(item) for item in setting)  # mean = [0.5, 0.5, 0.5]
+        defaults[name] = _beside_config(name, setting, value.parent)
     ctx.default_map = {**(ctx.default_map or {}), **defaults}
     return value
+
+
+def _beside_config(name: str, setting: Any, folder: Path) -> Any:
+    """A model-defining relative path in a config file, read from the config's folder."""
+    if not isinstance(setting, str):
+        return setting
+    if name in ("weights", "classes_file") and not Path(setting).expanduser().is_absolute():
+        return str(folder / setting)
+    if name == "model_name" and ".py:" in setting:
+        file, _, function = setting.rpartition(":")
+        if not Path(file).expanduser().is_absolute():
+            return f"{folder / file}:{function}"
+    return setting
 
 
 config_option = click.option(
