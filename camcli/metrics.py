@@ -26,7 +26,7 @@ import torch.nn.functional as F
 import torchvision.transforms.functional as TF
 from torch import nn
 
-from camcli.explain import autocast
+from camcli.explain import autocast, class_probabilities
 from camcli.hooks import frozen_eval
 
 __all__ = [
@@ -113,6 +113,7 @@ def faithfulness(
     steps: int,
     chunk_size: int,
     autocast_dtype: torch.dtype | None = None,
+    binary: bool = False,
 ) -> dict[str, dict[str, torch.Tensor]]:
     """Faithfulness scores of every method's saliency, per image.
 
@@ -125,6 +126,7 @@ def faithfulness(
         steps: deletion / insertion steps.
         chunk_size: modified images per forward pass.
         autocast_dtype: forward passes under autocast to this type.
+        binary: the logits are a sigmoid classifier's ``[-z, z]`` (probabilities by sigmoid).
 
     Returns:
         Per method, per score (``deletion``, ``insertion``, ``drop``, ``increase``), ``(N,)``.
@@ -139,7 +141,7 @@ def faithfulness(
     counts = torch.round(torch.arange(steps + 1, device=x.device) * (pixels / steps)).long()
     results: dict[str, dict[str, torch.Tensor]] = {}
     with frozen_eval(model), torch.no_grad():
-        original = _probabilities(model, x, targets, chunk_size, autocast_dtype)
+        original = _probabilities(model, x, targets, chunk_size, autocast_dtype, binary)
         for method, saliency in saliencies.items():
             scores: dict[str, torch.Tensor] = {}
             flat = saliency.float().reshape(n, pixels)
@@ -160,13 +162,15 @@ def faithfulness(
                     else:
                         images = blur[who] * (1 - mask) + x[who] * mask
                     probs[start : start + len(part)] = _forward_probs(
-                        model, images, targets[who], autocast_dtype
+                        model, images, targets[who], autocast_dtype, binary
                     )
                 curve = probs.view(n, steps + 1)
                 scores[kind] = (curve.sum(dim=1) - (curve[:, 0] + curve[:, -1]) / 2) / steps
             if "drop" in wanted:
                 unit = _unit(saliency.float()).to(x.dtype)[:, None]
-                masked = _probabilities(model, x * unit, targets, chunk_size, autocast_dtype)
+                masked = _probabilities(
+                    model, x * unit, targets, chunk_size, autocast_dtype, binary
+                )
                 scores["drop"] = (original - masked).clamp(min=0) / original.clamp(min=1e-12)
                 scores["increase"] = (masked > original).float()
             results[method] = scores
@@ -178,10 +182,11 @@ def _forward_probs(
     images: torch.Tensor,
     targets: torch.Tensor,
     autocast_dtype: torch.dtype | None,
+    binary: bool,
 ) -> torch.Tensor:
     with autocast(images.device, autocast_dtype):
         logits = model(images).float()
-    return logits.softmax(dim=1).gather(1, targets[:, None])[:, 0]
+    return class_probabilities(logits, binary).gather(1, targets[:, None])[:, 0]
 
 
 def _probabilities(
@@ -190,10 +195,11 @@ def _probabilities(
     targets: torch.Tensor,
     chunk_size: int,
     autocast_dtype: torch.dtype | None,
+    binary: bool,
 ) -> torch.Tensor:
     parts = [
         _forward_probs(
-            model, images[s : s + chunk_size], targets[s : s + chunk_size], autocast_dtype
+            model, images[s : s + chunk_size], targets[s : s + chunk_size], autocast_dtype, binary
         )
         for s in range(0, images.shape[0], chunk_size)
     ]

@@ -517,3 +517,42 @@ def test_cli_input_size_and_lrp_refusals_are_one_sentence(image_folder, tmp_path
     assert result.exit_code == 2, result.output
     assert "'--method'" in result.stderr and "use gradcam" in result.stderr
     assert "Traceback" not in result.output
+
+
+def test_rise_and_scores_read_a_sigmoid_model_with_the_sigmoid():
+    """A one-logit model is shown as logits [-z, z]: its probabilities are sigmoid(+-z).
+
+    The softmax of [-z, z] would be sigmoid(2z), neither class's probability.
+    """
+    from camcli.metrics import faithfulness
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 2, 3, padding=1), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    model[0].weight.data *= 10
+    signed = _SignedLogits(nn.Sequential(*model, nn.Linear(2, 1))).eval()
+    x = torch.randn(2, 3, 16, 16)
+    targets = torch.tensor([1, 0])
+    ones = RiseMasks(torch.ones(3, 1, 7, 7), torch.zeros(3, 2, dtype=torch.long), 16, 1.0)
+    maps = rise(signed, x, targets, ones, chunk_size=2, binary=True)
+    with torch.no_grad():
+        z = signed(x)
+    p = z.sigmoid().gather(1, targets[:, None])[:, 0]
+    assert not torch.allclose(p, z.softmax(1).gather(1, targets[:, None])[:, 0])
+    torch.testing.assert_close(maps, p.view(2, 1, 1).expand(2, 16, 16))
+    half = torch.zeros(2, 16, 16)
+    half[:, :, :8] = 1.0
+    scores = faithfulness(signed, x, targets, {"m": half}, ["drop"], 4, 8, binary=True)
+    with torch.no_grad():
+        masked = signed(x * half[:, None]).sigmoid().gather(1, targets[:, None])[:, 0]
+    expected = (p - masked).clamp(min=0) / p
+    torch.testing.assert_close(scores["m"]["drop"], expected)
+
+
+class _SignedLogits(nn.Module):
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.inner(x)
+        return torch.cat([-z, z], dim=1)

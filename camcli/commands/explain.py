@@ -277,6 +277,7 @@ def explain_settings(
             black=tuple(-m / s for m, s in zip(prep.mean, prep.std, strict=True)),
             metrics=metrics,
             metric_steps=options["metric_steps"],
+            binary=loaded.binary,
         ),
         target=target_spec,
         extra_targets=extra_targets,

@@ -117,6 +117,8 @@ class MethodOptions:
             the black baseline; ``None`` takes 0.
         metrics: faithfulness scores to compute (:data:`camcli.metrics.METRICS`).
         metric_steps: steps of the deletion and insertion curves.
+        binary: the model is a sigmoid classifier shown as two logits ``[-z, z]``: RISE and
+            the scores read its probabilities with the sigmoid, not the softmax.
 
     """
 
@@ -131,6 +133,7 @@ class MethodOptions:
     black: tuple[float, ...] | None = None
     metrics: tuple[str, ...] = ()
     metric_steps: int = 16
+    binary: bool = False
 
 
 @dataclass
@@ -304,6 +307,7 @@ def compute_methods(
             options.metric_steps,
             options.chunk_size,
             autocast_dtype,
+            options.binary,
         )
     return result
 
@@ -326,7 +330,9 @@ def _attribution_methods(
     chosen = result.explanation.targets
     if "rise" in wanted:
         masks = run_masks(options.rise_masks, inputs.shape[-1], options.seed)
-        maps = rise(model, inputs, chosen, masks, options.chunk_size, autocast_dtype)
+        maps = rise(
+            model, inputs, chosen, masks, options.chunk_size, autocast_dtype, options.binary
+        )
         result.maps["rise"] = {RISE_LAYER: maps}
     if "lrp" in wanted:
         result.lrp_canonizers = [type(c).__name__ for c in lrp_canonizers(model)]

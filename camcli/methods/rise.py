@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from camcli.explain import autocast
+from camcli.explain import autocast, class_probabilities
 from camcli.hooks import frozen_eval
 
 __all__ = ["RiseMasks", "rise"]
@@ -80,6 +80,7 @@ def rise(
     masks: RiseMasks,
     chunk_size: int,
     autocast_dtype: torch.dtype | None = None,
+    binary: bool = False,
 ) -> torch.Tensor:
     """RISE maps of a batch, ``(N, S, S)`` float32 (probabilities, not normalised).
 
@@ -94,6 +95,7 @@ def rise(
         masks: the run's masks (their size must be ``S``).
         chunk_size: masked images per forward pass.
         autocast_dtype: forward passes under autocast to this type.
+        binary: the logits are a sigmoid classifier's ``[-z, z]`` (probabilities by sigmoid).
 
     Returns:
         The maps.
@@ -115,6 +117,6 @@ def rise(
             for i in range(n):
                 with autocast(x.device, autocast_dtype):
                     logits = model(x[i : i + 1] * chunk.to(x.dtype)).float()
-                p = logits.softmax(dim=1)[:, targets[i]]
+                p = class_probabilities(logits, binary)[:, targets[i]]
                 total[i] += p @ flat
     return (total / (len(masks) * masks.keep)).view(n, height, width)
