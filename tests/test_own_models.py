@@ -261,7 +261,8 @@ def test_every_method_on_own_models_through_the_cli(
     family: str,
     channels_last: str,
 ) -> None:
-    methods = [m for m in ALL_METHODS if not (family != "binary-grey-cnn" and m == "cam")]
+    # CAM needs a linear head on pooled maps, LRP a canonizable graph: not transformers.
+    methods = [m for m in ALL_METHODS if family == "binary-grey-cnn" or m not in ("cam", "lrp")]
     factories = {
         "binary-grey-cnn": binary_factory,
         "vit": vit_factory,
@@ -282,6 +283,21 @@ def test_every_method_on_own_models_through_the_cli(
         assert record["view"]["channels"] == 1
         assert [p["name"] for p in record["predictions"]] != []
         assert record["maps"]["cam"]["classifier"] == {"features": "fc"}
+
+
+@pytest.mark.parametrize("source", [TINY_VIT_SOURCE, TINY_SWIN_SOURCE], ids=["vit", "swin"])
+def test_lrp_on_a_transformer_is_refused_in_one_sentence(
+    tmp_path: Path, photos: Path, source: str
+) -> None:
+    factory = write_factory(tmp_path, "transformer", source)
+    result = run(
+        "explain", photos, "--model", f"{factory}:build", "--method", "lrp", "--input-size",
+        "32", "--device", "cpu", "-j", "0", "-o", tmp_path / "out",
+    )  # fmt: skip
+    assert result.exit_code == 2, result.output
+    message = result.stderr.strip().splitlines()[-1]
+    assert message.startswith("Error: Invalid value for '--method': lrp has no rules for")
+    assert "use gradcam" in message and "Traceback" not in result.output
 
 
 @pytest.mark.parametrize("source", [TINY_VIT_SOURCE, TINY_SWIN_SOURCE], ids=["vit", "swin"])

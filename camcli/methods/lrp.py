@@ -15,6 +15,8 @@ make a model's graph fit those rules, and refuses models it cannot canonize:
 
 DenseNet is refused: its batch norms come after concatenations and before the
 convolutions, so no merge keeps the network's function, and zennit has no canonizer for it.
+Models with attention or layer norms (vision transformers, Swin, ConvNeXt) are refused too:
+the composite has no rule for them and would pass plain gradients through.
 """
 
 from __future__ import annotations
@@ -135,12 +137,24 @@ def _batch_norm_pairs(model: nn.Module) -> tuple[list[tuple[list[str], str]], li
     return pairs, unpaired
 
 
+def _attention_or_layer_norm(model: nn.Module) -> str | None:
+    """The name of the first attention or layer-norm module (transformers, ConvNeXt)."""
+    for name, module in model.named_modules():
+        kind = type(module).__name__
+        if isinstance(module, nn.MultiheadAttention | nn.LayerNorm) or kind.endswith(
+            ("Attention", "LayerNorm", "LayerNorm2d")
+        ):
+            return name or kind
+    return None
+
+
 def lrp_canonizers(model: nn.Module) -> list[Canonizer]:
     """The canonizers that fit ``model`` to LRP's rules.
 
     Raises:
-        LrpNotApplicable: for DenseNet and for models with a batch norm that follows no
-            convolution or linear layer (one sentence naming the methods that apply).
+        LrpNotApplicable: for DenseNet, for models with attention or layer norms, and for
+            models with a batch norm that follows no convolution or linear layer (one
+            sentence naming the methods that apply).
 
     """
     import torchvision
@@ -152,6 +166,11 @@ def lrp_canonizers(model: nn.Module) -> list[Canonizer]:
         )
     if isinstance(model, torchvision.models.ResNet):
         return [ResNetCanonizer()]
+    if blocker := _attention_or_layer_norm(model):
+        raise LrpNotApplicable(
+            f"lrp has no rules for attention or layer norms (this model's {blocker!r}): "
+            f"zennit's composite would pass plain gradients through them; use {_OTHERS}"
+        )
     pairs, unpaired = _batch_norm_pairs(model)
     if unpaired:
         raise LrpNotApplicable(
