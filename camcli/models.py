@@ -154,13 +154,22 @@ def offline_requested(offline: bool = False) -> bool:
     return offline or env not in ("", "0", "false", "no")
 
 
-def load_model(name: str, weights: Path | None = None, offline: bool = False) -> LoadedModel:
+def load_model(
+    name: str,
+    weights: Path | None = None,
+    offline: bool = False,
+    input_size: int | None = None,
+    input_channels: int | None = None,
+) -> LoadedModel:
     """Build a model by name with its pretrained weights, in eval mode.
 
     Args:
         name: a registered name or a torchvision classification model name.
         weights: a local state-dict file to load instead of the default weights.
         offline: never download; fail with instructions when weights are not cached.
+        input_size: for a factory model, the input side it is first probed at (a model
+            with a fixed-size head, e.g. 28 x 28, cannot run at the 224 default).
+        input_channels: likewise, the input channels it is first probed with.
 
     Returns:
         The loaded model.
@@ -174,7 +183,7 @@ def load_model(name: str, weights: Path | None = None, offline: bool = False) ->
     from camcli import own_models
 
     if own_models.is_factory_spec(name):
-        loaded = own_models.load_factory_model(name, weights)
+        loaded = own_models.load_factory_model(name, weights, input_size, input_channels)
     elif own_models.is_timm_spec(name):
         loaded = own_models.load_timm_model(name, weights, offline)
     elif name in _REGISTRY:
@@ -205,29 +214,39 @@ def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
         ModelUnavailable: when the file is missing, unsafe or not a state dict.
 
     """
+    obj: Any
     if path.suffix.lower() == ".safetensors":
         from camcli.own_models import load_safetensors
 
-        return load_safetensors(path)
-    try:
-        obj: Any = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise ModelUnavailable(f"weights file {path} does not exist") from None
-    except Exception as exc:
-        reason = _short(exc)
-        raise ModelUnavailable(
-            f"cannot load weights file {path} as a state dict with weights_only=True "
-            f"(files that need full unpickling are refused): {reason}"
-        ) from None
+        obj = load_safetensors(path)
+    else:
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except FileNotFoundError:
+            raise ModelUnavailable(f"weights file {path} does not exist") from None
+        except Exception as exc:
+            reason = _short(exc, 160)
+            raise ModelUnavailable(
+                f"cannot load weights file {path} as a PyTorch state dict with "
+                f"weights_only=True (not a checkpoint, or one that needs full unpickling, "
+                f"which is refused): {reason}"
+            ) from None
     notes = []
     if isinstance(obj, dict):
-        for key in ("state_dict", "model"):
+        # The wrappers of common training loops (the PyTorch tutorial saves
+        # {"model_state_dict": ..., "optimizer_state_dict": ..., "epoch": ...}).
+        for key in ("state_dict", "model", "model_state_dict", "state_dict_ema", "model_ema"):
             if isinstance(obj.get(key), dict):
                 obj = obj[key]
                 notes.append(f"the state dict under {key!r} of the checkpoint")
                 break
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ModelUnavailable(f"weights file {path} does not hold a state dict of tensors")
+        found = ", ".join(repr(k) for k in list(obj)[:6]) if isinstance(obj, dict) else ""
+        keys = f" (its top-level keys: {found})" if found else ""
+        raise ModelUnavailable(
+            f"weights file {path} does not hold a state dict of tensors{keys}; save "
+            "model.state_dict() or a dict with it under 'state_dict'"
+        )
     state: dict[str, torch.Tensor] = {}
     for key, value in obj.items():
         for prefix in ("module.", "_orig_mod."):

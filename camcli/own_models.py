@@ -18,6 +18,7 @@ import hashlib
 import importlib
 import importlib.util
 import math
+import os
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -123,6 +124,9 @@ def _call_factory(spec: str) -> nn.Module:
                 del sys.modules[module_name]
                 raise ModelUnavailable(f"importing {location} failed: {_short(exc)}") from None
         else:
+            # As ``python -m`` does: packages in the working directory are importable.
+            folder = os.getcwd()
+            sys.path.insert(0, folder)
             try:
                 module = importlib.import_module(location)
             except ImportError as exc:
@@ -266,8 +270,17 @@ def _finish(name: str, module: nn.Module, prep: Preprocessing, weights: str) -> 
     return present_binary(loaded) if outputs == 1 else loaded
 
 
-def load_factory_model(spec: str, weights: Path | None) -> LoadedModel:
+def load_factory_model(
+    spec: str,
+    weights: Path | None,
+    input_size: int | None = None,
+    input_channels: int | None = None,
+) -> LoadedModel:
     """Build the model of ``FILE.py:FUNCTION`` / ``module:FUNCTION`` and load ``weights``.
+
+    ``input_size`` and ``input_channels`` (the user's ``--input-size`` / ``--input-channels``)
+    replace what the model states before it is first probed, so a model whose head needs
+    another size than the 224 default loads.
 
     Raises:
         ModelSpecError: the file, module or function is missing, or it returns no module.
@@ -278,7 +291,17 @@ def load_factory_model(spec: str, weights: Path | None) -> LoadedModel:
     module = _call_factory(spec)
     if weights is not None:
         _load_into(module, weights, spec)
-    return _finish(spec, module, _stated_preprocessing(module), str(weights or spec))
+    prep = _stated_preprocessing(module)
+    if input_size is not None and input_size != prep.size:
+        prep = replace(prep, size=input_size, resize_size=input_size)
+    if input_channels is not None and input_channels != prep.channels:
+        prep = replace(
+            prep,
+            channels=input_channels,
+            mean=_per_channel(None, prep.mean, input_channels, "--mean"),
+            std=_per_channel(None, prep.std, input_channels, "--std"),
+        )
+    return _finish(spec, module, prep, str(weights or spec))
 
 
 def _timm_cached_weights(model_name: str, offline: bool) -> nn.Module:
@@ -390,9 +413,8 @@ def _per_channel(
         if len(given) == 1:
             return given * channels
         if len(given) != channels:
-            raise OptionProblem(
-                option, f"give 1 or {channels} values for a {channels}-channel input"
-            )
+            wanted = "1 value" if channels == 1 else f"1 or {channels} values"
+            raise OptionProblem(option, f"give {wanted} for a {channels}-channel input")
         return given
     if len(default) == channels:
         return default

@@ -32,10 +32,9 @@ from camcli.metrics import FaithfulnessAverages
 from camcli.models import LoadedModel
 from camcli.render import (
     PendingRender,
-    guided_to_unit,
     jet_lut,
     launch_render,
-    saliency_to_unit,
+    picture_to_unit,
     to_input_resolution,
 )
 from camcli.resume import settings_key
@@ -134,10 +133,7 @@ def _map_keys(result: BatchMethods, layers: Sequence[str]) -> dict[str, torch.Te
 
 
 def _pictures(result: BatchMethods) -> dict[str, torch.Tensor]:
-    return {
-        method: saliency_to_unit(grads) if method in ("smoothgrad", "ig") else guided_to_unit(grads)
-        for method, grads in result.images.items()
-    }
+    return {method: picture_to_unit(method, grads) for method, grads in result.images.items()}
 
 
 def run_explain(

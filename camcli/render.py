@@ -25,6 +25,7 @@ __all__ = [
     "launch_render",
     "original_grid",
     "overlay",
+    "picture_to_unit",
     "render_batch",
     "saliency_to_unit",
     "sample_on_original",
@@ -141,6 +142,18 @@ def saliency_to_unit(gradients: torch.Tensor, quantile: float = 0.99) -> torch.T
     scale = flat.kthvalue(k, dim=1).values.view(-1, 1, 1, 1)
     unit = torch.where(scale > 0, magnitude / scale.clamp(min=1e-12), torch.zeros_like(magnitude))
     return unit.clamp(0, 1)
+
+
+# Gradient pictures shown as magnitudes (SmoothGrad, Integrated Gradients); the others
+# (guided backprop, guided Grad-CAM, LRP) as signed gradients around grey.
+MAGNITUDE_PICTURES = ("smoothgrad", "ig")
+
+
+def picture_to_unit(method: str, gradients: torch.Tensor) -> torch.Tensor:
+    """A method's gradient picture in [0, 1], as that method is shown (see above)."""
+    if method in MAGNITUDE_PICTURES:
+        return saliency_to_unit(gradients)
+    return guided_to_unit(gradients)
 
 
 @dataclass

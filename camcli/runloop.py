@@ -249,13 +249,22 @@ def run_batches(
     try:
         todo = []
         reusable = reusable_records(items, settings, key)
+        claimed: dict[str, Path] = {}  # output path -> the input that writes it
         for position, item in enumerate(items):
+            first = claimed.setdefault(str(item.relative), item.path)
             if ".." in item.relative.parts or item.relative.is_absolute():
                 fail(
                     item,
                     "a relative path that climbs out of the input root with '..' (its outputs "
                     "would leave the output directory): pass --root DIR with a folder that "
                     "holds it, or list absolute paths",
+                )
+            elif first != item.path:
+                # A mirrored absolute path can spell a root-relative one: never overwrite.
+                fail(
+                    item,
+                    f"its outputs would overwrite those of {first}, listed earlier under the "
+                    "same output path: pass --root DIR so the two differ",
                 )
             elif (record := reusable[position]) is not None:
                 summary.skipped += 1

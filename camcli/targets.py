@@ -26,9 +26,8 @@ from camcli.models import LoadedModel
 from camcli.render import (
     PendingRender,
     RenderedImage,
-    guided_to_unit,
     launch_render,
-    saliency_to_unit,
+    picture_to_unit,
 )
 from camcli.runloop import FileJob
 from camcli.transfer import HostCopy
@@ -171,10 +170,7 @@ def launch_extra_targets(
     layer = layers[0] if len(layers) == 1 else None
     for result in results[1:]:
         maps = {method: result.unit_map(method) for method in result.maps}
-        pictures = {
-            method: saliency_to_unit(grads) if method == "smoothgrad" else guided_to_unit(grads)
-            for method, grads in result.images.items()
-        }
+        pictures = {method: picture_to_unit(method, g) for method, g in result.images.items()}
         renders.append(launch_render(maps, pictures, pixels, thetas, lut, settings.alpha))
         logits = result.explanation.logits.float()
         targets = result.explanation.targets
@@ -184,10 +180,18 @@ def launch_extra_targets(
             logits.gather(1, targets[:, None])[:, 0],
         ]
         if layer is not None:
-            tensors += [result.maps[m][layer].flatten(1).amax(dim=1).float() for m in result.maps]
+            tensors += [
+                _single_map(result, m, layer).flatten(1).amax(dim=1).float() for m in result.maps
+            ]
         numbers.append(HostCopy(tensors))
         methods.append(list(result.maps))
     return ExtraTargets(specs, renders, numbers, methods, layer)
+
+
+def _single_map(result: BatchMethods, method: str, layer: str) -> torch.Tensor:
+    """The method's map at ``layer``, or its only map (RISE's has no layer: ``input``)."""
+    per_layer = result.maps[method]
+    return per_layer[layer] if layer in per_layer else next(iter(per_layer.values()))
 
 
 @dataclass

@@ -574,3 +574,87 @@ def test_layers_lists_own_models_with_their_input_and_token_maps(
     assert by_name["blocks.1.norm1"]["spatial"] and by_name["blocks.1.norm1"]["default"]
     assert by_name["blocks.1.norm1"]["shape"] == [17, 32]  # class token + 4 x 4 patches
     assert not by_name["head"]["spatial"]
+
+
+# --- what a newcomer tries --------------------------------------------------------------
+
+FIXED_HEAD_SOURCE = """
+from torch import nn
+
+def build():
+    # MNIST-style: the flattening head only fits 28 x 28 single-channel inputs
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 28 * 28, 10)
+    )
+"""
+
+
+def test_a_fixed_size_head_loads_at_the_stated_input_size(tmp_path: Path, photos: Path) -> None:
+    factory = write_factory(tmp_path, "fixed", FIXED_HEAD_SOURCE)
+    args = ["explain", photos, "--model", f"{factory}:build", "--method", "gradcam,guided"]
+    common = ["--device", "cpu", "-j", "0", "-o", tmp_path / "out", "--jsonl"]
+    result = run(*args, "--input-size", "28", "--input-channels", "1", *common)
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.stdout.splitlines()[0])
+    assert record["view"]["size"] == 28 and record["view"]["channels"] == 1
+    assert len(record["predictions"]) == 5 and record["predictions"][0]["name"].startswith("class_")
+    without = run(*args, *common)
+    assert without.exit_code == 2
+    assert "'--model'" in without.stderr and "--input-size" in without.stderr
+
+
+def test_wrapped_checkpoints_in_every_common_form(tmp_path: Path, photos: Path) -> None:
+    factory = write_factory(tmp_path, "blobnet", BLOB_CNN_SOURCE)
+    model = import_file(factory).build()
+    state = {f"module.{k}": v.clone() for k, v in model.state_dict().items()}
+    tutorial = tmp_path / "tutorial.pt"
+    torch.save({"epoch": 3, "model_state_dict": state, "optimizer_state_dict": {}}, tutorial)
+    parallel = tmp_path / "parallel.safetensors"
+    save_file(state, str(parallel))
+    for weights in (tutorial, parallel):
+        result = run(
+            "explain", photos, "--model", f"{factory}:build", "--weights", weights,
+            "--device", "cpu", "-j", "0", "-o", tmp_path / weights.stem, "--method", "gradcam",
+        )  # fmt: skip
+        assert result.exit_code == 0, result.output
+        assert "without their 'module.' prefix" in result.stderr
+    unknown = tmp_path / "other.pt"
+    torch.save({"net": state, "epoch": 3}, unknown)
+    result = run(
+        "explain", photos, "--model", f"{factory}:build", "--weights", unknown,
+        "--device", "cpu", "-j", "0", "-o", tmp_path / "x",
+    )  # fmt: skip
+    assert result.exit_code == 1
+    assert "top-level keys: 'net', 'epoch'" in result.stderr and "Traceback" not in result.output
+
+
+def test_package_module_factory_from_the_working_directory(
+    tmp_path: Path, photos: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    package = tmp_path / "mypkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("", encoding="utf-8")
+    (package / "nets.py").write_text(BLOB_CNN_SOURCE, encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    result = run(
+        "explain", photos, "--model", "mypkg.nets:build", "--device", "cpu", "-j", "0",
+        "-o", tmp_path / "out", "--method", "gradcam",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+
+
+def test_a_factory_file_without_its_function_names_the_form(tmp_path: Path, photos: Path) -> None:
+    factory = write_factory(tmp_path, "blobnet", BLOB_CNN_SOURCE)
+    result = run("explain", photos, "--model", factory, "-o", tmp_path / "out")
+    assert result.exit_code == 2
+    assert f"{factory}:FUNCTION" in result.stderr
+
+
+def test_one_mean_for_one_channel_is_said_plainly(tmp_path: Path, photos: Path) -> None:
+    factory = write_factory(tmp_path, "blobnet", BLOB_CNN_SOURCE)
+    result = run(
+        "explain", photos, "--model", f"{factory}:build", "--mean", "0.5,0.5,0.5",
+        "-o", tmp_path / "out",
+    )  # fmt: skip
+    assert result.exit_code == 2
+    assert "give 1 value for a 1-channel input" in result.stderr

@@ -159,3 +159,21 @@ def test_listed_outputs_of_an_earlier_run_are_not_inputs(
     assert second.exit_code == 0, second.output
     assert sorted(records(second)) == ["cat/a.png", "cat/b c.png", "dog/d.png"]
     assert "ignored" in second.stderr and "inside the output directory" in second.stderr
+
+
+def test_a_mirrored_path_never_overwrites_a_root_relative_one(photos: Path, tmp_path: Path) -> None:
+    """``/x/a.png`` mirrored is ``x/a.png``, which ROOT/x/a.png also writes: never both."""
+    outside = tmp_path / "x" / "a.png"
+    save_image(outside, random_photo(7, 12, 10))
+    inside = photos / str(outside).lstrip("/")
+    save_image(inside, random_photo(8, 12, 10))
+    listed = f"{outside}\n{str(outside).lstrip('/')}\n".encode()
+    result = explain_list(listed, tmp_path / "out", "--root", photos)
+    assert result.exit_code == 1
+    by_status = {r["status"]: r for r in map(json.loads, result.stdout.splitlines())}
+    assert sorted(by_status) == ["error", "ok"]
+    error = by_status["error"]
+    assert error["source"] == str(inside) and "would overwrite those of" in error["error"]
+    assert "--root DIR" in error["error"]
+    record = json.loads((tmp_path / "out" / (str(outside).lstrip("/") + ".json")).read_text())
+    assert record["source"] == str(outside.resolve())

@@ -137,8 +137,8 @@ def test_several_targets_make_one_forward_pass_per_batch(
 ):
     forwards: list[int] = []
 
-    def loading(name: str, weights: Any = None, offline: bool = False) -> Any:
-        loaded = load_model(name, weights, offline)
+    def loading(name: str, weights: Any = None, offline: bool = False, **kw: Any) -> Any:
+        loaded = load_model(name, weights, offline, **kw)
         loaded.module.register_forward_pre_hook(lambda _m, args: forwards.append(len(args[0])))
         return loaded
 
@@ -202,3 +202,18 @@ def test_parse_targets_splits_on_commas_and_drops_repeats():
     assert parse_targets("label, 3", parse) == (TargetSpec("label"), (TargetSpec("class", 3),))
     with pytest.raises(ValueError, match="nope"):
         parse_targets("pred,nope", parse)
+
+
+def test_several_targets_with_methods_that_have_no_layer(labelled: Path, tmp_path: Path):
+    """RISE's map has no layer, IG's picture is a magnitude: both work for further targets."""
+    out = tmp_path / "out"
+    result = run(
+        "explain", labelled, "-o", out, "--model", SPLIT, "-j", "0", "--jsonl",
+        "--target", "pred,label", "--method", "gradcam,rise,ig", "--rise-masks", "8",
+        "--ig-steps", "4",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.stdout.splitlines()[0])
+    for role in ("label.heatmap", "label.overlay"):
+        assert (out / record["image"]).with_name(record["files"]["rise"][role]).is_file()
+    assert (out / record["image"]).with_name(record["files"]["ig"]["label.image"]).is_file()

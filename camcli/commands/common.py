@@ -400,6 +400,8 @@ def check_model_name(model_name: str) -> None:
     if model_name not in names:
         close = difflib.get_close_matches(model_name, names, n=4, cutoff=0.5)
         hint = f"; did you mean {', '.join(close)}?" if close else "; see 'camcli models'"
+        if model_name.endswith(".py"):
+            hint = f"; name the factory function too: {model_name}:FUNCTION"
         raise click.BadParameter(f"unknown model {model_name!r}{hint}", param_hint="'--model'")
 
 
@@ -473,7 +475,14 @@ def prepare_run(options: dict[str, Any]) -> PreparedRun:
     if rank is not None:
         items = [i for i in items if in_shard(i, rank.rank, rank.world_size, salt="rank")]
     try:
-        loaded = load_model(model_name, options.pop("weights"), options.pop("offline"))
+        channels = options.get("input_channels")
+        loaded = load_model(
+            model_name,
+            options.pop("weights"),
+            options.pop("offline"),
+            input_size=options.get("input_size"),
+            input_channels=int(channels) if channels else None,
+        )
     except ModelUnavailable as exc:
         raise click.ClickException(str(exc)) from None
     except (ModelSpecError, OutputMismatch) as exc:
