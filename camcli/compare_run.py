@@ -16,6 +16,7 @@ import json
 import shutil
 import sys
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -23,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from camcli import __version__
 from camcli.config import Settings
@@ -75,7 +77,14 @@ def compare_payload(settings: Settings, options: CompareOptions) -> dict[str, An
         "precision": settings.precision,
         "resized_on": "device" if settings.resize_on_device else "loader",
         "view": "resize",
-        "method_options": {"seed": options.method_options.seed},
+        "method_options": {
+            "seed": options.method_options.seed,
+            **(
+                {"rise_masks": options.method_options.rise_masks}
+                if "rise" in options.methods
+                else {}
+            ),
+        },
     }
 
 
@@ -115,6 +124,7 @@ def run_compare(
         WriteFailed: when an output cannot be written.
 
     """
+    started = time.perf_counter()  # the model passes count as well as the sheets'
     key = settings_key(compare_payload(settings, options))
     reusable = reusable_records(items, settings, key)
     todo = [
@@ -156,7 +166,9 @@ def run_compare(
                 "predictions": {row["model"]: row["prediction"] for row in record["rows"]},
             }
 
-        return run_batches(items, loaded, settings, reporter, key, start, index_entry, stop)
+        summary = run_batches(items, loaded, settings, reporter, key, start, index_entry, stop)
+        summary.seconds = time.perf_counter() - started
+        return summary
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
@@ -229,9 +241,27 @@ class _MapsWork:
         )
         probabilities = class_probabilities(result.explanation.logits, self.model.binary)
         top_p, top_i = probabilities.max(dim=1)
-        units = torch.stack([result.unit_map(m).float() for m in settings.methods], dim=1)
+        unit_maps = [result.unit_map(m).float() for m in settings.methods]
+        # RISE's map is at the input resolution, the CAMs at the layer's: one grid for all.
+        height = max(u.shape[-2] for u in unit_maps)
+        width = max(u.shape[-1] for u in unit_maps)
+        units = torch.stack(
+            [
+                u
+                if u.shape[-2:] == (height, width)
+                else F.interpolate(u[:, None], size=(height, width), mode="bilinear")[:, 0]
+                for u in unit_maps
+            ],
+            dim=1,
+        )
         maxima = torch.stack(
-            [result.maps[m][layer].flatten(1).amax(dim=1).float() for m in settings.methods],
+            [
+                (result.maps[m].get(layer, next(iter(result.maps[m].values()))))
+                .flatten(1)
+                .amax(dim=1)
+                .float()
+                for m in settings.methods
+            ],
             dim=1,
         )
         return _MapsLaunched(positions, HostCopy([units, maxima, top_i, top_p]))
@@ -379,7 +409,7 @@ class _SheetWork:
                             "col": c,
                             "prediction": top,
                             "map": {
-                                "layer": row["layer"],
+                                "layer": "input" if method == "rise" else row["layer"],
                                 "resolution": list(unit.shape),
                                 "max": round(meta["max"][c], 6),
                                 "mean": round(float(unit.mean()), 6),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import json
+import time
 import weakref
 from pathlib import Path
 from typing import Any
@@ -99,10 +100,10 @@ def test_models_run_one_after_another_one_in_memory(
     calls: list[str] = []
     alive: list[weakref.ref[Any]] = []
 
-    def loading(name: str, weights: Any = None, offline: bool = False) -> Any:
+    def loading(name: str, weights: Any = None, offline: bool = False, **kw: Any) -> Any:
         gc.collect()
         assert all(ref() is None for ref in alive), "the previous model is still in memory"
-        loaded = load_model(name, weights, offline)
+        loaded = load_model(name, weights, offline, **kw)
         loaded.module.register_forward_pre_hook(lambda *_: calls.append(name))
         alive.append(weakref.ref(loaded.module))
         return loaded
@@ -204,9 +205,9 @@ def test_a_stop_after_the_first_model_loads_no_other_and_leaves_no_scratch(
 
     loads: list[str] = []
 
-    def loading(name: str, *args: Any) -> Any:
+    def loading(name: str, *args: Any, **kw: Any) -> Any:
         loads.append(name)
-        return load_model(name, *args)
+        return load_model(name, *args, **kw)
 
     monkeypatch.setattr(compare_run, "_maps_pass", pass_then_sigterm)
     monkeypatch.setattr(compare_command, "load_model", loading)
@@ -217,3 +218,31 @@ def test_a_stop_after_the_first_model_loads_no_other_and_leaves_no_scratch(
     assert not list(out.rglob("*.compare.png"))
     assert not any(p.name.startswith(".camcli-compare") for p in out.iterdir())
     assert json.loads((out / "run.json").read_text())["status"] == "interrupted"
+
+
+def test_rise_takes_its_mask_count_and_the_time_covers_every_model_pass(
+    squares: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    import camcli.compare_run as compare_run
+
+    passes = compare_run._maps_pass
+
+    def slow_pass(*args: Any, **kwargs: Any) -> Any:
+        time.sleep(0.5)  # each model pass takes at least this long
+        return passes(*args, **kwargs)
+
+    monkeypatch.setattr(compare_run, "_maps_pass", slow_pass)
+    out = tmp_path / "out"
+    result = compare(squares, out, "--method", "gradcam,rise", "--rise-masks", "8", "--jsonl")
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "run.json").read_text())
+    assert summary["wall_seconds"] >= 1.0  # two model passes, not only the sheets
+    assert summary["settings"]["method_options"]["rise_masks"] == 8
+    record = json.loads(result.stdout.splitlines()[0])
+    assert {(cell["method"], cell["map"]["layer"]) for cell in record["cells"]} == {
+        ("gradcam", "features.3"),
+        ("rise", "input"),
+        ("gradcam", "layer"),
+    }
+    again = compare(squares, out, "--method", "gradcam,rise", "--rise-masks", "9")
+    assert again.exit_code == 0 and "up to date" not in again.stderr

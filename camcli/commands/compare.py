@@ -68,6 +68,21 @@ __all__ = ["compare"]
     show_default=True,
     help="Heatmap weight in the overlays.",
 )
+@click.option(
+    "--chunk-size",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Modified images per forward pass in scorecam and rise: their memory bound "
+    "[default: 256 on CUDA, 32 on CPU].",
+)
+@click.option(
+    "--rise-masks",
+    type=click.IntRange(min=1),
+    default=4000,
+    show_default=True,
+    help="Random masks in rise (one forward pass each per image: use 500-1000 on a CPU).",
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of rise's masks.")
 @runtime_options
 @config_option
 @click.version_option(__version__, "--version", prog_name="camcli")
@@ -127,7 +142,11 @@ def compare(ctx: click.Context, **options: Any) -> None:
         models=names,
         methods=methods,
         cell=options["cell_size"],
-        method_options=MethodOptions(chunk_size=256 if run.device.type == "cuda" else 32),
+        method_options=MethodOptions(
+            chunk_size=options["chunk_size"] or (256 if run.device.type == "cuda" else 32),
+            rise_masks=options["rise_masks"],
+            seed=options["seed"],
+        ),
     )
     first: list[LoadedModel] = [run.model]
 
