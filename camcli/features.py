@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 from torch import nn
 
 from camcli.classes import ClassIndex, imagenet_classes
@@ -31,6 +31,7 @@ from camcli.models import (
     default_layer,
     load_model,
 )
+from camcli.render import label_font
 from camcli.tokens import spatial_view
 
 __all__ = [
@@ -341,14 +342,6 @@ def launch_feature_grids(
     return canvas, low, high
 
 
-@lru_cache(maxsize=8)
-def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
-    try:
-        return ImageFont.load_default(size=size)
-    except (TypeError, OSError):  # Pillow without FreeType: the fixed bitmap font
-        return ImageFont.load_default()
-
-
 def label_grid(
     picture: np.ndarray,
     layout: GridLayout,
@@ -373,7 +366,7 @@ def label_grid(
     """
     image = Image.fromarray(picture)
     draw = ImageDraw.Draw(image)
-    font = _font(max(10, layout.label - 3))
+    font = label_font(max(10, layout.label - 3))
     for i, channel in enumerate(channels):
         x, y = layout.origin(i)
         draw.text((x + 1, y - layout.label), f"{channel}", fill=(0, 0, 0), font=font)

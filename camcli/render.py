@@ -13,6 +13,7 @@ import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import ImageFont
 
 from camcli.transfer import HostCopy, to_device
 
@@ -22,6 +23,7 @@ __all__ = [
     "colorize",
     "guided_to_unit",
     "jet_lut",
+    "label_font",
     "launch_render",
     "original_grid",
     "overlay",
@@ -142,6 +144,15 @@ def saliency_to_unit(gradients: torch.Tensor, quantile: float = 0.99) -> torch.T
     scale = flat.kthvalue(k, dim=1).values.view(-1, 1, 1, 1)
     unit = torch.where(scale > 0, magnitude / scale.clamp(min=1e-12), torch.zeros_like(magnitude))
     return unit.clamp(0, 1)
+
+
+@lru_cache(maxsize=8)
+def label_font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    """Pillow's default font at ``size`` pixels, for the labels written on pictures."""
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, OSError):  # Pillow without FreeType: the fixed bitmap font
+        return ImageFont.load_default()
 
 
 # Gradient pictures shown as magnitudes (SmoothGrad, Integrated Gradients); the others

@@ -8,14 +8,13 @@ and, on each cell, the model's top-1 class and probability (Pillow, on the host)
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
-from camcli.render import colorize, overlay
+from camcli.render import colorize, label_font, overlay
 
 __all__ = ["SheetLayout", "compose_sheet", "label_sheet", "sheet_layout"]
 
@@ -111,14 +110,6 @@ def compose_sheet(
     return canvas
 
 
-@lru_cache(maxsize=8)
-def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
-    try:
-        return ImageFont.load_default(size=size)
-    except (TypeError, OSError):  # Pillow without FreeType: the fixed bitmap font
-        return ImageFont.load_default()
-
-
 def label_sheet(
     picture: np.ndarray,
     layout: SheetLayout,
@@ -141,7 +132,7 @@ def label_sheet(
     boxes = Image.new("RGBA", image.size, (0, 0, 0, 0))
     draw_boxes = ImageDraw.Draw(boxes)
     size = max(11, min(16, layout.cell_width // 18))
-    font = _font(size)
+    font = label_font(size)
     measure = ImageDraw.Draw(image)
     for col, title in enumerate(columns):
         x, _ = layout.origin(0, col)

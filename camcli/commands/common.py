@@ -27,7 +27,7 @@ import json
 import os
 import sys
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,7 +36,7 @@ import click
 import torch
 from tqdm import tqdm
 
-from camcli.config import host_parallelism, resolve_device
+from camcli.config import Settings, host_parallelism, resolve_device
 from camcli.decode import DEFAULT_MAX_PIXELS
 from camcli.discover import (
     ImageItem,
@@ -46,6 +46,7 @@ from camcli.discover import (
     in_shard,
     read_path_list,
 )
+from camcli.hooks import UnknownLayer, resolve_layer
 from camcli.lock import LockHeld, run_lock
 from camcli.models import (
     EMBEDDED_MODEL,
@@ -81,13 +82,17 @@ __all__ = [
     "CONTEXT",
     "PreparedRun",
     "Reporter",
+    "alpha_option",
+    "checked_layers",
     "config_option",
+    "crop_option",
     "input_options",
     "model_options",
     "output_options",
     "prepare_run",
     "run_in_frame",
     "runtime_options",
+    "top_k_option",
 ]
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -278,6 +283,30 @@ output_options = _group(
     ),
 )
 
+# Options several commands take with the same meaning.
+top_k_option = click.option(
+    "-k",
+    "--top-k",
+    type=click.IntRange(min=1),
+    default=5,
+    show_default=True,
+    help="Number of predictions recorded per image.",
+)
+crop_option = click.option(
+    "--crop/--resize",
+    default=False,
+    show_default=True,
+    help="Centre-crop as in the weights' evaluation, or resize the whole image "
+    "(default: the model sees the whole image).",
+)
+alpha_option = click.option(
+    "--alpha",
+    type=click.FloatRange(0, 1),
+    default=0.5,
+    show_default=True,
+    help="Heatmap weight in the overlays.",
+)
+
 # Config-file keys that differ from the parameter names.
 _CONFIG_ALIASES = {
     "model": "model_name",
@@ -390,6 +419,45 @@ class PreparedRun:
     force: bool
     png_level: int | None
     max_pixels: int
+
+    def settings(self, **fields: Any) -> Settings:
+        """The run's :class:`Settings`: the common options, plus the command's ``fields``."""
+        return Settings(
+            output_dir=self.output_dir,
+            batch_size=self.batch_size,
+            workers=self.workers,
+            device=self.device,
+            png_level=self.png_level,
+            precision=self.precision,
+            channels_last=self.channels_last,
+            resize_on_device=self.resize_on_device,
+            write_threads=self.write_threads,
+            force=self.force,
+            max_pixels=self.max_pixels,
+            name_suffix=self.name_suffix,
+            **fields,
+        )
+
+    @property
+    def chunk_size(self) -> int:
+        """Default modified images per forward pass (Score-CAM, RISE, SmoothGrad...)."""
+        return 256 if self.device.type == "cuda" else 32
+
+
+def checked_layers(model: LoadedModel, names: Sequence[str]) -> tuple[str, ...]:
+    """``--layer`` values without repeats (default: the model's layer), each checked to exist.
+
+    Raises:
+        click.BadParameter: naming ``--layer`` and the closest layer names (exit 2).
+
+    """
+    layers = tuple(dict.fromkeys(names)) or (model.default_layer,)
+    try:
+        for name in layers:
+            resolve_layer(model.module, name)
+    except UnknownLayer as exc:
+        raise click.BadParameter(str(exc), param_hint="'--layer'") from None
+    return layers
 
 
 def check_model_name(model_name: str) -> None:

@@ -10,6 +10,7 @@ from camcli import __version__
 from camcli.commands.common import (
     CONTEXT,
     Reporter,
+    alpha_option,
     check_model_name,
     config_option,
     input_options,
@@ -19,7 +20,6 @@ from camcli.commands.common import (
     runtime_options,
 )
 from camcli.compare_run import CompareOptions, compare_payload, run_compare
-from camcli.config import Settings
 from camcli.hooks import LayerUnusable
 from camcli.methods import MAP_METHODS, CamNotApplicable, MethodOptions, parse_methods
 from camcli.models import LoadedModel, ModelUnavailable, load_model
@@ -61,13 +61,7 @@ __all__ = ["compare"]
     show_default=True,
     help="Width of one cell of the sheet in pixels (the photo's aspect ratio is kept).",
 )
-@click.option(
-    "--alpha",
-    type=click.FloatRange(0, 1),
-    default=0.5,
-    show_default=True,
-    help="Heatmap weight in the overlays.",
-)
+@alpha_option
 @click.option(
     "--chunk-size",
     type=click.IntRange(min=1),
@@ -121,29 +115,13 @@ def compare(ctx: click.Context, **options: Any) -> None:
         )
     offline = options["offline"]
     run = prepare_run({**options, "model_name": names[0], "weights": None})
-    settings = Settings(
-        output_dir=run.output_dir,
-        layers=(),
-        methods=methods,
-        batch_size=run.batch_size,
-        workers=run.workers,
-        device=run.device,
-        alpha=options["alpha"],
-        png_level=run.png_level,
-        precision=run.precision,
-        channels_last=run.channels_last,
-        resize_on_device=run.resize_on_device,
-        write_threads=run.write_threads,
-        force=run.force,
-        max_pixels=run.max_pixels,
-        name_suffix=run.name_suffix,
-    )
+    settings = run.settings(layers=(), methods=methods, alpha=options["alpha"])
     compare_options = CompareOptions(
         models=names,
         methods=methods,
         cell=options["cell_size"],
         method_options=MethodOptions(
-            chunk_size=options["chunk_size"] or (256 if run.device.type == "cuda" else 32),
+            chunk_size=options["chunk_size"] or run.chunk_size,
             rise_masks=options["rise_masks"],
             seed=options["seed"],
         ),

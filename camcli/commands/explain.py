@@ -11,18 +11,22 @@ from camcli.commands.common import (
     CONTEXT,
     PreparedRun,
     Reporter,
+    alpha_option,
+    checked_layers,
     config_option,
+    crop_option,
     input_options,
     model_options,
     output_options,
     prepare_run,
     run_in_frame,
     runtime_options,
+    top_k_option,
 )
 from camcli.commands.report import report_after_run
 from camcli.config import Settings, parse_target
 from camcli.discover import ImageItem
-from camcli.hooks import LayerUnusable, UnknownLayer, resolve_layer
+from camcli.hooks import LayerUnusable
 from camcli.methods import (
     ALL_METHODS,
     DEFAULT_METHODS,
@@ -67,21 +71,8 @@ __all__ = ["explain"]
     "a class index or a class name; several, comma-separated (pred,label), are explained "
     "from one forward pass, the further ones in files named NAME.METHOD.TARGET.png.",
 )
-@click.option(
-    "-k",
-    "--top-k",
-    type=click.IntRange(min=1),
-    default=5,
-    show_default=True,
-    help="Number of predictions recorded per image.",
-)
-@click.option(
-    "--crop/--resize",
-    default=False,
-    show_default=True,
-    help="Centre-crop as in the weights' evaluation, or resize the whole image "
-    "(default: the model sees the whole image).",
-)
+@top_k_option
+@crop_option
 @click.option(
     "--guided/--no-guided",
     default=None,
@@ -164,13 +155,7 @@ __all__ = ["explain"]
     is_flag=True,
     help="Also write the raw CAM (model input resolution) and guided gradient as .npy.",
 )
-@click.option(
-    "--alpha",
-    type=click.FloatRange(0, 1),
-    default=0.5,
-    show_default=True,
-    help="Heatmap weight in the overlay.",
-)
+@alpha_option
 @click.option(
     "--report",
     is_flag=True,
@@ -244,12 +229,7 @@ def explain_settings(
 
     """
     loaded = run.model
-    layer_names = tuple(dict.fromkeys(options["layers"])) or (loaded.default_layer,)
-    try:
-        for layer_name in layer_names:
-            resolve_layer(loaded.module, layer_name)
-    except UnknownLayer as exc:
-        raise click.BadParameter(f"{exc}", param_hint="'--layer'") from None
+    layer_names = checked_layers(loaded, options["layers"])
     try:
         target_spec, extra_targets = parse_targets(
             options["target"], lambda text: parse_target(text, loaded.classes)
@@ -258,15 +238,12 @@ def explain_settings(
         raise click.BadParameter(str(exc), param_hint="'--target'") from None
     if "label" in (t.mode for t in (target_spec, *extra_targets)):
         _check_labels(run.items, loaded.classes)
-    device = run.device
     prep = loaded.preprocessing
-    chunk_size = options["chunk_size"]
-    return Settings(
-        output_dir=run.output_dir,
+    return run.settings(
         layers=layer_names,
         methods=methods,
         method_options=MethodOptions(
-            chunk_size=chunk_size or (256 if device.type == "cuda" else 32),
+            chunk_size=options["chunk_size"] or run.chunk_size,
             smooth_samples=options["smooth_samples"],
             smooth_noise=options["smooth_noise"],
             smooth_guided=options["smooth_guided"],
@@ -283,19 +260,8 @@ def explain_settings(
         extra_targets=extra_targets,
         top_k=options["top_k"],
         save_raw=options["save_raw"],
-        batch_size=run.batch_size,
-        workers=run.workers,
-        device=device,
         crop=options["crop"],
         alpha=options["alpha"],
-        png_level=run.png_level,
-        precision=run.precision,
-        channels_last=run.channels_last,
-        resize_on_device=run.resize_on_device,
-        write_threads=run.write_threads,
-        force=run.force,
-        max_pixels=run.max_pixels,
-        name_suffix=run.name_suffix,
     )
 
 

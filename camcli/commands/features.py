@@ -11,17 +11,20 @@ from camcli.commands.common import (
     CONTEXT,
     PreparedRun,
     Reporter,
+    checked_layers,
     config_option,
+    crop_option,
     input_options,
     model_options,
     output_options,
     prepare_run,
     run_in_frame,
     runtime_options,
+    top_k_option,
 )
 from camcli.config import Settings
 from camcli.feature_run import FeatureOptions, features_payload, run_features
-from camcli.hooks import LayerUnusable, UnknownLayer, resolve_layer
+from camcli.hooks import LayerUnusable
 from camcli.runloop import RunSummary
 from camcli.runtime import StopRequest
 
@@ -60,20 +63,8 @@ __all__ = ["features"]
     show_default=True,
     help="Side of one feature map in the grid, in pixels (nearest-neighbour scaling).",
 )
-@click.option(
-    "-k",
-    "--top-k",
-    type=click.IntRange(min=1),
-    default=5,
-    show_default=True,
-    help="Number of predictions recorded per image.",
-)
-@click.option(
-    "--crop/--resize",
-    default=False,
-    show_default=True,
-    help="Centre-crop as in the weights' evaluation, or resize the whole image.",
-)
+@top_k_option
+@crop_option
 @click.option(
     "--save-raw",
     is_flag=True,
@@ -123,29 +114,10 @@ def features(ctx: click.Context, **options: Any) -> None:
 
 def features_settings(run: PreparedRun, options: dict[str, Any]) -> Settings:
     """The run settings of ``features`` (click.BadParameter for an unknown ``--layer``)."""
-    loaded = run.model
-    layer_names = tuple(dict.fromkeys(options["layers"])) or (loaded.default_layer,)
-    try:
-        for layer_name in layer_names:
-            resolve_layer(loaded.module, layer_name)
-    except UnknownLayer as exc:
-        raise click.BadParameter(f"{exc}", param_hint="'--layer'") from None
-    return Settings(
-        output_dir=run.output_dir,
-        layers=layer_names,
+    return run.settings(
+        layers=checked_layers(run.model, options["layers"]),
         methods=(),
         top_k=options["top_k"],
         save_raw=options["save_raw"],
-        batch_size=run.batch_size,
-        workers=run.workers,
-        device=run.device,
         crop=options["crop"],
-        png_level=run.png_level,
-        precision=run.precision,
-        channels_last=run.channels_last,
-        resize_on_device=run.resize_on_device,
-        write_threads=run.write_threads,
-        force=run.force,
-        max_pixels=run.max_pixels,
-        name_suffix=run.name_suffix,
     )
