@@ -483,7 +483,25 @@ class Page:
     def open(self, path: Path, query: str = "") -> Any:
         self.page.goto(path.as_uri() + query)
         self.page.wait_for_load_state("load")
+        if path.name == "index.html":
+            self.wait_drawn()
         return self.page
+
+    def wait_drawn(self, *parts: str) -> None:
+        """Wait until the grid shows the address's state and the address holds every part.
+
+        The page sets the hash before it draws the grid (hashchange fires later), so a test
+        that reads the cards right after the hash changed can see the previous state's cards.
+        The page marks the state it drew in ``#grid[data-drawn]``.
+        """
+        self.page.wait_for_function(
+            """parts => {
+                const grid = document.getElementById('grid');
+                const hash = location.hash.replace(/^#/, '');
+                return grid && grid.dataset.drawn === hash && parts.every(p => hash.includes(p));
+            }""",
+            arg=list(parts),
+        )
 
     def cards(self) -> list[str]:
         return self.page.eval_on_selector_all("#grid .card", "cs => cs.map(c => c.dataset.image)")
@@ -525,29 +543,29 @@ def test_browser_filters_show_exactly_the_matching_images(browser: Any, sorted_r
     page = Page(browser)
     tab = page.open(sorted_run / "report" / "index.html")
     tab.check("#f-mis")
-    tab.wait_for_function("() => location.hash.includes('mis=1')")
+    page.wait_drawn("mis=1")
     assert sorted(page.cards()) == sorted(MISCLASSIFIED)
     assert "filtered from 9" in tab.inner_text("#count")
     tab.click("#f-reset")
     tab.select_option("#f-pred", "goldfish")
-    tab.wait_for_function("() => location.hash.includes('pred=goldfish')")
+    page.wait_drawn("pred=goldfish")
     goldfish = {n for n, r in ok.items() if r["predictions"][0]["name"] == "goldfish"}
     assert sorted(page.cards()) == sorted(goldfish) and goldfish
     tab.click("#f-reset")
     tab.select_option("#f-label", "tench")
-    tab.wait_for_function("() => location.hash.includes('label=tench')")
+    page.wait_drawn("label=tench")
     assert sorted(page.cards()) == sorted(n for n in LABELLED if n.startswith("tench/"))
     tab.click("#f-reset")
     probabilities = sorted(r["predictions"][0]["probability"] for r in ok.values())
     middle = round((probabilities[3] + probabilities[4]) / 2, 6)
     tab.fill("#f-min", str(middle))
     tab.dispatch_event("#f-min", "change")
-    tab.wait_for_function("() => location.hash.includes('min=')")
+    page.wait_drawn("min=")
     high = {n for n, r in ok.items() if r["predictions"][0]["probability"] >= middle}
     assert sorted(page.cards()) == sorted(high) and 0 < len(high) < len(ok)
     tab.click("#f-reset")
     tab.select_option("#f-status", "error")
-    tab.wait_for_function("() => location.hash.includes('status=error')")
+    page.wait_drawn("status=error")
     assert page.cards() == ["goldfish/broken.jpg"]
     assert page.problems == []
     page.close()
@@ -557,7 +575,7 @@ def test_browser_image_page_shows_every_picture_and_the_top_k(browser: Any, sort
     page = Page(browser)
     tab = page.open(sorted_run / "report" / "index.html")
     tab.check("#f-mis")
-    tab.wait_for_function("() => location.hash.includes('mis=1')")
+    page.wait_drawn("mis=1")
     first = page.cards()[0]
     tab.click("#grid .card >> nth=0")
     tab.wait_for_selector("#topk")
@@ -578,7 +596,7 @@ def test_browser_image_page_shows_every_picture_and_the_top_k(browser: Any, sort
     tab.wait_for_function(f"() => document.getElementById('image-path').textContent !== {first!r}")
     assert tab.inner_text("#image-path") in MISCLASSIFIED - {first}
     tab.click("#back")
-    tab.wait_for_selector("#grid .card")
+    page.wait_drawn("mis=1")
     assert sorted(page.cards()) == sorted(MISCLASSIFIED)
     assert page.problems == []
     page.close()
@@ -612,17 +630,15 @@ def test_browser_paginates_a_large_run(browser: Any, tmp_path: Path):
     assert page.cards() == [f"img{n}.png" for n in range(1, 101)]
     assert tab.inner_text(".page-info >> nth=0") == "page 1 of 20"
     tab.click(".pager .next >> nth=0")
-    tab.wait_for_function("() => location.hash.includes('page=2')")
+    page.wait_drawn("page=2")
     assert page.cards() == [f"img{n}.png" for n in range(101, 201)]
     tab.goto((out / "report" / "index.html").as_uri() + "#page=20")
-    tab.wait_for_selector("#grid .card")
+    page.wait_drawn("page=20")
     assert page.cards()[-1] == f"img{total}.png"
     assert tab.is_disabled(".pager .next >> nth=0")
     tab.select_option("#f-size", "500")
     tab.check("#f-mis")
-    tab.wait_for_function(
-        "() => location.hash.includes('mis=1') && location.hash.includes('size=500')"
-    )
+    page.wait_drawn("mis=1", "size=500")
     wrong = [f"img{n}.png" for n in range(7, total + 1, 7)]
     assert page.cards() == wrong  # 285 of them: one page
     assert tab.inner_text(".page-info >> nth=0") == "page 1 of 1"

@@ -203,7 +203,8 @@
   }
 
   function renderGrid() {
-    var state = readState(location.hash);
+    var drawing = location.hash.replace(/^#/, "");
+    var state = readState(drawing);
     setForm(state);
     var chosen = selection(state);
     var pages = Math.max(1, Math.ceil(chosen.length / state.size));
@@ -233,6 +234,9 @@
       button.disabled = page >= pages;
       button.onclick = function () { go(Object.assign({}, state, { page: page + 1 })); };
     });
+    // The hash changes before the grid is drawn (hashchange fires later): mark the state the
+    // grid now shows, so that scripts and tests can wait for the drawing, not the address.
+    grid.dataset.drawn = drawing;
   }
 
   function initGrid() {
