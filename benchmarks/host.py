@@ -47,13 +47,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from camcli.decode import ImageDataset, collate, load_rgb, model_input
-from camcli.explain import normalise_maps
-from camcli.methods import MethodOptions, compute_methods
-from camcli.models import load_model
-from camcli.pipeline import _write_files
-from camcli.render import guided_to_unit, jet_lut, render_batch
-from camcli.write import encode_png
+from camcli.io.decode import ImageDataset, collate, load_rgb, model_input
+from camcli.io.write import encode_png
+from camcli.methods.batch import MethodOptions, compute_methods
+from camcli.methods.forward import normalise_maps
+from camcli.models.registry import load_model
+from camcli.pictures.render import guided_to_unit, jet_lut, render_batch
+from camcli.runs.explain import _write_files
 
 SAMPLES = Path(__file__).resolve().parents[1] / "sample_images"
 

@@ -23,11 +23,11 @@ import torch
 from PIL import Image
 from torch import nn
 
-from camcli.classes import imagenet_classes
-from camcli.config import Settings
-from camcli.discover import discover_images
-from camcli.models import LoadedModel, Preprocessing
-from camcli.pipeline import run_explain
+from camcli.io.discover import discover_images
+from camcli.models.classes import imagenet_classes
+from camcli.models.loaded import LoadedModel, Preprocessing
+from camcli.runs.explain import run_explain
+from camcli.runs.settings import Settings
 
 
 def rss_mib() -> float:

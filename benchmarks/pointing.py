@@ -27,10 +27,15 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from camcli.decode import load_rgb, model_input  # noqa: E402
-from camcli.methods import ALL_METHODS, MethodOptions, compute_methods, parse_methods  # noqa: E402
-from camcli.metrics import METRICS, pixel_order_saliency  # noqa: E402
-from camcli.models import EMBEDDED_MODEL, load_model  # noqa: E402
+from camcli.io.decode import load_rgb, model_input  # noqa: E402
+from camcli.methods.batch import MethodOptions, compute_methods  # noqa: E402
+from camcli.methods.metrics import pixel_order_saliency  # noqa: E402
+from camcli.methods.names import (  # noqa: E402
+    ALL_METHODS,
+    METRICS,
+    parse_methods,
+)
+from camcli.models.registry import EMBEDDED_MODEL, load_model  # noqa: E402
 
 SAMPLES = REPO / "sample_images"
 TILES = [

@@ -39,11 +39,12 @@ import torch
 import torchvision
 from PIL import Image
 
-from camcli.classes import imagenet_classes
-from camcli.config import Settings, host_parallelism
-from camcli.discover import discover_images
-from camcli.models import LoadedModel, Preprocessing, default_layer, load_state_dict_file
-from camcli.pipeline import run_explain
+from camcli.io.discover import discover_images
+from camcli.models.classes import imagenet_classes
+from camcli.models.layers import default_layer
+from camcli.models.loaded import LoadedModel, Preprocessing, load_state_dict_file
+from camcli.runs.explain import run_explain
+from camcli.runs.settings import Settings, host_parallelism
 
 SAMPLES = Path(__file__).resolve().parents[1] / "sample_images"
 

@@ -11,14 +11,9 @@ import torch
 from PIL import Image
 from torch import nn
 
-from camcli.classes import imagenet_classes
-from camcli.models import (
-    LoadedModel,
-    Preprocessing,
-    load_state_dict_file,
-    register_model,
-    unregister_model,
-)
+from camcli.models.classes import imagenet_classes
+from camcli.models.loaded import LoadedModel, Preprocessing, load_state_dict_file
+from camcli.models.registry import register_model, unregister_model
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO / "sample_images"

@@ -15,21 +15,14 @@ from click.testing import CliRunner, Result
 from torch import nn
 
 from camcli.cli import main
-from camcli.methods import (
-    LrpNotApplicable,
-    MethodOptions,
-    compute_methods,
-)
+from camcli.methods.batch import MethodOptions, compute_methods
 from camcli.methods.integrated import integrated_gradients
-from camcli.methods.lrp import lrp
+from camcli.methods.lrp import LrpNotApplicable, lrp
+from camcli.methods.metrics import faithfulness
+from camcli.methods.names import parse_metrics
 from camcli.methods.rise import RiseMasks, rise
-from camcli.metrics import faithfulness, parse_metrics
-from camcli.models import (
-    LoadedModel,
-    Preprocessing,
-    register_model,
-    unregister_model,
-)
+from camcli.models.loaded import LoadedModel, Preprocessing
+from camcli.models.registry import register_model, unregister_model
 
 from .conftest import TINY, TinyNet
 
@@ -110,7 +103,7 @@ def test_lrp_canonizers_keep_the_embedded_models_function_and_are_undone():
     from zennit.composites import EpsilonPlusFlat
 
     from camcli.methods.lrp import lrp_canonizers
-    from camcli.models import EMBEDDED_MODEL, load_model
+    from camcli.models.registry import EMBEDDED_MODEL, load_model
 
     model = load_model(EMBEDDED_MODEL, offline=True).module.eval()
     x = torch.randn(2, 3, 64, 64)
@@ -328,7 +321,7 @@ def test_parse_metrics_reads_all_and_refuses_unknown_names():
 
 
 def _family(name: str) -> tuple[nn.Module, str]:
-    from camcli.models import EMBEDDED_MODEL, load_model
+    from camcli.models.registry import EMBEDDED_MODEL, load_model
 
     torch.manual_seed(0)
     if name == "efficientnet_lite0":
@@ -476,7 +469,7 @@ def fixed_head():
     name = "fixed-head-test"
 
     def load(weights: Path | None, offline: bool) -> LoadedModel:
-        from camcli.classes import imagenet_classes
+        from camcli.models.classes import imagenet_classes
 
         torch.manual_seed(0)
         return LoadedModel(
@@ -524,7 +517,7 @@ def test_rise_and_scores_read_a_sigmoid_model_with_the_sigmoid():
 
     The softmax of [-z, z] would be sigmoid(2z), neither class's probability.
     """
-    from camcli.metrics import faithfulness
+    from camcli.methods.metrics import faithfulness
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 2, 3, padding=1), nn.AdaptiveAvgPool2d(1), nn.Flatten())

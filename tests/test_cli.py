@@ -469,7 +469,7 @@ def test_smoothgrad_does_not_depend_on_the_batch(three: Path, tmp_path: Path):
 
 
 def test_fast_png_is_lossless_and_precision_options_run(three: Path, tmp_path: Path):
-    from camcli.write import encode_png
+    from camcli.io.write import encode_png
 
     photo = np.random.default_rng(1).integers(0, 256, (37, 53, 3), dtype=np.uint8)
     for level in (None, 1):
@@ -526,7 +526,7 @@ def test_unusable_output_directory_is_one_sentence(three: Path, tmp_path: Path):
 
 
 def test_host_parallelism_defaults_scale_with_the_cores():
-    from camcli.config import host_parallelism
+    from camcli.runs.settings import host_parallelism
 
     assert host_parallelism("cpu", 1) == (0, 2)  # decode in the main process
     assert host_parallelism("cpu", 2) == (1, 2)
@@ -566,10 +566,10 @@ def test_missing_isal_is_said_once_on_stderr_and_the_run_still_works(
 ):
     import zlib
 
-    import camcli.write
+    import camcli.io.write
 
-    assert camcli.write.fast_deflate_available()  # a dependency where wheels exist
-    monkeypatch.setattr(camcli.write, "_deflate", zlib)
+    assert camcli.io.write.fast_deflate_available()  # a dependency where wheels exist
+    monkeypatch.setattr(camcli.io.write, "_deflate", zlib)
     result = explain(three, tmp_path / "out", "--jsonl")
     assert result.exit_code == 0, result.output
     assert result.stderr.count("isal package is missing") == 1

@@ -14,11 +14,11 @@ import pytest
 from click.testing import CliRunner, Result
 from PIL import Image
 
-import camcli.commands.common as common
-import camcli.commands.compare as compare_command
+import camcli.cli.frame as common
+import camcli.models.registry as registry
 from camcli.cli import main
-from camcli.models import load_model
-from camcli.sheet import sheet_layout
+from camcli.models.registry import load_model
+from camcli.pictures.sheet import sheet_layout
 
 from .conftest import BRIGHT, TINY, save_image, square_image
 
@@ -90,7 +90,7 @@ def test_one_sheet_per_image_a_row_per_model_a_column_per_method(squares: Path, 
         r["prediction"]["index"] == 833 for r in wide["rows"]
     ]
     assert not any(p.name.startswith(".camcli-compare") for p in out.iterdir())
-    index = [json.loads(line) for line in (out / "index.jsonl").read_text().splitlines()]
+    index = [json.loads(line) for line in (out / "compare.index.jsonl").read_text().splitlines()]
     assert len(index) == 3 and set(index[0]["predictions"]) == {TINY, BRIGHT}
 
 
@@ -109,7 +109,7 @@ def test_models_run_one_after_another_one_in_memory(
         return loaded
 
     monkeypatch.setattr(common, "load_model", loading)
-    monkeypatch.setattr(compare_command, "load_model", loading)
+    monkeypatch.setattr(registry, "load_model", loading)
     result = compare(squares, tmp_path / "out", "-b", "1", "--method", "gradcam")
     assert result.exit_code == 0, result.output
     # batch of one, three images: every image through the first model, then the second
@@ -124,7 +124,7 @@ def test_resume_and_a_changed_method_list(squares: Path, tmp_path: Path):
     assert "model 1 of 2" not in again.stderr  # nothing to compute: no model pass
     changed = compare(squares, out, "--method", "layercam")
     assert changed.exit_code == 0 and "up to date" not in changed.stderr
-    record = json.loads((out / "left.png.json").read_text())
+    record = json.loads((out / "left.png.compare.json").read_text())
     assert record["methods"] == ["layercam"] and len(record["cells"]) == 2
 
 
@@ -148,7 +148,7 @@ def test_an_image_a_model_failed_on_is_reported_and_the_others_are_made(
 ):
     import torch
 
-    import camcli.compare_run as compare_run
+    import camcli.runs.compare as compare_run
 
     real = compare_run.compute_methods
     calls: list[str] = []
@@ -183,7 +183,7 @@ def test_config_file_table_for_compare(squares: Path, tmp_path: Path):
     out = tmp_path / "out"
     result = run("compare", squares, "-o", out, "--config", config)
     assert result.exit_code == 0, result.output
-    record = json.loads((out / "left.png.json").read_text())
+    record = json.loads((out / "left.png.compare.json").read_text())
     assert record["models"] == [BRIGHT, TINY] and record["methods"] == ["layercam"]
 
 
@@ -193,7 +193,7 @@ def test_a_stop_after_the_first_model_loads_no_other_and_leaves_no_scratch(
     import os
     import signal
 
-    import camcli.compare_run as compare_run
+    import camcli.runs.compare as compare_run
 
     real = compare_run._maps_pass
     passes: list[str] = []
@@ -210,20 +210,20 @@ def test_a_stop_after_the_first_model_loads_no_other_and_leaves_no_scratch(
         return load_model(name, *args, **kw)
 
     monkeypatch.setattr(compare_run, "_maps_pass", pass_then_sigterm)
-    monkeypatch.setattr(compare_command, "load_model", loading)
+    monkeypatch.setattr(registry, "load_model", loading)
     out = tmp_path / "out"
     result = compare(squares, out)
     assert result.exit_code == 143, result.output
     assert passes == [TINY] and loads == []  # the second model is never loaded
     assert not list(out.rglob("*.compare.png"))
     assert not any(p.name.startswith(".camcli-compare") for p in out.iterdir())
-    assert json.loads((out / "run.json").read_text())["status"] == "interrupted"
+    assert json.loads((out / "compare.run.json").read_text())["status"] == "interrupted"
 
 
 def test_rise_takes_its_mask_count_and_the_time_covers_every_model_pass(
     squares: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
-    import camcli.compare_run as compare_run
+    import camcli.runs.compare as compare_run
 
     passes = compare_run._maps_pass
 
@@ -235,7 +235,7 @@ def test_rise_takes_its_mask_count_and_the_time_covers_every_model_pass(
     out = tmp_path / "out"
     result = compare(squares, out, "--method", "gradcam,rise", "--rise-masks", "8", "--jsonl")
     assert result.exit_code == 0, result.output
-    summary = json.loads((out / "run.json").read_text())
+    summary = json.loads((out / "compare.run.json").read_text())
     assert summary["wall_seconds"] >= 1.0  # two model passes, not only the sheets
     assert summary["settings"]["method_options"]["rise_masks"] == 8
     record = json.loads(result.stdout.splitlines()[0])

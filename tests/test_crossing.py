@@ -25,16 +25,12 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from camcli.classes import imagenet_classes
 from camcli.cli import main
-from camcli.methods import ALL_METHODS
-from camcli.models import (
-    LoadedModel,
-    Preprocessing,
-    default_layer,
-    register_model,
-    unregister_model,
-)
+from camcli.methods.names import ALL_METHODS
+from camcli.models.classes import imagenet_classes
+from camcli.models.layers import default_layer
+from camcli.models.loaded import LoadedModel, Preprocessing
+from camcli.models.registry import register_model, unregister_model
 
 from .conftest import random_photo, save_image
 

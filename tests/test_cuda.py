@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from camcli.cli import main
-from camcli.explain import explain_batch
+from camcli.methods.forward import explain_batch
 
 from .conftest import TINY, TinyNet
 
@@ -60,9 +60,9 @@ def test_cli_on_cuda(image_folder, tmp_path: Path):
 
 
 def test_loader_pins_batches_for_asynchronous_copies(image_folder):
-    from camcli.decode import make_loader
-    from camcli.discover import discover_images
-    from camcli.models import Preprocessing
+    from camcli.io.decode import make_loader
+    from camcli.io.discover import discover_images
+    from camcli.models.loaded import Preprocessing
 
     root = image_folder({"a/x.jpg": (40, 30), "a/y.jpg": (20, 50)})
     paths = [i.path for i in discover_images(root)]
@@ -75,7 +75,7 @@ def test_loader_pins_batches_for_asynchronous_copies(image_folder):
 
 
 def test_host_copy_of_mixed_dtypes_lands_intact():
-    from camcli.transfer import HostCopy
+    from camcli.io.transfer import HostCopy
 
     tensors = [
         torch.arange(12, dtype=torch.uint8).view(3, 4),
@@ -132,12 +132,12 @@ def test_launching_a_batch_does_not_wait_for_the_device(
     of one batch's device work with the previous batch's records and files. (CAM, Eigen-CAM,
     Score-CAM and SmoothGrad do synchronise: a head check, an SVD, chunk loops.)
     """
-    from camcli.config import Settings
-    from camcli.decode import model_inputs_on_device
-    from camcli.methods import MethodOptions, compute_methods
-    from camcli.models import Preprocessing
-    from camcli.pipeline import _launch_numbers, _map_keys, _pictures
-    from camcli.render import jet_lut, launch_render
+    from camcli.io.decode import model_inputs_on_device
+    from camcli.methods.batch import MethodOptions, compute_methods
+    from camcli.models.loaded import Preprocessing
+    from camcli.pictures.render import jet_lut, launch_render
+    from camcli.runs.explain import _launch_numbers, _map_keys, _pictures
+    from camcli.runs.settings import Settings
 
     model = TinyNet().cuda().eval()
     x = torch.randn(4, 3, 32, 32, device="cuda")
@@ -178,7 +178,7 @@ def test_launching_a_batch_does_not_wait_for_the_device(
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
 def test_host_copy_from_a_second_gpu_waits_on_that_gpu():
-    from camcli.transfer import HostCopy
+    from camcli.io.transfer import HostCopy
 
     source = torch.arange(1 << 20, dtype=torch.float32, device="cuda:1")
     with torch.cuda.device(0):
@@ -187,7 +187,7 @@ def test_host_copy_from_a_second_gpu_waits_on_that_gpu():
 
 
 def test_to_device_takes_tensors_from_the_host_or_already_there():
-    from camcli.transfer import to_device
+    from camcli.io.transfer import to_device
 
     host = torch.arange(5)
     moved = to_device(host, torch.device("cuda"))

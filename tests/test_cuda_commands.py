@@ -44,7 +44,7 @@ def test_features_on_cuda_match_the_cpu(photos: Path, tmp_path: Path, resize_on:
         result = run("features", photos, "-o", out, "--model", TINY, "--device", device,
                      "--strongest", "--save-raw", "-j", "0", "--resize-on", resize_on)  # fmt: skip
         assert result.exit_code == 0, result.output
-        record = json.loads((out / "1" / "a.png.json").read_text())
+        record = json.loads((out / "1" / "a.png.features.json").read_text())
         pictures[device] = (record, np.load(out / "1" / "a.png.features.features.3.npy"))
     (cpu_record, cpu_raw), (gpu_record, gpu_raw) = pictures["cpu"], pictures["cuda"]
     np.testing.assert_allclose(gpu_raw, cpu_raw, rtol=1e-3, atol=1e-4)
@@ -70,7 +70,7 @@ def test_compare_and_several_targets_on_cuda(photos: Path, tmp_path: Path):
     assert sheets["cpu"].shape == sheets["cuda"].shape
     # overlays and text: a few pixels may round differently
     assert np.mean(np.abs(sheets["cpu"] - sheets["cuda"]) > 8) < 0.01
-    for name in ("a.png.json",):
+    for name in ("a.png.compare.json",):
         cpu = json.loads((tmp_path / "t-cpu" / "1" / name).read_text())
         gpu = json.loads((tmp_path / "t-cuda" / "1" / name).read_text())
         assert [t["index"] for t in gpu["targets"]] == [t["index"] for t in cpu["targets"]]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from camcli.discover import NoImagesFound, discover_images, natural_key
+from camcli.io.discover import NoImagesFound, discover_images, natural_key
 
 from .conftest import random_photo, save_image
 

@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from camcli.explain import explain_batch, grad_cam, normalise_maps, top_predictions
-from camcli.hooks import LayerCapture, LayerUnusable, frozen_eval
+from camcli.methods.forward import explain_batch, grad_cam, normalise_maps, top_predictions
+from camcli.models.hooks import LayerCapture, LayerUnusable, frozen_eval
 
 from .conftest import TinyNet
 

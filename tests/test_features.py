@@ -13,10 +13,12 @@ from click.testing import CliRunner, Result
 from PIL import Image
 from torch import nn
 
-from camcli.classes import imagenet_classes
 from camcli.cli import main
-from camcli.features import grid_layout, probe_layers, select_channels, viridis_lut
-from camcli.models import LoadedModel, Preprocessing, register_model, unregister_model
+from camcli.models.classes import imagenet_classes
+from camcli.models.loaded import LoadedModel, Preprocessing
+from camcli.models.probe import probe_layers
+from camcli.models.registry import register_model, unregister_model
+from camcli.pictures.grids import grid_layout, select_channels, viridis_lut
 
 from .conftest import TINY, save_image
 
@@ -224,12 +226,12 @@ def test_features_first_channels_several_layers_index_and_resume(tmp_path: Path)
             "--layer", "features.0", "--layer", "features.3"]  # fmt: skip
     first = run(*args)
     assert first.exit_code == 0, first.output
-    record = json.loads((out / "c" / "0.png.json").read_text())
+    record = json.loads((out / "c" / "0.png.features.json").read_text())
     assert record["features"]["features.0"]["channels"] == [0, 1, 2, 3, 4]
     assert record["features"]["features.3"]["shape"] == [16, 8, 8]
     assert record["files"]["features.3"] == {"grid": "0.png.features.features.3.png"}
     assert (out / "c" / "0.png.features.features.0.png").is_file()
-    index = [json.loads(line) for line in (out / "index.jsonl").read_text().splitlines()]
+    index = [json.loads(line) for line in (out / "features.index.jsonl").read_text().splitlines()]
     assert [e["image"] for e in index] == ["c/0.png", "c/1.png", "c/2.png"]
     assert index[0]["layers"] == ["features.0", "features.3"]
     assert record["label"] == {"folder": "c", "index": None, "name": None}
@@ -238,7 +240,7 @@ def test_features_first_channels_several_layers_index_and_resume(tmp_path: Path)
     assert "camcli: processed 0 of 3 images" in again.stderr
     changed = run(*args, "--strongest")
     assert changed.exit_code == 0 and "up to date" not in changed.stderr
-    assert json.loads((out / "run.json").read_text())["counts"]["explained"] == 3
+    assert json.loads((out / "features.run.json").read_text())["counts"]["explained"] == 3
 
 
 def test_features_usage_errors_and_a_corrupt_file(tmp_path: Path):

@@ -10,8 +10,8 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from camcli.explain import explain_batch
-from camcli.guided import GuidedActivations
+from camcli.methods.forward import explain_batch
+from camcli.methods.guided import GuidedActivations
 
 from .conftest import reference_copy as _reference_copy
 

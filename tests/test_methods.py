@@ -11,17 +11,11 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from camcli import explain as explain_module
-from camcli.explain import normalise_maps
-from camcli.methods import (
-    ALL_METHODS,
-    IMAGE_METHODS,
-    CamNotApplicable,
-    MethodOptions,
-    compute_methods,
-    parse_methods,
-)
-from camcli.methods.activation import eigencam
+from camcli.methods import forward as explain_module
+from camcli.methods.activation import CamNotApplicable, eigencam
+from camcli.methods.batch import MethodOptions, compute_methods
+from camcli.methods.forward import normalise_maps
+from camcli.methods.names import ALL_METHODS, IMAGE_METHODS, parse_methods
 
 from .conftest import reference_copy as _reference_copy
 from .test_explain import FeatureHead

@@ -10,17 +10,10 @@ import torch
 import torchvision
 from torch import nn
 
-from camcli.classes import imagenet_classes
-from camcli.models import (
-    EMBEDDED_MODEL,
-    ModelUnavailable,
-    available_models,
-    default_layer,
-    load_model,
-    load_state_dict_file,
-    probe_layer,
-    register_model,
-)
+from camcli.models.classes import imagenet_classes
+from camcli.models.layers import default_layer, probe_layer
+from camcli.models.loaded import ModelUnavailable, load_state_dict_file
+from camcli.models.registry import EMBEDDED_MODEL, available_models, load_model, register_model
 
 
 def _hub_checkpoint(name: str) -> Path:

@@ -14,15 +14,18 @@ from click.testing import CliRunner, Result
 from PIL import Image
 from safetensors.torch import save_file
 
-from camcli.classes import ClassFileError, read_class_file
 from camcli.cli import main
-from camcli.decode import model_input, model_inputs_on_device
-from camcli.explain import class_probabilities, explain_batch
-from camcli.hooks import LayerCapture
-from camcli.methods import ALL_METHODS, MethodOptions, compute_methods
+from camcli.io.decode import model_input, model_inputs_on_device
 from camcli.methods.activation import class_activation_map, find_linear_head
-from camcli.models import Preprocessing, default_layer, load_model
-from camcli.own_models import present_binary
+from camcli.methods.batch import MethodOptions, compute_methods
+from camcli.methods.forward import class_probabilities, explain_batch
+from camcli.methods.names import ALL_METHODS
+from camcli.models.classes import ClassFileError, read_class_file
+from camcli.models.hooks import LayerCapture
+from camcli.models.layers import default_layer
+from camcli.models.loaded import Preprocessing
+from camcli.models.own import present_binary
+from camcli.models.registry import load_model
 
 from .conftest import TINY, random_photo, save_image
 from .synthetic import (
@@ -356,7 +359,7 @@ def test_class_count_mismatch_exits_2_before_any_image_is_read(
     def no_reading(*_args: object) -> None:
         raise AssertionError("an image was read")
 
-    monkeypatch.setattr("camcli.decode.ImageDataset.__getitem__", no_reading)
+    monkeypatch.setattr("camcli.io.decode.ImageDataset.__getitem__", no_reading)
     classes = tmp_path / "classes.txt"
     classes.write_text("a\nb\nc\n", encoding="utf-8")
     result = run(

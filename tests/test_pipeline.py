@@ -9,11 +9,11 @@ from typing import Any
 
 import pytest
 
-import camcli.pipeline as pipeline
-from camcli.config import Settings
-from camcli.discover import discover_images
-from camcli.models import load_model
-from camcli.render import PendingRender
+import camcli.runs.explain as pipeline
+from camcli.io.discover import discover_images
+from camcli.models.registry import load_model
+from camcli.pictures.render import PendingRender
+from camcli.runs.settings import Settings
 
 from .conftest import TINY
 

@@ -12,13 +12,14 @@ from click.testing import CliRunner
 from PIL import Image
 
 from camcli.cli import main
-from camcli.decode import load_rgb, model_input
-from camcli.explain import explain_batch, normalise_maps
-from camcli.methods import MethodOptions, compute_methods
-from camcli.models import EMBEDDED_MODEL, LoadedModel, load_model
-from camcli.render import jet_lut, render_batch
+from camcli.io.decode import load_rgb, model_input
+from camcli.methods.batch import MethodOptions, compute_methods
+from camcli.methods.forward import explain_batch, normalise_maps
+from camcli.models.loaded import LoadedModel
+from camcli.models.registry import EMBEDDED_MODEL, load_model
+from camcli.pictures.render import jet_lut, render_batch
 
-from .conftest import REPO, SAMPLES
+from .conftest import SAMPLES
 
 pytestmark = pytest.mark.real_model
 
@@ -184,17 +185,3 @@ def test_each_method_localizes_the_requested_photo_in_collages(embedded: LoadedM
     for method in ("gradcam++", "layercam"):
         assert hits[method] >= 9, hits
     assert np.mean(tile_share) > 0.6  # chance is 0.25
-
-
-@pytest.mark.real_model
-def test_readme_python_example_runs(monkeypatch: pytest.MonkeyPatch, capsys):
-    """The README's library example, pasted as it is, runs and explains the cat."""
-    import re
-
-    readme = (REPO / "README.md").read_text(encoding="utf-8")
-    blocks = re.findall(r"```python\n(.*?)```", readme, flags=re.S)
-    assert blocks, "the README has a Python example"
-    monkeypatch.chdir(REPO)
-    for block in blocks:
-        exec(compile(block, "README.md", "exec"), {})
-    assert "cat" in capsys.readouterr().out

@@ -11,10 +11,11 @@ import pytest
 import torch
 from PIL import Image
 
-from camcli.decode import model_input, view_geometry
-from camcli.explain import explain_batch, normalise_maps
-from camcli.models import Preprocessing
-from camcli.render import (
+from camcli.io.decode import model_input, view_geometry
+from camcli.io.write import encode_png, fast_png
+from camcli.methods.forward import explain_batch, normalise_maps
+from camcli.models.loaded import Preprocessing
+from camcli.pictures.render import (
     colorize,
     guided_to_unit,
     jet_lut,
@@ -23,7 +24,6 @@ from camcli.render import (
     render_batch,
     sample_on_original,
 )
-from camcli.write import encode_png, fast_png
 
 from .conftest import BrightnessNet, square_image
 
@@ -146,7 +146,7 @@ def test_heatmap_lands_on_the_salient_square(crop: bool):
 
 
 def test_exif_rotated_jpeg_is_explained_as_viewers_show_it(tmp_path: Path):
-    from camcli.decode import load_rgb
+    from camcli.io.decode import load_rgb
 
     shown = square_image(120, 80, (80, 10, 110, 40))  # as a viewer shows it: 120 wide
     stored = np.ascontiguousarray(np.rot90(shown, k=1))  # stored rotated, 80 wide
@@ -236,10 +236,10 @@ def test_batched_render_equals_rendering_each_image_alone(budget: int | None):
 def test_fast_png_falls_back_to_zlib_where_isal_is_missing(monkeypatch: pytest.MonkeyPatch):
     import zlib
 
-    import camcli.write
+    import camcli.io.write
 
     image = np.random.default_rng(5).integers(0, 256, (31, 17, 3), dtype=np.uint8)
-    monkeypatch.setattr(camcli.write, "_deflate", zlib)
+    monkeypatch.setattr(camcli.io.write, "_deflate", zlib)
     with Image.open(io.BytesIO(fast_png(image))) as decoded:
         np.testing.assert_array_equal(np.asarray(decoded), image)
 
@@ -248,7 +248,7 @@ def test_fast_png_falls_back_to_zlib_where_isal_is_missing(monkeypatch: pytest.M
 @pytest.mark.parametrize("interpolation", ["bicubic", "bilinear"])
 def test_model_inputs_made_on_the_device_match_pillows(crop: bool, interpolation: str):
     """Same geometry as the loader's Pillow path, values within a few levels, sizes grouped."""
-    from camcli.decode import model_inputs_on_device
+    from camcli.io.decode import model_inputs_on_device
 
     prep = Preprocessing(64, 72, (0.5,) * 3, (0.5,) * 3, interpolation)
     photo = np.asarray(Image.open(SAMPLES / "espresso" / "coffee.png").convert("RGB"))

@@ -20,10 +20,11 @@ from click.testing import CliRunner, Result
 from PIL import Image
 from torch import nn
 
-from camcli.classes import imagenet_classes
 from camcli.cli import main
-from camcli.models import LoadedModel, Preprocessing, register_model, unregister_model
-from camcli.report import collect_entries, write_report
+from camcli.models.classes import imagenet_classes
+from camcli.models.loaded import LoadedModel, Preprocessing
+from camcli.models.registry import register_model, unregister_model
+from camcli.report.build import collect_entries, write_report
 
 from .conftest import save_image
 
@@ -260,7 +261,7 @@ def test_explain_report_keeps_stdout_pure_and_the_exit_code(tmp_path: Path):
 def test_explain_report_after_sigint_shows_what_was_explained(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
-    from camcli.commands import common
+    from camcli.cli import frame as common
 
     original = common.Reporter.record
     seen: list[str] = []

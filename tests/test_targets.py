@@ -14,13 +14,14 @@ from click.testing import CliRunner, Result
 from PIL import Image
 from torch import nn
 
-import camcli.commands.common as common
-from camcli.classes import imagenet_classes
+import camcli.cli.frame as common
 from camcli.cli import main
-from camcli.config import TargetSpec
-from camcli.explain import explain_batch, explain_targets
-from camcli.models import LoadedModel, Preprocessing, load_model, register_model, unregister_model
-from camcli.targets import parse_targets
+from camcli.methods.forward import explain_batch, explain_targets
+from camcli.models.classes import imagenet_classes
+from camcli.models.loaded import LoadedModel, Preprocessing
+from camcli.models.registry import load_model, register_model, unregister_model
+from camcli.runs.settings import TargetSpec
+from camcli.runs.targets import parse_targets
 
 from .conftest import TinyNet, save_image
 
@@ -193,7 +194,7 @@ def test_parse_targets_splits_on_commas_and_drops_repeats():
     classes = imagenet_classes()
 
     def parse(text: str) -> TargetSpec:
-        from camcli.config import parse_target
+        from camcli.runs.settings import parse_target
 
         return parse_target(text, classes)
 

@@ -18,8 +18,8 @@ import torchvision
 from click.testing import CliRunner
 from PIL import Image
 
-from camcli import pipeline
 from camcli.cli import main
+from camcli.runs import explain as pipeline
 
 from .conftest import TINY, random_photo, save_image
 
@@ -258,7 +258,7 @@ def test_second_run_on_the_same_output_refuses_and_stale_locks_are_taken_over(
         [
             sys.executable,
             "-c",
-            "import sys, time; from pathlib import Path; from camcli.lock import run_lock\n"
+            "import sys, time; from pathlib import Path; from camcli.io.lock import run_lock\n"
             "with run_lock(Path(sys.argv[1])):\n    print('locked', flush=True)\n"
             "    time.sleep(60)",
             str(lock),
@@ -516,13 +516,13 @@ def test_torchrun_two_processes_one_merged_summary(
 
 
 def test_a_forked_child_outliving_the_lock_holder_does_not_keep_the_lock(tmp_path: Path):
-    from camcli.lock import run_lock
+    from camcli.io.lock import run_lock
 
     lock = tmp_path / ".camcli.lock"
     script = (
         "import os, sys, time\n"
         "from pathlib import Path\n"
-        "from camcli.lock import release_inherited_locks, run_lock\n"
+        "from camcli.io.lock import release_inherited_locks, run_lock\n"
         "with run_lock(Path(sys.argv[1])):\n"
         "    child = os.fork()\n"
         "    if child == 0:\n"
@@ -547,7 +547,7 @@ def test_a_forked_child_outliving_the_lock_holder_does_not_keep_the_lock(tmp_pat
 
 
 def test_record_source_resolves_links_like_path_resolve(tmp_path: Path):
-    from camcli.pipeline import resolved_source
+    from camcli.runs.explain import resolved_source
 
     real = tmp_path / "real"
     (real / "sub").mkdir(parents=True)

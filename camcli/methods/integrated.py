@@ -14,13 +14,12 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from camcli.explain import autocast
-from camcli.hooks import frozen_eval
-from camcli.metrics import blurred
+from camcli.methods.forward import autocast
+from camcli.methods.metrics import blurred
+from camcli.methods.names import IG_BASELINES
+from camcli.models.hooks import frozen_eval
 
-__all__ = ["IG_BASELINES", "ig_baseline", "integrated_gradients"]
-
-IG_BASELINES = ("black", "blur")
+__all__ = ["ig_baseline", "integrated_gradients"]
 
 
 def ig_baseline(inputs: torch.Tensor, kind: str, black: Sequence[float] | None) -> torch.Tensor:

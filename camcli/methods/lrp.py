@@ -32,8 +32,8 @@ from zennit.composites import EpsilonPlusFlat
 from zennit.layer import Sum
 from zennit.torchvision import ResNetCanonizer
 
-from camcli.hooks import frozen_eval
 from camcli.methods.activation import CamNotApplicable
+from camcli.models.hooks import frozen_eval
 
 __all__ = [
     "LRP_COMPOSITE",

@@ -14,10 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from camcli.explain import autocast
-from camcli.guided import GuidedActivations
-from camcli.hooks import frozen_eval
-from camcli.transfer import to_device
+from camcli.io.transfer import to_device
+from camcli.methods.forward import autocast
+from camcli.methods.guided import GuidedActivations
+from camcli.models.hooks import frozen_eval
 
 __all__ = ["scorecam", "smoothgrad"]
 

@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from camcli.explain import autocast, class_probabilities
-from camcli.hooks import frozen_eval
+from camcli.methods.forward import autocast, class_probabilities
+from camcli.models.hooks import frozen_eval
 
 __all__ = ["RiseMasks", "rise"]
 

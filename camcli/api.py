@@ -1,0 +1,359 @@
+"""The library face: :class:`Explainer` explains images in memory or a folder to files.
+
+    import camcli
+
+    explainer = camcli.Explainer("efficientnet_lite0", methods=["gradcam", "guided"])
+    for result in explainer.explain(["a.jpg", "b.jpg"]):
+        result.predictions[0].name, result.maps["gradcam"]  # float map at the image's size
+        result.overlay("gradcam").save("a.overlay.png")
+    explainer.explain_folder("images/", "out/")  # the same run as ``camcli explain``
+
+Underneath, a batch is one forward pass shared by every method, as on the command line
+(:func:`camcli.methods.batch.compute_methods`), and the maps are resampled onto each image's
+own pixels with the same sampling grid the command line's pictures use.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from camcli.io.decode import ViewGeometry, load_rgb, model_input
+from camcli.io.discover import discover_images
+from camcli.io.lock import run_lock
+from camcli.methods.batch import MethodOptions, compute_methods
+from camcli.methods.forward import top_predictions
+from camcli.methods.names import DEFAULT_METHODS, parse_methods
+from camcli.models import EMBEDDED_MODEL
+from camcli.models.hooks import resolve_layer
+from camcli.models.loaded import LoadedModel
+from camcli.models.own import load_module_model
+from camcli.models.registry import load_model
+from camcli.pictures.render import (
+    colorize,
+    jet_lut,
+    original_grid,
+    overlay,
+    picture_to_unit,
+    sample_on_original,
+)
+from camcli.runs.loop import RunSummary
+from camcli.runs.settings import Settings, parse_target, resolve_device
+
+__all__ = ["ExplainResult", "Explainer", "Prediction"]
+
+ImageLike = str | Path | Image.Image
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One of the model's top-k classes for an image.
+
+    Attributes:
+        rank: 1 for the top-1.
+        index: the class index.
+        name: the class name.
+        probability: softmax (sigmoid for a binary model) probability.
+
+    """
+
+    rank: int
+    index: int
+    name: str
+    probability: float
+
+
+@dataclass
+class ExplainResult:
+    """What :meth:`Explainer.explain` gives for one image.
+
+    Attributes:
+        image: the image as the model's view was taken from it (RGB, EXIF rotation applied).
+        source: the path it was read from, or ``None`` for an image or tensor passed in.
+        predictions: the top-k, best first.
+        target: the class the maps explain.
+        maps: per method, a float32 array at the image's own size: ``(H, W)`` in [0, 1] for
+            map methods (Grad-CAM and the rest), ``(H, W, 3)`` in [0, 1] for the gradient
+            pictures (guided, guided-gradcam, smoothgrad, lrp, ig), as the command line
+            draws them.
+        seen: with ``crop``, where the model saw the image, ``(H, W)`` bool; else ``None``.
+
+    """
+
+    image: Image.Image
+    source: str | None
+    predictions: list[Prediction]
+    target: Prediction
+    maps: dict[str, np.ndarray]
+    seen: np.ndarray | None = None
+
+    def heatmap(self, method: str) -> Image.Image:
+        """The map of a map method coloured with JET (as ``NAME.METHOD.png``)."""
+        unit = self._unit_map(method)
+        return Image.fromarray(colorize(torch.from_numpy(unit), jet_lut()).numpy())
+
+    def overlay(self, method: str, alpha: float = 0.5) -> Image.Image:
+        """The map of a map method laid over the image (as ``NAME.METHOD.overlay.png``)."""
+        unit = self._unit_map(method)
+        heat = colorize(torch.from_numpy(unit), jet_lut())
+        photo = torch.from_numpy(np.asarray(self.image, dtype=np.uint8).copy())
+        blended = overlay(photo, heat, alpha)
+        if self.seen is not None:  # a centre crop: the photo outside the model's view
+            blended = torch.where(torch.from_numpy(self.seen)[..., None], blended, photo)
+        return Image.fromarray(blended.numpy())
+
+    def picture(self, method: str) -> Image.Image:
+        """A gradient picture (guided backprop and the like) as an RGB image."""
+        array = self.maps[method]
+        if array.ndim != 3:
+            raise ValueError(f"{method} is a map method: use heatmap() or overlay()")
+        return Image.fromarray(np.clip(array * 255.0 + 0.5, 0, 255).astype(np.uint8))
+
+    def _unit_map(self, method: str) -> np.ndarray:
+        if method not in self.maps:
+            raise KeyError(f"{method!r} was not computed; methods: {', '.join(self.maps)}")
+        array = self.maps[method]
+        if array.ndim != 2:
+            raise ValueError(f"{method} gives a gradient picture: use picture()")
+        return array
+
+
+class Explainer:
+    """A model and methods, ready to explain images in batches.
+
+    Args:
+        model: what ``--model`` accepts (a zoo name, ``timm/NAME``, ``FILE.py:FUNC``) or an
+            ``nn.Module`` (inputs normalised with ImageNet's mean and std at 224 x 224
+            unless the module states its own, as for a factory).
+        methods: method names (``--method``), default Grad-CAM and guided backprop.
+        layers: target layers (``--layer``), default the model's.
+        device: ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``.
+        weights: a local weights file for the architecture (``--weights``).
+        offline: never download weights.
+        target: ``pred`` (the top-1), a class index or a class name (``--target``).
+        top_k: predictions kept per image.
+        crop: centre-crop as in the weights' evaluation instead of resizing the whole image.
+        batch_size: images per forward pass [default: 64 on CUDA, 8 on CPU].
+        method_options: settings of the methods that make extra passes (RISE's masks,
+            IG's steps, ...); the command line's defaults unless given.
+
+    Raises:
+        ValueError: an unknown method, target or device.
+        camcli.models.hooks.UnknownLayer: a layer the model does not have.
+        camcli.models.loaded.ModelUnavailable: the weights cannot be loaded.
+
+    """
+
+    def __init__(
+        self,
+        model: str | nn.Module = EMBEDDED_MODEL,
+        methods: Sequence[str] = DEFAULT_METHODS,
+        *,
+        layers: Sequence[str] = (),
+        device: str = "auto",
+        weights: str | Path | None = None,
+        offline: bool = False,
+        target: str | int = "pred",
+        top_k: int = 5,
+        crop: bool = False,
+        batch_size: int | None = None,
+        method_options: MethodOptions | None = None,
+    ) -> None:
+        self.device = resolve_device(device)
+        if isinstance(model, nn.Module):
+            self.model: LoadedModel = load_module_model(model)
+        else:
+            self.model = load_model(model, Path(weights) if weights else None, offline)
+        self.methods = parse_methods(list(methods))
+        self.layers = tuple(dict.fromkeys(layers)) or (self.model.default_layer,)
+        for name in self.layers:
+            resolve_layer(self.model.module, name)
+        self.target = parse_target(str(target), self.model.classes)
+        if self.target.mode == "label":
+            raise ValueError("target 'label' needs class folders: use explain_folder()")
+        self.top_k = top_k
+        self.crop = crop
+        self.batch_size = batch_size or (64 if self.device.type == "cuda" else 8)
+        prep = self.model.preprocessing
+        black = tuple(-m / s for m, s in zip(prep.mean, prep.std, strict=True))
+        defaults = MethodOptions(
+            chunk_size=256 if self.device.type == "cuda" else 32,
+            black=black,
+            binary=self.model.binary,
+        )
+        self.method_options = method_options or defaults
+        if method_options is not None and method_options.black is None:
+            self.method_options = replace(method_options, black=black)
+        self.model.module.to(self.device).eval()
+
+    def explain(self, images: Iterable[ImageLike] | torch.Tensor) -> Iterator[ExplainResult]:
+        """Explain images, a batch at a time; yields one result per image, in order.
+
+        Args:
+            images: paths, PIL images, or a tensor batch ``(N, C, H, W)`` of images in
+                [0, 1] (resized and normalised here like any other image).
+
+        Yields:
+            The results.
+
+        """
+        pending: list[tuple[Image.Image, str | None]] = []
+        for image in _as_images(images):
+            pending.append(image)
+            if len(pending) == self.batch_size:
+                yield from self._explain_batch(pending)
+                pending = []
+        if pending:
+            yield from self._explain_batch(pending)
+
+    def explain_folder(
+        self,
+        input_path: str | Path,
+        output_dir: str | Path,
+        *,
+        force: bool = False,
+        alpha: float = 0.5,
+        save_raw: bool = False,
+    ) -> RunSummary:
+        """Explain every image under a folder into files: the run ``camcli explain`` makes.
+
+        The same records, pictures, index, resume rules and output names as the command
+        line with the same model and options; the output directory is locked for the run.
+        No ``run.json`` is written (that is the command line's summary of a process).
+
+        Returns:
+            The run's counts.
+
+        """
+        output = Path(output_dir).expanduser()
+        items = discover_images(Path(input_path), exclude=output)
+        settings = self.settings(output, force=force, alpha=alpha, save_raw=save_raw)
+        from camcli.runs.explain import run_explain
+
+        output.mkdir(parents=True, exist_ok=True)
+        with run_lock(output / settings.lock_name):
+            return run_explain(items, self.model, settings, _QuietReporter())
+
+    def settings(self, output_dir: Path, **fields: Any) -> Settings:
+        """The run settings of this explainer writing to ``output_dir`` (with ``fields``)."""
+        return Settings(
+            output_dir=output_dir,
+            batch_size=self.batch_size,
+            workers=0,
+            device=self.device,
+            layers=self.layers,
+            methods=self.methods,
+            method_options=self.method_options,
+            target=self.target,
+            top_k=self.top_k,
+            crop=self.crop,
+            channels_last=self.device.type == "cpu",
+            **fields,
+        )
+
+    def _explain_batch(self, batch: list[tuple[Image.Image, str | None]]) -> list[ExplainResult]:
+        prep = self.model.preprocessing
+        arrays, geometries = [], []
+        for image, _source in batch:
+            array, geometry = model_input(image, prep, self.crop)
+            arrays.append(torch.from_numpy(array.copy()))
+            geometries.append(geometry)
+        x = torch.stack(arrays).permute(0, 3, 1, 2).float().div_(255.0)
+        mean = torch.tensor(prep.mean).view(1, -1, 1, 1)
+        std = torch.tensor(prep.std).view(1, -1, 1, 1)
+        inputs = ((x - mean) / std).to(self.device)
+        targets = None
+        if self.target.mode == "class":
+            targets = torch.full((len(batch),), int(self.target.index or 0), device=self.device)
+        result = compute_methods(
+            self.model.module, inputs, self.layers, self.methods, targets, self.method_options
+        )
+        explanation = result.explanation
+        top = top_predictions(explanation.logits, self.top_k, self.model.binary)
+        chosen = explanation.targets.tolist()
+        probabilities = explanation.logits.detach().float()
+        probabilities = probabilities.sigmoid() if self.model.binary else probabilities.softmax(1)
+        # What the command line renders: each map method's normalised map at its own
+        # resolution and each gradient picture, resampled onto the original pixels.
+        unit_maps = {m: result.unit_map(m).float().cpu() for m in result.maps}
+        pictures = {m: picture_to_unit(m, result.images[m]).float().cpu() for m in result.images}
+        out = []
+        for i, (image, source) in enumerate(batch):
+            grid, inside = _grid(geometries[i])
+            maps: dict[str, np.ndarray] = {}
+            for method, unit in unit_maps.items():
+                maps[method] = sample_on_original(unit[i : i + 1], grid, inside)[0].numpy()
+            for method, picture in pictures.items():
+                on_image = sample_on_original(picture[i], grid, inside, outside=0.5)
+                maps[method] = on_image.permute(1, 2, 0).contiguous().numpy()
+            predictions = [
+                Prediction(
+                    rank=r + 1,
+                    index=int(index),
+                    name=self.model.classes.name(int(index)),
+                    probability=float(p),
+                )
+                for r, (index, p) in enumerate(
+                    zip(top.indices[i].tolist(), top.probabilities[i].tolist(), strict=True)
+                )
+            ]
+            target = int(chosen[i])
+            out.append(
+                ExplainResult(
+                    image=image,
+                    source=source,
+                    predictions=predictions,
+                    target=Prediction(
+                        rank=next((p.rank for p in predictions if p.index == target), 0),
+                        index=target,
+                        name=self.model.classes.name(target),
+                        probability=float(probabilities[i, target]),
+                    ),
+                    maps=maps,
+                    seen=None if bool(inside.all()) else inside.numpy(),
+                )
+            )
+        return out
+
+
+def _grid(geometry: ViewGeometry) -> tuple[torch.Tensor, torch.Tensor]:
+    theta = torch.tensor(geometry.theta())
+    return original_grid(theta, geometry.height, geometry.width)
+
+
+def _as_images(
+    images: Iterable[ImageLike] | torch.Tensor,
+) -> Iterator[tuple[Image.Image, str | None]]:
+    if isinstance(images, torch.Tensor):
+        batch = images if images.dim() == 4 else images[None]
+        for tensor in batch:
+            array = tensor.detach().float().clamp(0, 1).mul(255).round().byte().cpu()
+            if array.shape[0] == 1:
+                array = array.expand(3, -1, -1)
+            yield Image.fromarray(array.permute(1, 2, 0).numpy()), None
+        return
+    for image in images:
+        if isinstance(image, Image.Image):
+            yield image.convert("RGB"), None
+        else:
+            yield load_rgb(Path(image)), str(image)
+
+
+class _QuietReporter:
+    """The run loop's reporter for library runs: records are returned, nothing printed."""
+
+    def record(self, record: dict[str, Any]) -> None:
+        """Take one image's record (nothing to print)."""
+
+    def advance(self, count: int) -> None:
+        """Take progress (nothing to show)."""
+
+    def close(self) -> None:
+        """Nothing to close."""

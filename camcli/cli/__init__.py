@@ -1,0 +1,54 @@
+"""The command line: the ``camcli`` group and its commands, one module each.
+
+The commands parse and check options, run and report; no tensor maths here. Each command's
+module imports only Click and light modules at import time, and the runs (torch and the
+rest) when the command runs, so ``camcli --help`` and ``camcli COMMAND --help`` start fast.
+stdout carries data only (``--jsonl`` records, listings); people read stderr.
+Exit status: 0 every image explained, 1 some images failed or the run could not start or
+stopped, 2 usage errors, 130/143 stopped by SIGINT/SIGTERM, 141 stdout closed.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import click
+
+from camcli import __version__
+from camcli.cli.options import CONTEXT
+
+__all__ = ["COMMANDS", "main"]
+
+# Command name -> the module that defines it (a function of the same name), in --help order.
+COMMANDS = {
+    "explain": "camcli.cli.explain",
+    "models": "camcli.cli.models",
+    "layers": "camcli.cli.layers",
+    "features": "camcli.cli.features",
+    "compare": "camcli.cli.compare",
+    "report": "camcli.cli.report",
+}
+
+
+class _Commands(click.Group):
+    """A group whose commands are imported when asked for (their modules are light)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        module = COMMANDS.get(cmd_name)
+        if module is None:
+            return None
+        command: click.Command = getattr(importlib.import_module(module), cmd_name)
+        return command
+
+
+@click.group(cls=_Commands, context_settings=CONTEXT)
+@click.version_option(__version__, "--version", prog_name="camcli")
+def main() -> None:
+    """Explain image classifiers in batches: predictions, Grad-CAM and guided backprop."""
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,326 @@
+"""``camcli explain``: predictions, heatmaps, overlays and gradient pictures per image."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from camcli import __version__
+from camcli.cli.options import (
+    CONTEXT,
+    CommonOptions,
+    alpha_option,
+    config_option,
+    crop_option,
+    input_options,
+    model_options,
+    output_options,
+    runtime_options,
+    top_k_option,
+)
+from camcli.methods.names import (
+    ALL_METHODS,
+    DEFAULT_METHODS,
+    IG_BASELINES,
+    parse_methods,
+    parse_metrics,
+)
+
+if TYPE_CHECKING:
+    from camcli.cli.frame import PreparedRun
+    from camcli.io.discover import ImageItem
+    from camcli.runs.settings import Settings
+
+__all__ = ["ExplainOptions", "explain", "explain_settings"]
+
+
+@click.command(context_settings=CONTEXT)
+@input_options
+@output_options
+@model_options
+@click.option(
+    "--layer",
+    "layers",
+    multiple=True,
+    help="Target layer, a dotted name from named_modules() (e.g. features.denseblock4, "
+    "layer4); repeat for several layers (one map each plus a fused map). "
+    "Default: chosen per model.",
+)
+@click.option(
+    "--method",
+    "methods",
+    multiple=True,
+    help="Explanation method(s), repeatable or comma-separated: gradcam, gradcam++, "
+    "xgradcam, layercam, hirescam, cam, eigencam, scorecam, rise, guided, guided-gradcam, "
+    "smoothgrad, lrp, ig [default: gradcam,guided].",
+)
+@click.option(
+    "--target",
+    default="pred",
+    show_default=True,
+    help="Class to explain: pred (top-1), label (the image's class folder), "
+    "a class index or a class name; several, comma-separated (pred,label), are explained "
+    "from one forward pass, the further ones in files named NAME.METHOD.TARGET.png.",
+)
+@top_k_option
+@crop_option
+@click.option(
+    "--guided/--no-guided",
+    default=None,
+    help="Add or remove guided backprop from the methods (one backward pass to the input "
+    "per batch).",
+)
+@click.option(
+    "--chunk-size",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Modified images per forward pass in scorecam, smoothgrad, rise, ig, lrp and the "
+    "--metrics scores: their memory bound [default: 256 on CUDA, 32 on CPU].",
+)
+@click.option(
+    "--rise-masks",
+    type=click.IntRange(min=1),
+    default=4000,
+    show_default=True,
+    help="Random masks in rise: one forward pass each per image (at 4000, minutes per "
+    "image on a CPU; see the README).",
+)
+@click.option(
+    "--ig-steps",
+    type=click.IntRange(min=1),
+    default=32,
+    show_default=True,
+    help="Path steps of ig (Integrated Gradients): one forward + backward pass each.",
+)
+@click.option(
+    "--ig-baseline",
+    type=click.Choice(IG_BASELINES),
+    default="black",
+    show_default=True,
+    help="Where ig's path starts: a black image or a heavy blur of the image.",
+)
+@click.option(
+    "--metrics",
+    "metrics",
+    default="",
+    help="Faithfulness scores per image and method, comma-separated: deletion, insertion, "
+    "drop (average drop and increase in confidence), or all. In each record, index.jsonl "
+    "and, averaged per method, run.json.",
+)
+@click.option(
+    "--metric-steps",
+    type=click.IntRange(min=2),
+    default=16,
+    show_default=True,
+    help="Steps of the deletion and insertion curves (one forward pass each).",
+)
+@click.option(
+    "--smooth-samples",
+    type=click.IntRange(min=1),
+    default=16,
+    show_default=True,
+    help="Noisy copies per image in smoothgrad.",
+)
+@click.option(
+    "--smooth-noise",
+    type=click.FloatRange(min=0),
+    default=0.15,
+    show_default=True,
+    help="smoothgrad noise level, relative to each image's value range.",
+)
+@click.option(
+    "--smooth-guided",
+    is_flag=True,
+    help="smoothgrad averages guided-backprop gradients instead of plain ones.",
+)
+@click.option(
+    "--seed",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Base seed of smoothgrad's noise (image i uses seed + i) and of rise's masks "
+    "(shared by all images).",
+)
+@click.option(
+    "--save-raw",
+    is_flag=True,
+    help="Also write the raw CAM (model input resolution) and guided gradient as .npy.",
+)
+@alpha_option
+@click.option(
+    "--report",
+    is_flag=True,
+    help="At the end of the run (also an interrupted one), write the HTML report of the "
+    "output directory to OUTPUT/report/index.html (see 'camcli report').",
+)
+@runtime_options
+@config_option
+@click.version_option(__version__, "--version", prog_name="camcli")
+@click.pass_context
+def explain(ctx: click.Context, **options: Any) -> None:
+    """Explain every image under INPUT (a folder, walked recursively, or one image file).
+
+    Per image it writes, mirroring the input tree under --output-dir: NAME.json (top-k
+    predictions, label, target, files) and per method NAME.METHOD.png (heatmap),
+    NAME.METHOD.overlay.png or, for guided/guided-gradcam/smoothgrad, NAME.METHOD.png, all at
+    the image's original size; and index.jsonl, one line per image.
+
+    A re-run explains only new or changed images (--force: all); run.json summarises the run.
+
+    \b
+    Exit status:
+      0    every image explained or up to date
+      1    some images failed (reported on stderr, in the index and run.json), or the run
+           could not start or stopped (no images, weights missing, output locked or
+           not writable)
+      2    usage error
+      130  stopped by SIGINT (in-flight work finished and written)
+      143  stopped by SIGTERM (likewise)
+      141  stdout closed by the reader
+    """
+    try:
+        chosen_methods = _methods(options.pop("methods"), options.pop("guided"))
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="'--method'") from None
+    try:
+        metrics = parse_metrics(options.pop("metrics"))
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="'--metrics'") from None
+    common = CommonOptions.take(options)
+    own = ExplainOptions(**options)
+
+    from camcli.cli.frame import Reporter, prepare_run, run_in_frame
+    from camcli.cli.report import report_after_run
+    from camcli.methods.activation import CamNotApplicable
+    from camcli.models.hooks import LayerUnusable
+    from camcli.runs.explain import run_explain, settings_payload
+    from camcli.runs.loop import RunSummary
+    from camcli.runs.runtime import StopRequest
+
+    run = prepare_run(common)
+    settings = explain_settings(run, own, chosen_methods, metrics)
+    model = run.model
+
+    def body(reporter: Reporter, stop: StopRequest) -> RunSummary:
+        return run_explain(run.items, model, settings, reporter, stop.event)
+
+    code = run_in_frame(
+        run,
+        body,
+        settings_payload(model, settings),
+        f"{model.name} at {', '.join(settings.layers)}",
+        {LayerUnusable: "--layer", CamNotApplicable: "--method"},
+    )
+    if own.report and (run.rank is None or run.rank.rank == 0):
+        code = report_after_run(run.output_dir, code)
+    ctx.exit(code)
+
+
+@dataclass(frozen=True)
+class ExplainOptions:
+    """``explain``'s own options (the shared groups are in :class:`CommonOptions`)."""
+
+    layers: tuple[str, ...]
+    target: str
+    top_k: int
+    crop: bool
+    chunk_size: int | None
+    rise_masks: int
+    ig_steps: int
+    ig_baseline: str
+    metric_steps: int
+    smooth_samples: int
+    smooth_noise: float
+    smooth_guided: bool
+    seed: int
+    save_raw: bool
+    alpha: float
+    report: bool
+
+
+def explain_settings(
+    run: PreparedRun,
+    options: ExplainOptions,
+    methods: tuple[str, ...],
+    metrics: tuple[str, ...] = (),
+) -> Settings:
+    """The settings of an explain run from the prepared run and the command's own options.
+
+    Raises:
+        click.BadParameter: for an unknown ``--layer`` or ``--target``, or ``--target label``
+            on images outside class folders (exit 2).
+
+    """
+    from camcli.cli.frame import checked_layers
+    from camcli.methods.batch import MethodOptions
+    from camcli.runs.settings import parse_target
+    from camcli.runs.targets import parse_targets
+
+    loaded = run.model
+    layer_names = checked_layers(loaded, options.layers)
+    try:
+        target_spec, extra_targets = parse_targets(
+            options.target, lambda text: parse_target(text, loaded.classes)
+        )
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="'--target'") from None
+    if "label" in (t.mode for t in (target_spec, *extra_targets)):
+        _check_labels(run.items, loaded.classes)
+    prep = loaded.preprocessing
+    return run.settings(
+        layers=layer_names,
+        methods=methods,
+        method_options=MethodOptions(
+            chunk_size=options.chunk_size or run.chunk_size,
+            smooth_samples=options.smooth_samples,
+            smooth_noise=options.smooth_noise,
+            smooth_guided=options.smooth_guided,
+            seed=options.seed,
+            rise_masks=options.rise_masks,
+            ig_steps=options.ig_steps,
+            ig_baseline=options.ig_baseline,
+            black=tuple(-m / s for m, s in zip(prep.mean, prep.std, strict=True)),
+            metrics=metrics,
+            metric_steps=options.metric_steps,
+            binary=loaded.binary,
+        ),
+        target=target_spec,
+        extra_targets=extra_targets,
+        top_k=options.top_k,
+        save_raw=options.save_raw,
+        crop=options.crop,
+        alpha=options.alpha,
+    )
+
+
+def _methods(values: tuple[str, ...], guided: bool | None) -> tuple[str, ...]:
+    chosen = list(parse_methods(values) if values else DEFAULT_METHODS)
+    if guided is True and "guided" not in chosen:
+        chosen.append("guided")
+    if guided is False and "guided" in chosen:
+        chosen.remove("guided")
+    if not chosen:
+        raise ValueError("no method left after --no-guided")
+    return tuple(m for m in ALL_METHODS if m in chosen)
+
+
+def _check_labels(items: list[ImageItem], classes: Any) -> None:
+    unlabeled = [str(i.relative) for i in items if i.label is None]
+    if unlabeled:
+        raise click.BadParameter(
+            f"label needs every image in a class folder, but {unlabeled[0]} is not "
+            f"({len(unlabeled)} such image(s))",
+            param_hint="'--target'",
+        )
+    unknown = sorted(
+        {i.label for i in items if i.label is not None and classes.resolve(i.label) is None}
+    )
+    if unknown:
+        shown = ", ".join(repr(u) for u in unknown[:5])
+        raise click.BadParameter(
+            f"label needs folders named by class index, WordNet id or class name; "
+            f"{len(unknown)} folder(s) name no class of this model: {shown}",
+            param_hint="'--target'",
+        )

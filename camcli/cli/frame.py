@@ -1,0 +1,506 @@
+"""The frame every batch command runs in: preparing a run, the lock, signals, the summary.
+
+A batch command (``explain`` and the commands built like it) is::
+
+    @click.command(context_settings=CONTEXT)
+    @input_options
+    @model_options
+    @runtime_options
+    @output_options
+    ... its own options ...
+    @config_option
+    def command(ctx, **options):
+        from camcli.cli.frame import prepare_run, run_in_frame   # torch loads here
+        run = prepare_run(CommonOptions.take(options))      # device, images, model
+        ... build the command's settings ...
+        code = run_in_frame(run, body, payload)  # lock, leftovers, signals, summary, report
+        ctx.exit(code)
+
+so the options, their checks and messages, the resume/lock/summary rules and the exit codes
+are the same for every command. No tensor maths here.
+"""
+
+from __future__ import annotations
+
+import datetime
+import difflib
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+import torch
+from tqdm import tqdm
+
+from camcli.cli.options import CommonOptions, ModelOptions
+from camcli.io.discover import (
+    ImageItem,
+    NoImagesFound,
+    discover_images,
+    images_from_list,
+    in_shard,
+    read_path_list,
+)
+from camcli.io.lock import LockHeld, run_lock
+from camcli.io.write import fast_deflate_available, index_name, remove_leftovers, summary_name
+from camcli.models.hooks import UnknownLayer, resolve_layer
+from camcli.models.loaded import LoadedModel, ModelUnavailable
+from camcli.models.own import (
+    ModelSpecError,
+    OptionProblem,
+    OutputMismatch,
+    customise_model,
+    is_factory_spec,
+    is_timm_spec,
+)
+from camcli.models.registry import available_models, load_model
+from camcli.runs.explain import RunSummary, WriteFailed
+from camcli.runs.runtime import (
+    Rank,
+    StopRequest,
+    build_summary,
+    current_rank,
+    gather_summaries,
+    init_group,
+    merge_indexes,
+    parse_shard,
+    stop_on_signals,
+    write_summary,
+)
+from camcli.runs.settings import Settings, host_parallelism, resolve_device
+
+# --- preparing a run --------------------------------------------------------------------
+
+
+@dataclass
+class PreparedRun:
+    """The checked common options of a batch command, with its images and model loaded.
+
+    Attributes:
+        device: where the model runs.
+        items: the images this process handles (after --shard and torchrun's split).
+        model: the loaded model.
+        output_dir: where outputs go.
+        rank: the torchrun rank, or ``None`` outside torchrun.
+        shard: ``(K, N)`` of ``--shard`` (``(0, 1)`` when not sharded).
+        name_suffix: added to index, summary and lock names (per shard and rank).
+        batch_size: images per forward pass.
+        workers: decoding processes.
+        write_threads: threads that encode and write files.
+        precision: ``fp32``, ``tf32`` or ``bf16``.
+        channels_last: run the model in channels-last memory format.
+        resize_on_device: make model inputs from the photos on the device.
+        jsonl: print records on stdout.
+        force: redo up-to-date images.
+        png_level: zlib level, or ``None`` for the fast encoder.
+        max_pixels: refuse larger images.
+
+    """
+
+    device: torch.device
+    items: list[ImageItem]
+    model: LoadedModel
+    output_dir: Path
+    rank: Rank | None
+    shard: tuple[int, int]
+    name_suffix: str
+    batch_size: int
+    workers: int
+    write_threads: int
+    precision: str
+    channels_last: bool
+    resize_on_device: bool
+    jsonl: bool
+    force: bool
+    png_level: int | None
+    max_pixels: int
+
+    def settings(self, **fields: Any) -> Settings:
+        """The run's :class:`Settings`: the common options, plus the command's ``fields``."""
+        return Settings(
+            output_dir=self.output_dir,
+            batch_size=self.batch_size,
+            workers=self.workers,
+            device=self.device,
+            png_level=self.png_level,
+            precision=self.precision,
+            channels_last=self.channels_last,
+            resize_on_device=self.resize_on_device,
+            write_threads=self.write_threads,
+            force=self.force,
+            max_pixels=self.max_pixels,
+            name_suffix=self.name_suffix,
+            **fields,
+        )
+
+    @property
+    def chunk_size(self) -> int:
+        """Default modified images per forward pass (Score-CAM, RISE, SmoothGrad...)."""
+        return 256 if self.device.type == "cuda" else 32
+
+
+def checked_layers(model: LoadedModel, names: Sequence[str]) -> tuple[str, ...]:
+    """``--layer`` values without repeats (default: the model's layer), each checked to exist.
+
+    Raises:
+        click.BadParameter: naming ``--layer`` and the closest layer names (exit 2).
+
+    """
+    layers = tuple(dict.fromkeys(names)) or (model.default_layer,)
+    try:
+        for name in layers:
+            resolve_layer(model.module, name)
+    except UnknownLayer as exc:
+        raise click.BadParameter(str(exc), param_hint="'--layer'") from None
+    return layers
+
+
+def check_model_name(model_name: str) -> None:
+    """Refuse an unknown ``--model`` with the closest names (click.BadParameter, exit 2)."""
+    if is_factory_spec(model_name) or is_timm_spec(model_name):
+        return  # checked when loaded
+    names = available_models()
+    if model_name not in names:
+        close = difflib.get_close_matches(model_name, names, n=4, cutoff=0.5)
+        hint = f"; did you mean {', '.join(close)}?" if close else "; see 'camcli models'"
+        if model_name.endswith(".py"):
+            hint = f"; name the factory function too: {model_name}:FUNCTION"
+        raise click.BadParameter(f"unknown model {model_name!r}{hint}", param_hint="'--model'")
+
+
+def resolve_device_option(device: str) -> torch.device:
+    """``--device`` as a torch device (click.BadParameter naming the option)."""
+    try:
+        return resolve_device(device)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="'--device'") from None
+
+
+def discover_inputs(
+    input_path: Path, null: bool, root: Path | None, exclude: Path
+) -> list[ImageItem]:
+    """The images INPUT names: a folder, one file, or ``-`` for a path list on stdin."""
+    try:
+        if str(input_path) == "-":
+            data = sys.stdin.buffer.read()
+            items = images_from_list(read_path_list(data, null), root)
+            outputs = exclude.resolve()
+            kept = [i for i in items if not i.path.resolve().is_relative_to(outputs)]
+            if len(kept) < len(items):
+                click.echo(
+                    f"camcli: ignored {len(items) - len(kept)} listed path(s) inside the "
+                    f"output directory {exclude} (outputs of camcli, not inputs)",
+                    err=True,
+                )
+                items = kept
+            if not items:
+                raise NoImagesFound("no paths left to explain on standard input")
+            if any(item.mirrored for item in items):
+                click.echo(
+                    "camcli: absolute paths outside the input root are mirrored below the "
+                    "output directory by their full path (leading '/' removed)",
+                    err=True,
+                )
+            return items
+        return discover_images(input_path, exclude=exclude)
+    except NoImagesFound as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def prepare_run(common: CommonOptions) -> PreparedRun:
+    """Check and resolve the common options, find the images and load the model.
+
+    Raises:
+        click.BadParameter: a usage mistake (exit 2), naming the option.
+        click.ClickException: the run cannot start (no images, weights unavailable; exit 1).
+
+    """
+    inputs, wanted, runtime, output = common.inputs, common.model, common.runtime, common.output
+    torch_device = resolve_device_option(runtime.device)
+    check_model_name(wanted.model_name)
+    output_dir = output.output_dir.expanduser()
+    try:
+        shard_k, shard_n = parse_shard(inputs.shard) if inputs.shard else (0, 1)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="'--shard'") from None
+    rank = current_rank()
+    if rank is not None and runtime.device in ("auto", "cuda") and torch.cuda.is_available():
+        torch_device = torch.device("cuda", rank.local_rank % torch.cuda.device_count())
+    items = discover_inputs(inputs.input_path, inputs.null, inputs.root, output_dir)
+    items = [i for i in items if in_shard(i, shard_k, shard_n)]
+    if rank is not None:
+        items = [i for i in items if in_shard(i, rank.rank, rank.world_size, salt="rank")]
+    loaded = load_checked_model(wanted)
+
+    suffix = f".shard-{shard_k}-of-{shard_n}" if shard_n > 1 else ""
+    if rank is not None:
+        suffix += f".rank-{rank.rank}-of-{rank.world_size}"
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    local_processes = 1
+    if rank is not None and os.environ.get("LOCAL_WORLD_SIZE", "").isdigit():
+        local_processes = max(1, int(os.environ["LOCAL_WORLD_SIZE"]))
+    default_workers, write_threads = host_parallelism(
+        torch_device.type, cores or 1, local_processes
+    )
+    resize_on = runtime.resize_on
+    return PreparedRun(
+        device=torch_device,
+        items=items,
+        model=loaded,
+        output_dir=output_dir,
+        rank=rank,
+        shard=(shard_k, shard_n),
+        name_suffix=suffix,
+        batch_size=runtime.batch_size or (64 if torch_device.type == "cuda" else 8),
+        workers=runtime.workers if runtime.workers is not None else default_workers,
+        write_threads=write_threads,
+        precision=runtime.precision,
+        channels_last=torch_device.type == "cpu"
+        if runtime.channels_last is None
+        else runtime.channels_last,
+        resize_on_device=resize_on == "device"
+        or (resize_on == "auto" and torch_device.type == "cuda"),
+        jsonl=output.jsonl,
+        force=output.force,
+        png_level=None if output.png_level == "fast" else int(output.png_level),
+        max_pixels=inputs.max_pixels,
+    )
+
+
+def load_checked_model(wanted: ModelOptions) -> LoadedModel:
+    """Load the model and apply the class and preprocessing options (checked: exit 2).
+
+    Raises:
+        click.ClickException: the weights cannot be had (exit 1).
+        click.BadParameter: an option does not fit the model (exit 2), naming it.
+
+    """
+    try:
+        loaded = load_model(
+            wanted.model_name,
+            wanted.weights,
+            wanted.offline,
+            input_size=wanted.input_size,
+            input_channels=wanted.input_channels,
+        )
+    except ModelUnavailable as exc:
+        raise click.ClickException(str(exc)) from None
+    except (ModelSpecError, OutputMismatch) as exc:
+        raise click.BadParameter(str(exc), param_hint="'--model'") from None
+    try:
+        return customise_model(
+            loaded,
+            input_size=wanted.input_size,
+            mean=wanted.mean,
+            std=wanted.std,
+            interpolation=wanted.interpolation,
+            channels=wanted.input_channels,
+            classes_file=wanted.classes_file,
+        )
+    except OptionProblem as exc:
+        raise click.BadParameter(str(exc), param_hint=f"'{exc.option}'") from None
+
+
+# --- the frame of a run -----------------------------------------------------------------
+
+
+class Reporter:
+    """Prints records (``--jsonl``) to stdout, failures to stderr, progress bar on stderr."""
+
+    def __init__(self, jsonl: bool, total: int) -> None:
+        self.jsonl = jsonl
+        # disable=None: no bar when stderr is not a terminal (cron, CI, pipes).
+        self.bar = tqdm(total=total, unit="img", file=sys.stderr, disable=None, dynamic_ncols=True)
+
+    def record(self, record: dict[str, Any]) -> None:
+        """Report one image's record (failures also on stderr)."""
+        if record.get("status") == "error":
+            self.bar.write(f"camcli: skipped {record['image']}: {record['error']}", file=sys.stderr)
+        if self.jsonl:
+            sys.stdout.write(json.dumps(record, ensure_ascii=False) + "\n")
+            sys.stdout.flush()
+
+    def advance(self, count: int) -> None:
+        """Move the progress bar."""
+        self.bar.update(count)
+
+    def close(self) -> None:
+        """Close the progress bar."""
+        self.bar.close()
+
+
+# The body of a run: given the reporter and the stop request, run the pipeline.
+RunBody = Callable[[Reporter, StopRequest], RunSummary]
+# Library errors a body may raise, mapped to the option they are about (exit 2).
+UsageErrors = dict[type[Exception], str]
+
+
+def run_in_frame(
+    run: PreparedRun,
+    body: RunBody,
+    settings: dict[str, Any],
+    described: str,
+    usage_errors: UsageErrors | None = None,
+    verb: str = "explained",
+    kind: str = "explain",
+) -> int:
+    """Run ``body`` under the output directory's lock and signal handling; write the summary.
+
+    Removes an interrupted run's leftovers first, writes ``run.json`` (merged over torchrun
+    ranks), prints the one-line report on stderr and returns the exit code: 0 all done, 1
+    some images failed, 130/143 stopped by a signal, 141 stdout closed.
+
+    Args:
+        run: the prepared run.
+        body: runs the command's pipeline.
+        settings: the settings written into ``run.json``.
+        described: what the report says was used (``"resnet18 at layer4"``).
+        usage_errors: exceptions of the body that are usage mistakes, with the option each
+            is about.
+        verb: what the report says was done to the images (``explained``, ``compared``).
+        kind: the run kind, which names the index and the summary
+            (:func:`camcli.io.write.index_name`).
+
+    Raises:
+        click.BadParameter: for the usage errors.
+        click.ClickException: the output directory is locked or cannot be written.
+
+    """
+    started = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+    output_dir = run.output_dir
+    if run.rank is not None:
+        init_group(run.rank)
+    try:
+        with run_lock(output_dir / f".camcli{run.name_suffix}.lock"), stop_on_signals() as stop:
+            sweep = not run.name_suffix  # not sharded: no other run writes here
+            if removed := remove_leftovers(output_dir, index_name(kind, run.name_suffix), sweep):
+                click.echo(
+                    f"camcli: removed {removed} leftover file(s) of an interrupted run", err=True
+                )
+            if run.png_level is None and not fast_deflate_available():
+                click.echo(
+                    "camcli: the isal package is missing, so PNGs are compressed with zlib "
+                    "(about 5 x slower); pip install isal",
+                    err=True,
+                )
+            summary, code = _run_body(run, body, stop, usage_errors or {})
+    except LockHeld as exc:
+        raise click.ClickException(str(exc)) from None
+    except OSError as exc:  # the output directory cannot be created or written
+        raise click.ClickException(
+            f"cannot write to the output directory {output_dir}: {exc.strerror or exc}"
+        ) from None
+    shard_k, shard_n = run.shard
+    record = build_summary(
+        status=summary.status,
+        exit_code=code,
+        counts={
+            "total": summary.total,
+            "explained": summary.explained,
+            "skipped": summary.skipped,
+            "failed": summary.failed,
+        },
+        seconds=summary.seconds,
+        failures=summary.failures,
+        settings=settings,
+        device=run.device,
+        started=started,
+        shard=f"{shard_k}/{shard_n}" if shard_n > 1 else None,
+    )
+    record.update(summary.extra)  # a command's own fields (explain: faithfulness means)
+    _write_summaries(record, run, kind)
+    if summary.status != "broken-pipe":
+        _report(summary, output_dir, described, verb)
+    return code
+
+
+def _run_body(
+    run: PreparedRun, body: RunBody, stop: StopRequest, usage_errors: UsageErrors
+) -> tuple[RunSummary, int]:
+    """Run the body; map its outcome to the summary status and the exit code."""
+    reporter = Reporter(run.jsonl, len(run.items))
+    try:
+        summary = body(reporter, stop)
+    except WriteFailed as exc:
+        raise click.ClickException(str(exc)) from None
+    except BrokenPipeError:
+        # stdout closed by the reader (| head): stop quietly; the files written are valid.
+        _silence_stdout()
+        return RunSummary(total=len(run.items), status="broken-pipe"), 141
+    except KeyboardInterrupt:
+        # A second Ctrl-C: stop now. Files already renamed into place are complete.
+        return RunSummary(total=len(run.items), status="interrupted"), 130
+    except Exception as exc:
+        for kind, option in usage_errors.items():
+            if isinstance(exc, kind):
+                raise click.BadParameter(str(exc), param_hint=f"'{option}'") from None
+        raise
+    finally:
+        reporter.close()
+    if stop.exit_code is not None:
+        return summary, stop.exit_code
+    return summary, 1 if summary.failed else 0
+
+
+def _write_summaries(record: dict[str, Any], run: PreparedRun, kind: str) -> None:
+    """Write run.json (per shard); under torchrun, rank 0 merges every rank's summary."""
+    rank, output_dir = run.rank, run.output_dir
+    try:
+        if rank is None:
+            write_summary(output_dir / summary_name(kind, run.name_suffix), record)
+            return
+        summaries = gather_summaries(record, rank)
+        if rank.rank != 0:
+            return
+        base = run.name_suffix.split(".rank-")[0]
+        parts = [
+            index_name(kind, f"{base}.rank-{r}-of-{rank.world_size}")
+            for r in range(rank.world_size)
+        ]
+        merge_indexes(output_dir, parts, index_name(kind, base))
+        merged = dict(record)
+        merged["counts"] = {
+            key: sum(s["counts"][key] for s in summaries) for key in record["counts"]
+        }
+        merged["failures"] = [f for s in summaries for f in s["failures"]]
+        merged["processes"] = len(summaries)
+        merged["status"] = (
+            "complete" if all(s["status"] == "complete" for s in summaries) else "incomplete"
+        )
+        merged["exit_code"] = max(s["exit_code"] for s in summaries)
+        merged["wall_seconds"] = max(s["wall_seconds"] for s in summaries)
+        explained = merged["counts"]["explained"]
+        merged["images_per_second"] = (
+            round(explained / merged["wall_seconds"], 3) if merged["wall_seconds"] else None
+        )
+        merged["devices"] = [s["device"] for s in summaries]
+        write_summary(output_dir / summary_name(kind, base), merged)
+    except OSError as exc:
+        click.echo(f"camcli: cannot write the run summary: {exc}", err=True)
+
+
+def _silence_stdout() -> None:
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+
+
+def _report(summary: RunSummary, output_dir: Path, described: str, verb: str) -> None:
+    rate = summary.explained / summary.seconds if summary.seconds > 0 else 0.0
+    failed = f", {summary.failed} failed" if summary.failed else ""
+    if summary.skipped:
+        failed += f", {summary.skipped} up to date (reused)"
+    if summary.status == "interrupted":
+        failed += ", interrupted"
+    click.echo(
+        f"camcli: {verb} {summary.explained} of {summary.total} images{failed} with "
+        f"{described} in {summary.seconds:.1f} s ({rate:.1f} images/s); "
+        f"outputs in {output_dir}",
+        err=True,
+    )

@@ -1,0 +1,403 @@
+"""The options every batch command shares, as decorator groups, and ``--config`` files.
+
+Nothing here imports torch: ``camcli --help`` and ``camcli COMMAND --help`` read these.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import click
+
+from camcli.io import DEFAULT_MAX_PIXELS
+from camcli.models import EMBEDDED_MODEL
+
+__all__ = [
+    "CONTEXT",
+    "CommonOptions",
+    "Decorator",
+    "InputOptions",
+    "ModelOptions",
+    "OutputOptions",
+    "RuntimeOptions",
+    "alpha_option",
+    "config_option",
+    "crop_option",
+    "input_options",
+    "model_options",
+    "output_options",
+    "runtime_options",
+    "top_k_option",
+]
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
+
+
+def _group(*decorators: Decorator) -> Decorator:
+    """Apply several click decorators as one (listed in the order they appear in --help)."""
+
+    def apply(function: Callable[..., Any]) -> Callable[..., Any]:
+        for decorator in reversed(decorators):
+            function = decorator(function)
+        return function
+
+    return apply
+
+
+# --- option groups ----------------------------------------------------------------------
+
+input_options = _group(
+    click.argument(
+        "input_path",
+        metavar="INPUT",
+        type=click.Path(exists=True, allow_dash=True, path_type=Path),
+    ),
+    click.option(
+        "--null",
+        "-0",
+        is_flag=True,
+        help="With INPUT '-': paths on stdin are NUL-separated (find -print0), not one per line.",
+    ),
+    click.option(
+        "--root",
+        type=click.Path(exists=True, file_okay=False, path_type=Path),
+        help="With INPUT '-': relative paths are read from here and outputs mirror the tree "
+        "below it; absolute paths outside it are mirrored by their full path (leading '/' "
+        "removed, as tar does) [default: the working directory].",
+    ),
+    click.option(
+        "--shard",
+        help="K/N: process only shard K (0-based) of N, a stable split by file path, for "
+        "cron fan-out, SLURM arrays and indexed jobs.",
+    ),
+    click.option(
+        "--max-pixels",
+        type=click.IntRange(min=1),
+        default=DEFAULT_MAX_PIXELS,
+        show_default=True,
+        help="Refuse images with more pixels (decompression bombs); such files are reported "
+        "and skipped.",
+    ),
+)
+
+model_options = _group(
+    click.option(
+        "-m",
+        "--model",
+        "model_name",
+        default=EMBEDDED_MODEL,
+        show_default=True,
+        help="Model: the embedded default (works offline), a torchvision classifier "
+        "(densenet201, vgg16, vit_b_16, ...; see 'camcli models'), timm/NAME (a timm model, "
+        "e.g. timm/resnet50.a1_in1k), or your own architecture as FILE.py:FUNCTION or "
+        "package.module:FUNCTION, a factory returning an nn.Module. A factory is Python code "
+        "that camcli imports and runs: name only code you trust.",
+    ),
+    click.option(
+        "--weights",
+        type=click.Path(exists=True, dir_okay=False, path_type=Path),
+        help="Local weights for the architecture: a .pt/.pth state dict (loaded with "
+        "weights_only=True; a checkpoint holding it under 'state_dict' or 'model', or with "
+        "DataParallel's 'module.' prefixes, is unwrapped) or a .safetensors file.",
+    ),
+    click.option(
+        "--offline",
+        is_flag=True,
+        envvar="CAMCLI_OFFLINE",
+        help="Never download weights (also set by CAMCLI_OFFLINE=1).",
+    ),
+    click.option(
+        "--classes",
+        "classes_file",
+        type=click.Path(exists=True, dir_okay=False, path_type=Path),
+        help="Class names: one per line, a JSON list, or a JSON object index -> name; one per "
+        "model output (a single-logit model: 2 names, negative first). Used in predictions, "
+        "--target and to match class folders.",
+    ),
+    click.option(
+        "--input-size",
+        type=click.IntRange(min=1),
+        help="Side of the square model input [default: from the model, else 224].",
+    ),
+    click.option(
+        "--mean",
+        help="Normalisation mean on the [0, 1] scale, one value or one per channel "
+        "(0.485,0.456,0.406) [default: from the model; own models: ImageNet's for RGB, 0 "
+        "for one channel].",
+    ),
+    click.option(
+        "--std",
+        help="Normalisation standard deviation, like --mean [default: from the model; own "
+        "models: ImageNet's for RGB, 1 for one channel].",
+    ),
+    click.option(
+        "--interpolation",
+        type=click.Choice(["bilinear", "bicubic", "nearest"]),
+        help="Resampling of the model input [default: from the model, else bilinear].",
+    ),
+    click.option(
+        "--input-channels",
+        type=click.Choice(["1", "3"]),
+        help="Input channels: 3 (RGB) or 1 (decoded as single-channel L; overlays are still "
+        "drawn on the original photo) [default: from the model's first convolution].",
+    ),
+)
+
+runtime_options = _group(
+    click.option(
+        "-b",
+        "--batch-size",
+        type=click.IntRange(min=1),
+        default=None,
+        help="Images per forward pass [default: 64 on CUDA, 8 on CPU].",
+    ),
+    click.option(
+        "-j",
+        "--workers",
+        type=click.IntRange(min=0),
+        default=None,
+        help="Decoding processes; 0 decodes in the main process "
+        "[default: CPU: up to 4, one per spare core; CUDA: a third of the cores, up to 8].",
+    ),
+    click.option(
+        "--device",
+        default="auto",
+        show_default=True,
+        help="auto (CUDA when available), cpu, cuda or cuda:N.",
+    ),
+    click.option(
+        "--precision",
+        type=click.Choice(["fp32", "tf32", "bf16"]),
+        default="fp32",
+        show_default=True,
+        help="fp32; tf32 (TF32 matmuls and convolutions on CUDA); bf16 (autocast forward "
+        "passes; maps are still computed in float32).",
+    ),
+    click.option(
+        "--channels-last/--no-channels-last",
+        default=None,
+        help="Run the model in channels-last memory format [default: on the CPU, where it "
+        "made ResNet-18 about 20 % faster here; off on CUDA].",
+    ),
+    click.option(
+        "--resize-on",
+        type=click.Choice(["auto", "loader", "device"]),
+        default="auto",
+        show_default=True,
+        help="Where model inputs are resized: 'loader' (Pillow, in the decoding processes) "
+        "or 'device' (PyTorch's antialiased resampling, within 1/255 of Pillow's almost "
+        "everywhere; halves the decoding CPU per image). 'auto': device on CUDA, loader "
+        "elsewhere.",
+    ),
+)
+
+output_options = _group(
+    click.option(
+        "-o",
+        "--output-dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=Path("camcli-out"),
+        show_default=True,
+        help="Where outputs go; the input tree is mirrored under it.",
+    ),
+    click.option(
+        "--jsonl", is_flag=True, help="Print each image's record as one JSON line on stdout."
+    ),
+    click.option(
+        "--force", is_flag=True, help="Redo every image, even those whose outputs are up to date."
+    ),
+    click.option(
+        "--png-level",
+        type=click.Choice(["fast", *map(str, range(10))]),
+        default="fast",
+        show_default=True,
+        help="PNG encoding: 'fast' (Sub filter + ISA-L deflate, lossless) or an OpenCV zlib "
+        "level 0-9 (higher: smaller, slower).",
+    ),
+)
+
+# Options several commands take with the same meaning.
+top_k_option = click.option(
+    "-k",
+    "--top-k",
+    type=click.IntRange(min=1),
+    default=5,
+    show_default=True,
+    help="Number of predictions recorded per image.",
+)
+crop_option = click.option(
+    "--crop/--resize",
+    default=False,
+    show_default=True,
+    help="Centre-crop as in the weights' evaluation, or resize the whole image "
+    "(default: the model sees the whole image).",
+)
+alpha_option = click.option(
+    "--alpha",
+    type=click.FloatRange(0, 1),
+    default=0.5,
+    show_default=True,
+    help="Heatmap weight in the overlays.",
+)
+
+# Config-file keys that differ from the parameter names.
+_CONFIG_ALIASES = {
+    "model": "model_name",
+    "layer": "layers",
+    "method": "methods",
+    "classes": "classes_file",
+}
+
+
+def _load_config(ctx: click.Context, _param: click.Parameter, value: Path | None) -> Path | None:
+    """Read a TOML config file into the command's defaults (options on the line still win).
+
+    The file may hold the options at the top level or in a table named after the command
+    (``[explain]``, ``[features]``); keys are option names (``batch-size`` or ``batch_size``).
+    The files that define the model (``weights``, ``classes``, a ``model = "FILE.py:FUNC"``
+    factory file) are found relative to the config file, so a model's config, factory and
+    class file can live together and work from any directory.
+    """
+    if value is None:
+        return None
+    try:
+        data = tomllib.loads(value.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise click.BadParameter(f"cannot read {value}: {exc}", ctx=ctx) from None
+    command = ctx.command.name or ""
+    data = data.get(command, data)
+    params = {p.name: p for p in ctx.command.params if p.name}
+    defaults = {}
+    for key, setting in data.items():
+        if isinstance(setting, dict):
+            continue  # a table for another command
+        name = key.replace("-", "_")
+        name = _CONFIG_ALIASES.get(name, name)
+        if name not in params or name == "input_path":
+            raise click.BadParameter(f"{value} sets unknown option {key!r}", ctx=ctx)
+        if getattr(params[name], "multiple", False) and not isinstance(setting, list):
+            setting = [setting]
+        elif isinstance(setting, list) and not getattr(params[name], "multiple", False):
+            setting = ",".join(str(item) for item in setting)  # mean = [0.5, 0.5, 0.5]
+        defaults[name] = _beside_config(name, setting, value.parent)
+    ctx.default_map = {**(ctx.default_map or {}), **defaults}
+    return value
+
+
+def _beside_config(name: str, setting: Any, folder: Path) -> Any:
+    """A model-defining relative path in a config file, read from the config's folder."""
+    if not isinstance(setting, str):
+        return setting
+    if name in ("weights", "classes_file") and not Path(setting).expanduser().is_absolute():
+        return str(folder / setting)
+    if name == "model_name" and ".py:" in setting:
+        file, _, function = setting.rpartition(":")
+        if not Path(file).expanduser().is_absolute():
+            return f"{folder / file}:{function}"
+    return setting
+
+
+config_option = click.option(
+    "--config",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    is_eager=True,
+    expose_value=False,
+    callback=_load_config,
+    help="TOML file of option defaults (see configs/).",
+)
+
+
+# --- the typed values of the option groups ------------------------------------------------
+
+
+@dataclass(frozen=True)
+class InputOptions:
+    """What to read: ``INPUT``, ``--null``, ``--root``, ``--shard``, ``--max-pixels``."""
+
+    input_path: Path
+    null: bool = False
+    root: Path | None = None
+    shard: str | None = None
+    max_pixels: int = DEFAULT_MAX_PIXELS
+
+
+@dataclass(frozen=True)
+class ModelOptions:
+    """Which model and how it reads images: ``--model``, ``--weights`` and the rest."""
+
+    model_name: str = EMBEDDED_MODEL
+    weights: Path | None = None
+    offline: bool = False
+    classes_file: Path | None = None
+    input_size: int | None = None
+    mean: str | None = None
+    std: str | None = None
+    interpolation: str | None = None
+    input_channels: int | None = None
+
+
+@dataclass(frozen=True)
+class RuntimeOptions:
+    """How to run: batch size, decoding processes, device, precision, layout, resizing."""
+
+    batch_size: int | None = None
+    workers: int | None = None
+    device: str = "auto"
+    precision: str = "fp32"
+    channels_last: bool | None = None
+    resize_on: str = "auto"
+
+
+@dataclass(frozen=True)
+class OutputOptions:
+    """Where and how results go: ``--output-dir``, ``--jsonl``, ``--force``, ``--png-level``."""
+
+    output_dir: Path = Path("camcli-out")
+    jsonl: bool = False
+    force: bool = False
+    png_level: str = "fast"
+
+
+@dataclass(frozen=True)
+class CommonOptions:
+    """The option groups every batch command shares, as typed values."""
+
+    inputs: InputOptions
+    model: ModelOptions
+    runtime: RuntimeOptions
+    output: OutputOptions
+
+    @classmethod
+    def take(cls, options: dict[str, Any], model: ModelOptions | None = None) -> CommonOptions:
+        """Pop the shared groups' values out of a command's keyword arguments.
+
+        What remains in ``options`` are the command's own options.
+
+        Args:
+            options: Click's keyword arguments of the command (changed in place).
+            model: the model options, for a command without the model group (``compare``).
+
+        """
+
+        def take_group(kind: type[Any]) -> Any:
+            return kind(**{f.name: options.pop(f.name) for f in fields(kind) if f.name in options})
+
+        inputs = take_group(InputOptions)
+        if model is None:
+            channels = options.pop("input_channels", None)
+            model = take_group(ModelOptions)
+            model = ModelOptions(
+                **{**model.__dict__, "input_channels": int(channels) if channels else None}
+            )
+        return cls(
+            inputs=inputs,
+            model=model,
+            runtime=take_group(RuntimeOptions),
+            output=take_group(OutputOptions),
+        )

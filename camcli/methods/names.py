@@ -1,0 +1,96 @@
+"""The names ``--method`` and ``--metrics`` accept, and their parsing (no torch here).
+
+The command line reads these to check options and write its help without importing the
+methods themselves; :mod:`camcli.methods.batch` computes them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+__all__ = [
+    "ALL_METHODS",
+    "DEFAULT_METHODS",
+    "GRADIENT_METHODS",
+    "IG_BASELINES",
+    "IMAGE_METHODS",
+    "MAP_METHODS",
+    "METRICS",
+    "RISE_LAYER",
+    "parse_methods",
+    "parse_metrics",
+]
+
+GRADIENT_METHODS = ("gradcam", "gradcam++", "xgradcam", "layercam", "hirescam")
+MAP_METHODS = (*GRADIENT_METHODS, "cam", "eigencam", "scorecam", "rise")
+IMAGE_METHODS = ("guided", "guided-gradcam", "smoothgrad", "lrp", "ig")
+RISE_LAYER = "input"  # RISE's map is keyed by this instead of a layer
+ALL_METHODS = MAP_METHODS + IMAGE_METHODS
+DEFAULT_METHODS = ("gradcam", "guided")
+_ALIASES = {
+    "grad-cam": "gradcam",
+    "grad-cam++": "gradcam++",
+    "gradcampp": "gradcam++",
+    "gradcamplusplus": "gradcam++",
+    "guided-backprop": "guided",
+    "guidedbackprop": "guided",
+    "score-cam": "scorecam",
+    "eigen-cam": "eigencam",
+    "layer-cam": "layercam",
+    "xgrad-cam": "xgradcam",
+    "hires-cam": "hirescam",
+    "guided-grad-cam": "guided-gradcam",
+    "integrated-gradients": "ig",
+    "integratedgradients": "ig",
+}
+
+
+def parse_methods(values: Sequence[str]) -> tuple[str, ...]:
+    """Read ``--method`` values (repeatable, comma-separated), in canonical order, no repeats.
+
+    Raises:
+        ValueError: naming an unknown method and listing the known ones.
+
+    """
+    chosen: set[str] = set()
+    for value in values:
+        for part in value.split(","):
+            name = part.strip().lower().replace("_", "-")
+            if not name:
+                continue
+            name = _ALIASES.get(name, name)
+            if name not in ALL_METHODS:
+                raise ValueError(
+                    f"unknown method {part.strip()!r}; known: {', '.join(ALL_METHODS)}"
+                )
+            chosen.add(name)
+    if not chosen:
+        raise ValueError(f"no method given; known: {', '.join(ALL_METHODS)}")
+    return tuple(m for m in ALL_METHODS if m in chosen)
+
+
+# Faithfulness scores (camcli.methods.metrics computes them).
+METRICS = ("deletion", "insertion", "drop")
+# Where Integrated Gradients' path starts (camcli.methods.integrated).
+IG_BASELINES = ("black", "blur")
+
+
+def parse_metrics(text: str) -> tuple[str, ...]:
+    """Read ``--metrics`` (comma-separated; ``all`` for every one), in canonical order.
+
+    Raises:
+        ValueError: naming an unknown metric and listing the known ones.
+
+    """
+    chosen: set[str] = set()
+    for part in text.split(","):
+        name = part.strip().lower()
+        if not name or name == "none":
+            continue
+        if name == "all":
+            chosen.update(METRICS)
+        elif name in METRICS:
+            chosen.add(name)
+        else:
+            raise ValueError(f"unknown metric {part.strip()!r}; known: {', '.join(METRICS)}")
+    return tuple(m for m in METRICS if m in chosen)

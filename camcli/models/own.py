@@ -1,0 +1,496 @@
+"""Models people trained themselves: a factory in a Python file or module, and timm models.
+
+``--model path/to/file.py:build`` (or ``package.module:build``) imports that code and calls
+``build()``, which must return an ``nn.Module``; ``--model timm/NAME`` builds a timm model
+with its ``pretrained_cfg`` preprocessing. Both then load ``--weights`` (a ``.pt``/``.pth``
+state dict read with ``weights_only=True``, or ``.safetensors``).
+
+What the model itself knows is used as the default: the input channels of its first
+convolution, the input size and normalisation in a timm-style ``pretrained_cfg``, the number
+of outputs (one forward pass on a blank image). A single-logit network is a sigmoid
+classifier: :func:`present_binary` shows it as two classes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib
+import importlib.util
+import math
+import os
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+import torch
+from torch import nn
+
+from camcli.models.classes import ClassIndex, imagenet_classes
+from camcli.models.layers import default_layer
+from camcli.models.loaded import LoadedModel, ModelUnavailable, Preprocessing, load_state_dict_file
+
+__all__ = [
+    "BINARY_NAMES",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "ModelSpecError",
+    "OptionProblem",
+    "OutputMismatch",
+    "customise_model",
+    "is_factory_spec",
+    "is_timm_spec",
+    "load_factory_model",
+    "load_module_model",
+    "load_timm_model",
+    "parse_floats",
+    "present_binary",
+    "probe_outputs",
+]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+BINARY_NAMES = ("negative", "positive")
+TIMM_PREFIX = "timm/"
+
+
+class ModelSpecError(ValueError):
+    """A ``--model`` value that names no usable factory or timm model (a usage mistake)."""
+
+
+class OutputMismatch(ValueError):
+    """The model does not take the stated input or returns something other than logits."""
+
+
+def is_factory_spec(name: str) -> bool:
+    """``True`` for ``FILE.py:FUNCTION`` and ``package.module:FUNCTION`` (or ``Class.method``)."""
+    module, sep, function = name.rpartition(":")
+    return bool(sep and module and all(part.isidentifier() for part in function.split(".")))
+
+
+def is_timm_spec(name: str) -> bool:
+    """``True`` for ``timm/NAME`` (a timm model name, optionally with a ``.tag``)."""
+    return name.startswith(TIMM_PREFIX) and len(name) > len(TIMM_PREFIX)
+
+
+def _call_factory(spec: str) -> nn.Module:
+    """Import the module of ``spec`` and call its factory (code the user asked to run)."""
+    location, _, function = spec.rpartition(":")
+    folder: str | None = None
+    try:
+        if location.endswith(".py"):
+            path = Path(location).expanduser().resolve()
+            if not path.is_file():
+                raise ModelSpecError(f"factory file {location} does not exist")
+            digest = hashlib.sha1(str(path).encode("utf-8", "surrogateescape")).hexdigest()[:12]
+            module_name = f"camcli_factory_{path.stem}_{digest}"
+            spec_obj = importlib.util.spec_from_file_location(module_name, path)
+            if spec_obj is None or spec_obj.loader is None:
+                raise ModelSpecError(f"cannot import {location} as Python code")
+            module = importlib.util.module_from_spec(spec_obj)
+            # As when the file runs as a script: its folder is importable (also while the
+            # factory runs), and it is a registered module (dataclasses need that).
+            folder = str(path.parent)
+            sys.path.insert(0, folder)
+            sys.modules[module_name] = module
+            try:
+                spec_obj.loader.exec_module(module)
+            except Exception as exc:
+                del sys.modules[module_name]
+                raise ModelUnavailable(f"importing {location} failed: {_short(exc)}") from None
+        else:
+            # As ``python -m`` does: packages in the working directory are importable.
+            folder = os.getcwd()
+            sys.path.insert(0, folder)
+            try:
+                module = importlib.import_module(location)
+            except ImportError as exc:
+                raise ModelSpecError(f"cannot import module {location!r}: {_short(exc)}") from None
+        factory: Any = module
+        for part in function.split("."):  # FUNCTION or Class.factory_method
+            factory = getattr(factory, part, None)
+        if not callable(factory):
+            raise ModelSpecError(f"{location} has no function named {function!r}")
+        try:
+            built = factory()
+        except Exception as exc:
+            raise ModelUnavailable(f"{spec}() failed: {_short(exc)}") from None
+    finally:
+        if folder is not None and folder in sys.path:
+            sys.path.remove(folder)
+    if not isinstance(built, nn.Module):
+        raise ModelSpecError(f"{spec}() returned {type(built).__name__}, not a torch nn.Module")
+    return built
+
+
+def _short(error: BaseException, limit: int = 240) -> str:
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    text = " ".join(lines[:2]) if lines else type(error).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _load_into(module: nn.Module, weights: Path, what: str) -> None:
+    state = load_state_dict_file(weights)
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as exc:
+        raise ModelUnavailable(
+            f"weights file {weights} does not fit {what}: {_short(exc)}"
+        ) from None
+
+
+def _input_channels(module: nn.Module) -> int:
+    """Input channels of the first convolution (3 when the model has none)."""
+    for child in module.modules():
+        if isinstance(child, nn.Conv2d | nn.Conv1d | nn.Conv3d):
+            return int(child.in_channels)
+    return 3
+
+
+def _stated_preprocessing(module: nn.Module) -> Preprocessing:
+    """What the model says about its input, with defaults for what it does not say.
+
+    A timm-style ``pretrained_cfg`` (or ``default_cfg``) gives size, crop, mean, std and
+    interpolation; a patch embedding gives the size; the first convolution the channels.
+    Otherwise: 224 pixels, ImageNet mean and std for RGB, no normalisation (mean 0, std 1,
+    as ``ToTensor()`` alone) for one channel.
+    """
+    cfg: dict[str, Any] = dict(
+        getattr(module, "pretrained_cfg", None) or getattr(module, "default_cfg", None) or {}
+    )
+    channels = _input_channels(module)
+    size = 224
+    if "input_size" in cfg:
+        channels, size = int(cfg["input_size"][0]), int(cfg["input_size"][-1])
+    else:
+        patch_size = getattr(getattr(module, "patch_embed", None), "img_size", None)
+        if isinstance(patch_size, int | tuple | list) and patch_size:
+            size = int(patch_size if isinstance(patch_size, int) else patch_size[-1])
+    crop_pct = float(cfg.get("crop_pct") or 1.0)
+    default_mean = IMAGENET_MEAN if channels == 3 else (0.0,) * channels
+    default_std = IMAGENET_STD if channels == 3 else (1.0,) * channels
+    mean = tuple(float(v) for v in cfg.get("mean", default_mean))
+    std = tuple(float(v) for v in cfg.get("std", default_std))
+    interpolation = str(cfg.get("interpolation") or "bilinear")
+    if interpolation not in ("bilinear", "bicubic", "nearest"):
+        interpolation = "bilinear"
+    return Preprocessing(
+        size=size,
+        resize_size=max(size, math.floor(size / crop_pct)),
+        mean=mean,
+        std=std,
+        interpolation=interpolation,
+        channels=channels,
+    )
+
+
+def probe_outputs(module: nn.Module, prep: Preprocessing) -> int:
+    """Number of outputs of the model for one blank input of the stated shape.
+
+    Raises:
+        OutputMismatch: when the forward pass fails or does not return ``(1, K)`` logits.
+
+    """
+    was_training = module.training
+    device = next((p.device for p in module.parameters()), torch.device("cpu"))
+    shape = (1, prep.channels, prep.size, prep.size)
+    try:
+        module.eval()
+        with torch.no_grad():
+            output = module(torch.zeros(shape, device=device))
+    except Exception as exc:
+        raise OutputMismatch(
+            f"the model does not take a {prep.channels}-channel {prep.size} x {prep.size} "
+            f"input ({_short(exc, 160)}); set --input-channels and --input-size"
+        ) from None
+    finally:
+        module.train(was_training)
+    if not isinstance(output, torch.Tensor) or output.dim() not in (1, 2) or output.shape[0] != 1:
+        got = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
+        raise OutputMismatch(f"the model returns {got}; camcli needs logits of shape (N, classes)")
+    return 1 if output.dim() == 1 else int(output.shape[1])
+
+
+def _signed_logits(_module: nn.Module, _inputs: Any, output: torch.Tensor) -> torch.Tensor:
+    z = output if output.dim() == 2 else output[:, None]
+    return torch.cat([-z, z], dim=1)
+
+
+def present_binary(loaded: LoadedModel) -> LoadedModel:
+    """Show a single-logit (sigmoid) model as two classes: ``[-z, z]``, negative first.
+
+    The model's output is replaced by the signed logits through a forward hook, so layer
+    names stay those of the user's module. Each class's probability is the sigmoid of its
+    signed logit (``p`` and ``1 - p``); explaining the negative class explains ``-z``.
+    """
+    if loaded.binary:
+        return loaded
+    loaded.module.register_forward_hook(_signed_logits)
+    classes = loaded.classes if len(loaded.classes) == 2 else ClassIndex(list(BINARY_NAMES))
+    return replace(loaded, classes=classes, binary=True)
+
+
+def _finish(name: str, module: nn.Module, prep: Preprocessing, weights: str) -> LoadedModel:
+    module.eval()
+    outputs = probe_outputs(module, prep)
+    classes = imagenet_classes() if outputs == 1000 else ClassIndex.numbered(outputs)
+    loaded = LoadedModel(
+        name=name,
+        module=module,
+        preprocessing=prep,
+        classes=classes,
+        default_layer=default_layer(name, module, prep.size, prep.channels),
+        weights=weights,
+    )
+    return present_binary(loaded) if outputs == 1 else loaded
+
+
+def load_module_model(module: nn.Module, name: str | None = None) -> LoadedModel:
+    """Wrap a module a caller built (the library's ``Explainer(model=module)``).
+
+    Its preprocessing is what it states (``camcli_preprocessing`` or the timm-style
+    ``pretrained_cfg``), else ImageNet's at 224 x 224; classes and the default layer are
+    found as for a factory. The caller's module is used as it is (put in eval mode).
+
+    Raises:
+        OutputMismatch: the module does not take its stated input.
+
+    """
+    prep = _stated_preprocessing(module)
+    label = name or type(module).__name__
+    return _finish(label, module, prep, f"given module ({label})")
+
+
+def load_factory_model(
+    spec: str,
+    weights: Path | None,
+    input_size: int | None = None,
+    input_channels: int | None = None,
+) -> LoadedModel:
+    """Build the model of ``FILE.py:FUNCTION`` / ``module:FUNCTION`` and load ``weights``.
+
+    ``input_size`` and ``input_channels`` (the user's ``--input-size`` / ``--input-channels``)
+    replace what the model states before it is first probed, so a model whose head needs
+    another size than the 224 default loads.
+
+    Raises:
+        ModelSpecError: the file, module or function is missing, or it returns no module.
+        ModelUnavailable: the factory or the weights fail.
+        OutputMismatch: the model does not take its stated input.
+
+    """
+    module = _call_factory(spec)
+    if weights is not None:
+        _load_into(module, weights, spec)
+    prep = _stated_preprocessing(module)
+    if input_size is not None and input_size != prep.size:
+        prep = replace(prep, size=input_size, resize_size=input_size)
+    if input_channels is not None and input_channels != prep.channels:
+        prep = replace(
+            prep,
+            channels=input_channels,
+            mean=_per_channel(None, prep.mean, input_channels, "--mean"),
+            std=_per_channel(None, prep.std, input_channels, "--std"),
+        )
+    return _finish(spec, module, prep, str(weights or spec))
+
+
+def _timm_cached_weights(model_name: str, offline: bool) -> nn.Module:
+    """A timm model with pretrained weights from the local cache (or downloaded when allowed)."""
+    import timm
+    from huggingface_hub import constants
+
+    def refuse(*_args: Any, **_kwargs: Any) -> None:
+        raise OSError("downloads are off")
+
+    with contextlib.ExitStack() as stack:
+        if offline:
+            # Read at call time by huggingface_hub: no request leaves, the cache still works.
+            stack.enter_context(mock.patch.object(constants, "HF_HUB_OFFLINE", True))
+            stack.enter_context(mock.patch.object(torch.hub, "download_url_to_file", refuse))
+        try:
+            return timm.create_model(model_name, pretrained=True)
+        except Exception as exc:
+            state = (
+                "downloads are off" if offline else f"the download failed ({type(exc).__name__})"
+            )
+            raise ModelUnavailable(
+                f"weights for timm/{model_name} are not in the local Hugging Face cache and "
+                f"{state}: run once with a network to cache them, or pass --weights FILE"
+            ) from None
+
+
+def load_timm_model(spec: str, weights: Path | None, offline: bool) -> LoadedModel:
+    """Build ``timm/NAME`` with timm's preprocessing; weights from ``weights`` or the cache.
+
+    Raises:
+        ModelSpecError: timm has no such model.
+        ModelUnavailable: the weights are not available.
+
+    """
+    import timm
+
+    model_name = spec.removeprefix(TIMM_PREFIX)
+    if not timm.is_model(model_name):
+        import difflib
+
+        close = difflib.get_close_matches(model_name, timm.list_models(), n=3, cutoff=0.6)
+        hint = f"; did you mean {', '.join('timm/' + c for c in close)}?" if close else ""
+        raise ModelSpecError(f"timm has no model named {model_name!r}{hint}")
+    if weights is not None:
+        module = timm.create_model(model_name, pretrained=False)
+        _load_into(module, weights, spec)
+        source = str(weights)
+    else:
+        module = _timm_cached_weights(model_name, offline)
+        source = f"timm cache: {model_name}"
+    prep = _stated_preprocessing(module)
+    from timm.data import resolve_data_config
+
+    data_cfg = resolve_data_config({}, model=module)
+    size = int(data_cfg["input_size"][-1])
+    prep = Preprocessing(
+        size=size,
+        resize_size=max(size, math.floor(size / float(data_cfg.get("crop_pct") or 1.0))),
+        mean=tuple(float(v) for v in data_cfg["mean"]),
+        std=tuple(float(v) for v in data_cfg["std"]),
+        interpolation=str(data_cfg.get("interpolation") or prep.interpolation),
+        channels=int(data_cfg["input_size"][0]),
+    )
+    if prep.interpolation not in ("bilinear", "bicubic", "nearest"):
+        prep = replace(prep, interpolation="bilinear")
+    loaded = _finish(spec, module, prep, source)
+    feature_info = getattr(module, "feature_info", None)
+    if feature_info and loaded.default_layer and _is_cnn_fallback(module):
+        last = feature_info[-1].get("module") if isinstance(feature_info[-1], dict) else None
+        if last and last in dict(module.named_modules()):
+            loaded = replace(loaded, default_layer=last)
+    return loaded
+
+
+def _is_cnn_fallback(module: nn.Module) -> bool:
+    from camcli.models.layers import transformer_layer
+
+    return transformer_layer(module) is None
+
+
+class OptionProblem(ValueError):
+    """A model option that does not fit the model; ``option`` names it (exit 2 at the CLI)."""
+
+    def __init__(self, option: str, message: str) -> None:
+        super().__init__(message)
+        self.option = option
+
+
+def parse_floats(text: str | None, option: str) -> tuple[float, ...] | None:
+    """Read ``--mean``/``--std``: one number or comma-separated numbers per channel."""
+    if text is None:
+        return None
+    try:
+        values = tuple(float(part) for part in str(text).replace(" ", "").split(",") if part)
+    except ValueError:
+        raise OptionProblem(option, f"{text!r} is not a number or a comma-separated list") from None
+    if not values:
+        raise OptionProblem(option, "give one number, or one per input channel")
+    if option == "--std" and any(v <= 0 for v in values):
+        raise OptionProblem(option, f"every standard deviation must be positive, got {text!r}")
+    return values
+
+
+def _per_channel(
+    given: tuple[float, ...] | None, default: tuple[float, ...], channels: int, option: str
+) -> tuple[float, ...]:
+    if given is not None:
+        if len(given) == 1:
+            return given * channels
+        if len(given) != channels:
+            wanted = "1 value" if channels == 1 else f"1 or {channels} values"
+            raise OptionProblem(option, f"give {wanted} for a {channels}-channel input")
+        return given
+    if len(default) == channels:
+        return default
+    if channels == 1:  # an RGB model read as grey: one value, the mean of the three
+        return (sum(default) / len(default),)
+    return (default[0],) * channels
+
+
+def customise_model(
+    loaded: LoadedModel,
+    *,
+    input_size: int | None = None,
+    mean: str | None = None,
+    std: str | None = None,
+    interpolation: str | None = None,
+    channels: int | None = None,
+    classes_file: Path | None = None,
+) -> LoadedModel:
+    """Apply the preprocessing and class options to a loaded model, checking they fit.
+
+    A changed input shape is checked with one forward pass on a blank image; the class file
+    must name one class per output (two for a single-logit model: negative, then positive).
+    A single-output model is presented as a binary classifier (:func:`present_binary`).
+
+    Raises:
+        OptionProblem: naming the option that does not fit (before any image is read).
+
+    """
+    from camcli.models.classes import ClassFileError, read_class_file
+
+    prep = loaded.preprocessing
+    new_channels = channels or prep.channels
+    new_size = input_size or prep.size
+    resize_size = prep.resize_size
+    if new_size != prep.size:
+        resize_size = max(new_size, round(prep.resize_size * new_size / prep.size))
+    changed = replace(
+        prep,
+        size=new_size,
+        resize_size=resize_size,
+        channels=new_channels,
+        mean=_per_channel(parse_floats(mean, "--mean"), prep.mean, new_channels, "--mean"),
+        std=_per_channel(parse_floats(std, "--std"), prep.std, new_channels, "--std"),
+        interpolation=interpolation or prep.interpolation,
+    )
+    if changed != prep:
+        loaded = replace(loaded, preprocessing=changed)
+    if (new_channels, new_size) != (prep.channels, prep.size):
+        try:
+            outputs = probe_outputs(loaded.module, changed)
+        except OutputMismatch as exc:
+            if new_channels == prep.channels:  # only the size changed: a fixed-size head
+                raise OptionProblem(
+                    "--input-size",
+                    f"{loaded.name} cannot run at a {new_size} x {new_size} input (its head "
+                    f"has a fixed size); leave out --input-size to use its default input "
+                    f"size {prep.size}",
+                ) from None
+            raise OptionProblem("--input-channels", str(exc)) from None
+        expected = 1 if loaded.binary else len(loaded.classes)
+        if outputs != expected and not (loaded.binary and outputs == 2):
+            loaded = replace(loaded, classes=ClassIndex.numbered(outputs))
+    if not loaded.binary and len(loaded.classes) == 1:
+        loaded = present_binary(loaded)
+    if classes_file is not None:
+        try:
+            names = read_class_file(classes_file)
+        except ClassFileError as exc:
+            raise OptionProblem("--classes", str(exc)) from None
+        if loaded.binary and len(names) != 2:
+            raise OptionProblem(
+                "--classes",
+                f"{classes_file} names {len(names)} class(es), but the model has one output "
+                "(a sigmoid classifier): give 2 names, the negative class first",
+            )
+        if not loaded.binary and len(names) != len(loaded.classes):
+            raise OptionProblem(
+                "--classes",
+                f"{classes_file} names {len(names)} classes, but the model has "
+                f"{len(loaded.classes)} outputs",
+            )
+        digest = hashlib.sha256("\n".join(names).encode("utf-8")).hexdigest()[:16]
+        loaded = replace(
+            loaded, classes=ClassIndex(names), classes_source=f"{classes_file} ({digest})"
+        )
+    return loaded

@@ -1,0 +1,458 @@
+"""The batch loop every batch command shares: reuse, decode, device work, bounded writes.
+
+A command supplies its device work as a :class:`BatchWork`: ``launch`` queues a batch's
+computations (and their copies back to the host), ``finish`` turns a launched batch into
+per-image records and file jobs. The loop does the rest, the same way for every command:
+images whose outputs are up to date are reused, failures are reported and indexed, decoding
+runs in loader workers ahead of the device, each batch is launched before the previous one is
+finished (on a GPU the host prepares one batch while the device computes the next), a batch
+that runs out of device memory is retried in halves, and encoding/writing runs in a thread
+pool behind with a bounded number of images (and bytes) in flight.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from camcli.io.decode import Batch, make_loader, model_inputs_on_device, unpack_pixels
+from camcli.io.discover import ImageItem
+from camcli.io.resume import input_stat, up_to_date
+from camcli.io.write import IndexWriter, atomic_write_bytes, record_path, write_json
+from camcli.models.loaded import LoadedModel
+from camcli.runs.settings import Settings
+
+__all__ = [
+    "MAX_PENDING_BYTES",
+    "BatchWork",
+    "FileJob",
+    "ImageOutput",
+    "Reporter",
+    "RunSummary",
+    "WriteFailed",
+    "backend_settings",
+    "reusable_records",
+    "run_batches",
+    "write_image_files",
+]
+
+
+class WriteFailed(RuntimeError):
+    """An output file could not be written (disk full, permissions); the run stops."""
+
+
+class Reporter(Protocol):
+    """Receives what a run produces, as it happens."""
+
+    def record(self, record: dict[str, Any]) -> None:
+        """An image was explained and its files written, or it failed (``status`` says)."""
+
+    def advance(self, count: int) -> None:
+        """``count`` more images are finished."""
+
+
+@dataclass
+class RunSummary:
+    """Counts of a finished run."""
+
+    total: int
+    explained: int = 0
+    skipped: int = 0
+    failed: int = 0
+    status: str = "complete"
+    failures: list[tuple[str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)  # more fields for run.json
+
+
+# One file to write: its path and a function producing its bytes (run in a writer thread).
+FileJob = tuple[Path, Callable[[], bytes]]
+# Writes one image's files and then its record: (jobs, record file, record).
+WriteFiles = Callable[[list[FileJob], Path, dict[str, Any]], None]
+
+MAX_PENDING_BYTES = 2 << 30  # pictures waiting to be written: large photos wait sooner
+
+
+def write_image_files(
+    jobs: list[FileJob],
+    record_file: Path,
+    record: dict[str, Any],
+    write: Callable[[Path, bytes], None] = atomic_write_bytes,
+) -> None:
+    """Encode and write one image's files; the JSON record last, so it marks completion.
+
+    An older record is removed first: while its files are being replaced it must not
+    vouch for them.
+
+    Args:
+        jobs: the files, each a path and a function making its bytes.
+        record_file: where the JSON record goes.
+        record: the record.
+        write: writes one file's bytes (atomically).
+
+    """
+    record_file.unlink(missing_ok=True)
+    for path, produce in jobs:
+        write(path, produce())
+    write_json(record_file, record)
+
+
+@dataclass
+class ImageOutput:
+    """What a command made for one image of a batch.
+
+    Attributes:
+        record: the image's JSON record (the loop adds ``settings_key`` and ``input``); a
+            record with ``"status": "error"`` and an ``error`` message reports the image as
+            failed instead (nothing is written).
+        jobs: its files.
+        size: bytes of pictures the jobs hold (bounds the writes in flight).
+
+    """
+
+    record: dict[str, Any]
+    jobs: list[FileJob]
+    size: int
+
+
+class BatchWork(Protocol):
+    """A command's device work on a batch, in two steps so batches can overlap."""
+
+    def launch(
+        self, part: Batch, positions: list[int], pixels: list[torch.Tensor], inputs: torch.Tensor
+    ) -> Any:
+        """Queue the batch's device work and its copies back; return what ``finish`` needs.
+
+        Args:
+            part: the decoded batch.
+            positions: each image's position in the run's item list.
+            pixels: the original photos on the device, ``(H, W, 3)`` uint8 each.
+            inputs: the normalised model inputs on the device, ``(N, 3, S, S)``.
+
+        """
+
+    def finish(self, launched: Any) -> list[ImageOutput]:
+        """Once the copies have landed: one output per image, in batch order."""
+
+
+@dataclass
+class _Pending:
+    item: ImageItem
+    record: dict[str, Any]
+    future: Future[None]
+    size: int  # bytes of pictures the write holds
+
+
+@dataclass
+class _Launched:
+    part: Batch
+    positions: list[int]
+    work: Any
+
+
+@contextlib.contextmanager
+def backend_settings(settings: Settings) -> Iterator[None]:
+    """TF32 and cuDNN autotuning for the run, restored afterwards."""
+    cuda = settings.device.type == "cuda"
+    saved = (
+        torch.backends.cuda.matmul.allow_tf32,
+        torch.backends.cudnn.allow_tf32,
+        torch.backends.cudnn.benchmark,
+    )
+    try:
+        tf32 = settings.precision == "tf32"
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        torch.backends.cudnn.allow_tf32 = tf32
+        torch.backends.cudnn.benchmark = cuda  # fixed input size: autotuned kernels pay off
+        yield
+    finally:
+        (
+            torch.backends.cuda.matmul.allow_tf32,
+            torch.backends.cudnn.allow_tf32,
+            torch.backends.cudnn.benchmark,
+        ) = saved
+
+
+def run_batches(
+    items: Sequence[ImageItem],
+    model: LoadedModel,
+    settings: Settings,
+    reporter: Reporter,
+    key: str,
+    start_work: Callable[[torch.nn.Module], BatchWork],
+    index_entry: Callable[[ImageItem, dict[str, Any]], dict[str, Any]],
+    stop: threading.Event | None = None,
+    write_files: WriteFiles = write_image_files,
+    max_pending_bytes: int = MAX_PENDING_BYTES,
+) -> RunSummary:
+    """Run a command's batch work over every image; write files, the index and records.
+
+    Images whose outputs are up to date (same input content, same ``key``, every file
+    present) are reused unless ``settings.force``. When ``stop`` is set, no new batch is
+    started; what is in flight is finished and written.
+
+    Args:
+        items: the images, in output order.
+        model: the loaded model (moved to ``settings.device``).
+        settings: run settings (device, batching, precision, output directory, force).
+        reporter: receives records and progress.
+        key: the settings key that decides what a re-run reuses.
+        start_work: given the model's module on the device, the command's batch work.
+        index_entry: the index line of an image from its record.
+        stop: set it (from a signal handler) to end the run early and cleanly.
+        write_files: writes one image's files and record (in a writer thread).
+        max_pending_bytes: bytes of pictures that may wait to be written.
+
+    Returns:
+        Counts and failures; ``status`` is ``complete`` or ``interrupted``.
+
+    Raises:
+        WriteFailed: when an output cannot be written; files already written stay valid.
+
+    """
+    start = time.perf_counter()
+    device = settings.device
+    module = model.module.to(device)
+    if settings.channels_last:
+        module = module.to(memory_format=torch.channels_last)
+    summary = RunSummary(total=len(items))
+    index = IndexWriter(settings.output_dir, settings.index_name)
+    stats = _input_stats(items)
+
+    def fail(item: ImageItem, message: str) -> None:
+        summary.failed += 1
+        summary.failures.append((str(item.relative), message))
+        entry = {
+            "image": str(item.relative),
+            "source": str(item.path),
+            "status": "error",
+            "error": message,
+        }
+        reporter.record(entry)
+        index.add(entry)
+        reporter.advance(1)
+
+    completed = False
+    pool = ThreadPoolExecutor(
+        max_workers=max(1, settings.write_threads), thread_name_prefix="camcli-write"
+    )
+    try:
+        todo = []
+        reusable = reusable_records(items, settings, key)
+        claimed: dict[str, Path] = {}  # output path -> the input that writes it
+        for position, item in enumerate(items):
+            first = claimed.setdefault(str(item.relative), item.path)
+            if ".." in item.relative.parts or item.relative.is_absolute():
+                fail(
+                    item,
+                    "a relative path that climbs out of the input root with '..' (its outputs "
+                    "would leave the output directory): pass --root DIR with a folder that "
+                    "holds it, or list absolute paths",
+                )
+            elif first != item.path:
+                # A mirrored absolute path can spell a root-relative one: never overwrite.
+                fail(
+                    item,
+                    f"its outputs would overwrite those of {first}, listed earlier under the "
+                    "same output path: pass --root DIR so the two differ",
+                )
+            elif (record := reusable[position]) is not None:
+                summary.skipped += 1
+                reporter.record({**record, "reused": True})
+                index.add({**index_entry(item, record), "reused": True})
+                reporter.advance(1)
+            else:
+                todo.append(position)
+        if todo:
+            on_device = (
+                torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+            )
+            with backend_settings(settings), on_device:
+                loop = _Loop(
+                    todo, items, model, settings, key, stats, summary, reporter, index, pool,
+                    fail, write_files, max_pending_bytes, index_entry,
+                )  # fmt: skip
+                loop.run(start_work(module), stop)
+        completed = True
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+        index.close(complete=completed)
+    if stop is not None and stop.is_set():
+        summary.status = "interrupted"
+    summary.seconds = time.perf_counter() - start
+    return summary
+
+
+def _input_stats(items: Sequence[ImageItem]) -> list[dict[str, int] | None]:
+    # Taken before decoding: a file changed afterwards is found changed by the next run.
+    with ThreadPoolExecutor(max_workers=8) as threads:
+        return list(threads.map(lambda item: input_stat(item.path), items))
+
+
+def reusable_records(
+    items: Sequence[ImageItem], settings: Settings, key: str
+) -> list[dict[str, Any] | None]:
+    """Per image, its stored record when its outputs are up to date under ``key``, else None."""
+    if settings.force:
+        return [None] * len(items)
+
+    def check(item: ImageItem) -> dict[str, Any] | None:
+        if ".." in item.relative.parts:
+            return None
+        return up_to_date(
+            record_path(settings.output_dir, item.relative, settings.kind), item.path, key
+        )
+
+    with ThreadPoolExecutor(max_workers=8) as threads:
+        return list(threads.map(check, items))
+
+
+@dataclass
+class _Loop:
+    """Decode, launch, finish and write the images at ``todo`` positions of ``items``."""
+
+    todo: list[int]
+    items: Sequence[ImageItem]
+    model: LoadedModel
+    settings: Settings
+    key: str
+    stats: list[dict[str, int] | None]
+    summary: RunSummary
+    reporter: Reporter
+    index: IndexWriter
+    pool: ThreadPoolExecutor
+    fail: Callable[[ImageItem, str], None]
+    write_files: WriteFiles
+    max_pending_bytes: int
+    index_entry: Callable[[ImageItem, dict[str, Any]], dict[str, Any]]
+    pending: deque[_Pending] = field(default_factory=deque)
+    pending_bytes: int = 0
+    in_flight: _Launched | None = None
+
+    def run(self, work: BatchWork, stop: threading.Event | None) -> None:
+        settings = self.settings
+        device = settings.device
+        prep = self.model.preprocessing
+        self.work = work
+        self.mean = torch.tensor(prep.mean, device=device).view(1, -1, 1, 1)
+        self.std = torch.tensor(prep.std, device=device).view(1, -1, 1, 1)
+        self.largest_ok = settings.batch_size
+        loader = make_loader(
+            [self.items[p].path for p in self.todo],
+            prep,
+            settings.crop,
+            settings.batch_size,
+            settings.workers,
+            pin_memory=device.type == "cuda",
+            max_pixels=settings.max_pixels,
+            resize=not settings.resize_on_device,
+        )
+        max_pending = max(2 * settings.batch_size, 8)
+        pending = self.pending
+        for batch in loader:
+            if stop is not None and stop.is_set():
+                break  # a signal came while this batch was decoded: do not start it
+            for failure in batch.failures:
+                self.fail(self.items[self.todo[failure.index]], failure.message)
+            for part in batch.split(self.largest_ok) if len(batch) else []:
+                self._with_fallback(part)
+            while pending and (
+                pending[0].future.done()
+                or len(pending) > max_pending
+                or self.pending_bytes > self.max_pending_bytes
+            ):
+                self._finish_write(pending.popleft())
+            if stop is not None and stop.is_set():
+                break
+        if self.in_flight is not None:
+            self._finish_part(self.in_flight)
+        while pending:
+            self._finish_write(pending.popleft())
+
+    def _finish_write(self, entry: _Pending) -> None:
+        self.pending_bytes -= entry.size
+        try:
+            entry.future.result()
+        except OSError as exc:
+            raise WriteFailed(f"cannot write outputs for {entry.item.relative}: {exc}") from exc
+        self.summary.explained += 1
+        self.reporter.record(entry.record)
+        self.index.add(self.index_entry(entry.item, entry.record))
+        self.reporter.advance(1)
+
+    def _launch(self, part: Batch) -> _Launched:
+        settings, device = self.settings, self.settings.device
+        positions = [self.todo[i] for i in part.indices]
+        pixels = unpack_pixels(part.pixel_data.to(device, non_blocking=True), part.shapes)
+        if settings.resize_on_device:
+            inputs = model_inputs_on_device(pixels, self.model.preprocessing, settings.crop)
+            inputs = inputs.div_(255.0)
+        else:
+            inputs = part.inputs.to(device, non_blocking=True).float().div_(255.0)
+        inputs = (inputs - self.mean) / self.std
+        if settings.channels_last:
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
+        return _Launched(part, positions, self.work.launch(part, positions, pixels, inputs))
+
+    def _finish_part(self, done: _Launched) -> None:
+        """Records and file jobs of a launched batch, once its copies have landed."""
+        outputs = self.work.finish(done.work)
+        for j, (position, output) in enumerate(zip(done.positions, outputs, strict=True)):
+            item = self.items[position]
+            record = output.record
+            if record.get("status") == "error":
+                self.fail(item, str(record.get("error")))
+                continue
+            record["settings_key"] = self.key
+            record["input"] = {**(self.stats[position] or {}), "sha256": done.part.sha256[j]}
+            future = self.pool.submit(
+                self.write_files,
+                output.jobs,
+                record_path(self.settings.output_dir, item.relative, self.settings.kind),
+                record,
+            )
+            self.pending.append(_Pending(item, record, future, output.size))
+            self.pending_bytes += output.size
+
+    def _step(self, part: Batch) -> None:
+        """Launch ``part``, then finish the batch launched before it while the device works."""
+        launched = self._launch(part)
+        previous, self.in_flight = self.in_flight, launched
+        if previous is not None:
+            self._finish_part(previous)
+
+    def _with_fallback(self, part: Batch) -> None:
+        out_of_memory = False
+        try:
+            self._step(part)
+        except torch.OutOfMemoryError:
+            out_of_memory = True
+        # Retry outside the except block: its traceback would keep the failed attempt's
+        # activations and graph alive while the smaller batches run.
+        if out_of_memory:
+            if self.settings.device.type == "cuda":
+                torch.cuda.empty_cache()
+            if len(part) == 1:
+                self.fail(
+                    self.items[self.todo[part.indices[0]]],
+                    "out of memory even as a batch of one image",
+                )
+                return
+            self.largest_ok = max(1, len(part) // 2)
+            print(
+                f"camcli: out of memory with a batch of {len(part)} images; "
+                f"retrying in batches of {self.largest_ok}",
+                file=sys.stderr,
+            )
+            for half in part.split(self.largest_ok):
+                self._with_fallback(half)
