@@ -122,6 +122,7 @@ def compare(ctx: click.Context, **options: Any) -> None:
     from camcli.runs.loop import RunSummary
     from camcli.runs.runtime import StopRequest
 
+    _check_weights(names, offline)
     run = prepare_run(common)
     settings = run.settings(layers=(), methods=methods, alpha=own.alpha, kind="compare")
     compare_options = CompareOptions(
@@ -170,3 +171,22 @@ class CompareCommandOptions:
     chunk_size: int | None
     rise_masks: int
     seed: int
+
+
+def _check_weights(names: tuple[str, ...], offline: bool) -> None:
+    """Have every model's weights before the run, or say at once which ones are missing."""
+    from camcli.models.loaded import ModelUnavailable
+    from camcli.models.registry import fetch_zoo_weights
+
+    missing = []
+    for name in names:
+        try:
+            fetch_zoo_weights(name, offline)
+        except ModelUnavailable as exc:
+            missing.append(str(exc))
+    if len(missing) == 1:
+        raise click.ClickException(missing[0])
+    if missing:
+        raise click.ClickException(
+            f"weights of {len(missing)} models are missing: " + "; ".join(missing)
+        )

@@ -27,6 +27,7 @@ import difflib
 import json
 import os
 import sys
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -155,7 +156,9 @@ def checked_layers(model: LoadedModel, names: Sequence[str]) -> tuple[str, ...]:
         for name in layers:
             resolve_layer(model.module, name)
     except UnknownLayer as exc:
-        raise click.BadParameter(str(exc), param_hint="'--layer'") from None
+        raise click.BadParameter(
+            f"{exc}; 'camcli layers {model.name}' lists every layer", param_hint="'--layer'"
+        ) from None
     return layers
 
 
@@ -291,6 +294,12 @@ def load_checked_model(wanted: ModelOptions) -> LoadedModel:
         raise click.ClickException(str(exc)) from None
     except (ModelSpecError, OutputMismatch) as exc:
         raise click.BadParameter(str(exc), param_hint="'--model'") from None
+    if wanted.weights is None and is_factory_spec(wanted.model_name):
+        click.echo(
+            f"camcli: no --weights for {wanted.model_name}: its maps and predictions come "
+            "from the weights the factory sets, random unless it loads trained ones",
+            err=True,
+        )
     try:
         return customise_model(
             loaded,
@@ -387,7 +396,10 @@ def run_in_frame(
                     "(about 5 x slower); pip install isal",
                     err=True,
                 )
+            clock = time.perf_counter()
             summary, code = _run_body(run, body, stop, usage_errors or {})
+            if summary.seconds <= 0:  # stopped before the loop could time anything
+                summary.seconds = time.perf_counter() - clock
     except LockHeld as exc:
         raise click.ClickException(str(exc)) from None
     except OSError as exc:  # the output directory cannot be created or written
@@ -492,15 +504,20 @@ def _silence_stdout() -> None:
 
 
 def _report(summary: RunSummary, output_dir: Path, described: str, verb: str) -> None:
-    rate = summary.explained / summary.seconds if summary.seconds > 0 else 0.0
     failed = f", {summary.failed} failed" if summary.failed else ""
     if summary.skipped:
         failed += f", {summary.skipped} up to date (reused)"
     if summary.status == "interrupted":
         failed += ", interrupted"
+    # A rate only where images were processed: a fully reused run, or one stopped before
+    # its first batch finished, has none to give (not "0.0 images/s").
+    rate = (
+        f" ({summary.explained / summary.seconds:.1f} images/s)"
+        if summary.explained and summary.seconds > 0
+        else ""
+    )
     click.echo(
         f"camcli: {verb} {summary.explained} of {summary.total} images{failed} with "
-        f"{described} in {summary.seconds:.1f} s ({rate:.1f} images/s); "
-        f"outputs in {output_dir}",
+        f"{described} in {summary.seconds:.1f} s{rate}; outputs in {output_dir}",
         err=True,
     )

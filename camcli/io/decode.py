@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import re
 import signal
 import warnings
 from collections.abc import Sequence
@@ -43,6 +44,7 @@ __all__ = [
     "view_geometry",
 ]
 
+_OBJECT_ADDRESS = re.compile(r"<[\w.]+ object at 0x[0-9a-fA-F]+>")
 _RESAMPLE = {
     "nearest": Image.Resampling.NEAREST,
     "bilinear": Image.Resampling.BILINEAR,
@@ -309,6 +311,11 @@ class ImageDataset(Dataset[DecodedImage | DecodeFailure]):
             return DecodeFailure(index, str(exc))
         except Exception as exc:  # any decoder error: report this file, keep the run going
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            # Pillow names the stream it read ("<_io.BytesIO object at 0x7f...>"): an
+            # address that changes every run, in the index and run.json; say the format.
+            reason = _OBJECT_ADDRESS.sub("it", reason)
+            if reason == "cannot identify image file it":
+                reason = "not an image file Pillow can identify (wrong extension or damaged)"
             if not data:
                 reason = "the file is empty"
             return DecodeFailure(index, f"cannot decode image: {reason or type(exc).__name__}")

@@ -19,7 +19,9 @@ import importlib
 import importlib.util
 import math
 import os
+import socket
 import sys
+import urllib.parse
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -298,28 +300,54 @@ def load_factory_model(
 
 
 def _timm_cached_weights(model_name: str, offline: bool) -> nn.Module:
-    """A timm model with pretrained weights from the local cache (or downloaded when allowed)."""
+    """A timm model with pretrained weights from the local cache (or downloaded when allowed).
+
+    The cache is tried first with the hub's offline mode on, so a cached model never waits
+    on the network; a model that is not cached is downloaded only when the hub answers a
+    connection within a few seconds (without a network the hub's client would retry for
+    about a minute before failing).
+    """
     import timm
     from huggingface_hub import constants
 
     def refuse(*_args: Any, **_kwargs: Any) -> None:
         raise OSError("downloads are off")
 
-    with contextlib.ExitStack() as stack:
-        if offline:
-            # Read at call time by huggingface_hub: no request leaves, the cache still works.
-            stack.enter_context(mock.patch.object(constants, "HF_HUB_OFFLINE", True))
-            stack.enter_context(mock.patch.object(torch.hub, "download_url_to_file", refuse))
-        try:
+    def create(online: bool) -> nn.Module:
+        with contextlib.ExitStack() as stack:
+            if not online:
+                # Read at call time by huggingface_hub: no request leaves, the cache works.
+                stack.enter_context(mock.patch.object(constants, "HF_HUB_OFFLINE", True))
+                stack.enter_context(mock.patch.object(torch.hub, "download_url_to_file", refuse))
             return timm.create_model(model_name, pretrained=True)
-        except Exception as exc:
-            state = (
-                "downloads are off" if offline else f"the download failed ({type(exc).__name__})"
-            )
-            raise ModelUnavailable(
-                f"weights for timm/{model_name} are not in the local Hugging Face cache and "
-                f"{state}: run once with a network to cache them, or pass --weights FILE"
-            ) from None
+
+    def unavailable(state: str) -> ModelUnavailable:
+        return ModelUnavailable(
+            f"weights for timm/{model_name} are not in the local Hugging Face cache and "
+            f"{state}: run once with a network to cache them, or pass --weights FILE"
+        )
+
+    try:
+        return create(online=False)
+    except Exception:
+        if offline:
+            raise unavailable("downloads are off") from None
+    host = urllib.parse.urlparse(constants.ENDPOINT).hostname or "huggingface.co"
+    if not _reachable(host, 443):
+        raise unavailable(f"the model hub ({host}) cannot be reached") from None
+    try:
+        return create(online=True)
+    except Exception as exc:
+        raise unavailable(f"the download failed ({type(exc).__name__})") from None
+
+
+def _reachable(host: str, port: int, timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to ``host:port`` opens within ``timeout`` seconds."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
 
 
 def load_timm_model(spec: str, weights: Path | None, offline: bool) -> LoadedModel:

@@ -31,6 +31,7 @@ from camcli.models.loaded import (
 
 __all__ = [
     "available_models",
+    "fetch_zoo_weights",
     "load_model",
     "offline_requested",
     "register_model",
@@ -183,13 +184,38 @@ def _fix_legacy_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return fixed
 
 
-def _cached_or_downloaded(name: str, url: str, offline: bool) -> Path:
-    """Path of the torch hub cache file for ``url``, downloading it when allowed."""
+def fetch_zoo_weights(name: str, offline: bool) -> None:
+    """Make sure a torchvision model's weights are in the torch hub cache (download them).
+
+    For commands that load several models without ``--weights`` (``compare``), before the
+    run: the message names the cache file, its address and the cache folder, no option.
+    Registered models (the embedded one) and other specs need nothing.
+
+    Raises:
+        ModelUnavailable: the file is not cached and cannot be downloaded.
+
+    """
+    if name in _REGISTRY or name not in _torchvision_classifiers():
+        return
+    import torchvision.models as tvm
+
+    _cached_or_downloaded(
+        name, tvm.get_model_weights(name).DEFAULT.url, offline_requested(offline), option=False
+    )
+
+
+def _cached_or_downloaded(name: str, url: str, offline: bool, option: bool = True) -> Path:
+    """Path of the torch hub cache file for ``url``, downloading it when allowed.
+
+    ``option``: the message offers ``--weights FILE`` (commands that have that option).
+    """
     cache_dir = Path(torch.hub.get_dir()) / "checkpoints"
     path = cache_dir / os.path.basename(url)
     if path.is_file():
         return path
-    how = f"save {path.name} (from {url}) into {cache_dir}, or pass --weights FILE"
+    how = f"save {path.name} (from {url}) into {cache_dir}"
+    if option:
+        how += ", or pass --weights FILE"
     if offline:
         raise ModelUnavailable(
             f"weights for {name} are not in the torch hub cache and downloads are off: {how}"
