@@ -173,16 +173,24 @@ def test_integrated_gradients_agree_with_captum():
     model = torchvision.models.resnet18(weights=None).eval()
     x = torch.randn(2, 3, 32, 32)
     targets = torch.tensor([1, 2])
-    options = MethodOptions(ig_steps=4, chunk_size=3, black=(-1.0, -1.0, -1.0))
-    ours = compute_methods(model, x, ["layer4"], ["ig"], targets, options).images["ig"]
-    reference = IntegratedGradients(copy.deepcopy(model)).attribute(
-        x,
-        baselines=torch.full_like(x, -1.0),
-        target=targets,
-        n_steps=4,
-        method="riemann_middle",
-    )
-    torch.testing.assert_close(ours, reference, rtol=1e-3, atol=1e-5)
+    for max_steps, tolerance, steps in ((4, 0.05, 4), (12, 0.0, 12)):
+        # fixed steps, then refined once (4 -> 12 midpoints, reusing the first 4)
+        options = MethodOptions(
+            ig_steps=4,
+            ig_max_steps=max_steps,
+            ig_tolerance=tolerance,
+            chunk_size=3,
+            black=(-1.0, -1.0, -1.0),
+        )
+        ours = compute_methods(model, x, ["layer4"], ["ig"], targets, options).images["ig"]
+        reference = IntegratedGradients(copy.deepcopy(model)).attribute(
+            x,
+            baselines=torch.full_like(x, -1.0),
+            target=targets,
+            n_steps=steps,
+            method="riemann_middle",
+        )
+        torch.testing.assert_close(ours, reference, rtol=1e-3, atol=1e-5)
 
 
 # --- RISE --------------------------------------------------------------------------------------

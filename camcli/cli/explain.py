@@ -92,7 +92,24 @@ __all__ = ["ExplainOptions", "explain", "explain_settings"]
     type=click.IntRange(min=1),
     default=32,
     show_default=True,
-    help="Path steps of ig (Integrated Gradients): one forward + backward pass each.",
+    help="Path steps ig (Integrated Gradients) starts with per image: one forward + "
+    "backward pass each.",
+)
+@click.option(
+    "--ig-tolerance",
+    type=click.FloatRange(min=0),
+    default=0.05,
+    show_default=True,
+    help="Completeness error (|sum of attributions - logit difference| / |difference|) at "
+    "which ig stops adding steps for an image; its steps triple until then (32, 96, 288, "
+    "...), reusing the gradients already computed.",
+)
+@click.option(
+    "--ig-max-steps",
+    type=click.IntRange(min=1),
+    default=1024,
+    show_default=True,
+    help="Most path steps of ig per image (--ig-max-steps equal to --ig-steps: fixed steps).",
 )
 @click.option(
     "--ig-baseline",
@@ -229,6 +246,8 @@ class ExplainOptions:
     chunk_size: int | None
     rise_masks: int
     ig_steps: int
+    ig_tolerance: float
+    ig_max_steps: int
     ig_baseline: str
     metric_steps: int
     smooth_samples: int
@@ -280,6 +299,8 @@ def explain_settings(
             seed=options.seed,
             rise_masks=options.rise_masks,
             ig_steps=options.ig_steps,
+            ig_tolerance=options.ig_tolerance,
+            ig_max_steps=options.ig_max_steps,
             ig_baseline=options.ig_baseline,
             black=tuple(-m / s for m, s in zip(prep.mean, prep.std, strict=True)),
             metrics=metrics,

@@ -444,8 +444,9 @@ def _run_body(
         _silence_stdout()
         return RunSummary(total=len(run.items), status="broken-pipe"), 141
     except KeyboardInterrupt:
-        # A second Ctrl-C: stop now. Files already renamed into place are complete.
-        return RunSummary(total=len(run.items), status="interrupted"), 130
+        # A second signal (or Ctrl-C without a handler): stop now. Files already renamed
+        # into place are complete.
+        return RunSummary(total=len(run.items), status="interrupted"), stop.exit_code or 130
     except Exception as exc:
         for kind, option in usage_errors.items():
             if isinstance(exc, kind):

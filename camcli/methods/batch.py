@@ -24,7 +24,7 @@ from camcli.methods.activation import (
 )
 from camcli.methods.forward import Explanation, explain_batch, normalise_maps
 from camcli.methods.gradient import gradcam, gradcam_plus_plus, hirescam, layercam, xgradcam
-from camcli.methods.integrated import ig_baseline, integrated_gradients
+from camcli.methods.integrated import adaptive_integrated_gradients, ig_baseline
 from camcli.methods.lrp import lrp, lrp_canonizers
 from camcli.methods.metrics import faithfulness, pixel_order_saliency
 from camcli.methods.names import (
@@ -63,7 +63,9 @@ class MethodOptions:
         seed: base seed of SmoothGrad's noise (an image's seed is ``seed + its index``) and
             of RISE's masks (shared by all images).
         rise_masks: random masks in RISE.
-        ig_steps: path steps of Integrated Gradients.
+        ig_steps: path steps of Integrated Gradients every image starts with.
+        ig_tolerance: completeness error at which an image's IG stops adding steps.
+        ig_max_steps: most IG path steps per image (steps triple: 32, 96, 288, 864).
         ig_baseline: ``black`` or ``blur``.
         black: the normalised value of a black pixel per channel (``-mean / std``), for
             the black baseline; ``None`` takes 0.
@@ -81,6 +83,8 @@ class MethodOptions:
     seed: int = 0
     rise_masks: int = 4000
     ig_steps: int = 32
+    ig_tolerance: float = 0.05
+    ig_max_steps: int = 1024
     ig_baseline: str = "black"
     black: tuple[float, ...] | None = None
     metrics: tuple[str, ...] = ()
@@ -100,7 +104,8 @@ class BatchMethods:
         images: per image method, the gradient picture ``(N, 3, S, S)``.
         heads: the linear head CAM used, per layer.
         checks: per-image numbers the records report, ``(N,)`` each: ``ig_sum`` and
-            ``ig_difference`` (completeness of Integrated Gradients), ``lrp_sum`` and
+            ``ig_difference`` (completeness of Integrated Gradients), ``ig_steps`` (the
+            steps each image used), ``lrp_sum`` and
             ``lrp_logit`` (conservation of LRP).
         lrp_canonizers: the zennit canonizers LRP used.
         metrics: per method, per faithfulness score, ``(N,)``.
@@ -294,7 +299,7 @@ def _attribution_methods(
         result.checks["lrp_logit"] = logits
     if "ig" in wanted:
         baselines = ig_baseline(inputs, options.ig_baseline, options.black)
-        attributions, differences = integrated_gradients(
+        ig = adaptive_integrated_gradients(
             model,
             inputs,
             baselines,
@@ -302,7 +307,10 @@ def _attribution_methods(
             options.ig_steps,
             options.chunk_size,
             autocast_dtype,
+            tolerance=options.ig_tolerance,
+            max_steps=max(options.ig_max_steps, options.ig_steps),
         )
-        result.images["ig"] = attributions
-        result.checks["ig_sum"] = attributions.flatten(1).sum(dim=1)
-        result.checks["ig_difference"] = differences
+        result.images["ig"] = ig.attributions
+        result.checks["ig_sum"] = ig.attributions.flatten(1).sum(dim=1)
+        result.checks["ig_difference"] = ig.differences
+        result.checks["ig_steps"] = ig.steps.float()

@@ -3,13 +3,15 @@
 ``IG(x) = (x - b) * mean_k grad f(b + a_k (x - b))`` with midpoint steps
 ``a_k = (k + 1/2) / m``, ``k = 0 .. m-1``: the Riemann sum of the path integral from the
 baseline ``b`` to the image. Completeness says the attributions sum to ``f(x) - f(b)``
-(logits of the target); the record reports both sides so a user sees how close ``m`` steps
-came.
+(logits of the target). :func:`adaptive_integrated_gradients` triples the steps of the
+images whose error is above a tolerance, reusing every gradient already computed; the record
+reports both sides, the steps used and the error reached.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -17,9 +19,15 @@ from torch import nn
 from camcli.methods.forward import autocast
 from camcli.methods.metrics import blurred
 from camcli.methods.names import IG_BASELINES
+from camcli.methods.stopping import check_stop
 from camcli.models.hooks import frozen_eval
 
-__all__ = ["ig_baseline", "integrated_gradients"]
+__all__ = [
+    "IntegratedGradients",
+    "adaptive_integrated_gradients",
+    "ig_baseline",
+    "integrated_gradients",
+]
 
 
 def ig_baseline(inputs: torch.Tensor, kind: str, black: Sequence[float] | None) -> torch.Tensor:
@@ -54,7 +62,7 @@ def integrated_gradients(
     chunk_size: int,
     autocast_dtype: torch.dtype | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Integrated Gradients of each image's target logit.
+    """Integrated Gradients of each image's target logit at a fixed number of steps.
 
     The ``N * steps`` path points are processed ``chunk_size`` per forward + backward pass,
     points of several images together. The logits at the image and at the baseline come from
@@ -73,38 +81,147 @@ def integrated_gradients(
         ``(attributions (N, 3, S, S) float32, logit differences f(x) - f(b) (N,))``.
 
     """
+    result = adaptive_integrated_gradients(
+        model, inputs, baselines, targets, steps, chunk_size, autocast_dtype, max_steps=steps
+    )
+    return result.attributions, result.differences
+
+
+@dataclass
+class IntegratedGradients:
+    """Attributions and how close they came to completeness, per image.
+
+    Attributes:
+        attributions: ``(N, C, S, S)`` float32.
+        differences: ``f(x) - f(b)`` of the target logit, ``(N,)``.
+        steps: path steps each image used, ``(N,)`` long.
+        errors: ``|sum of attributions - difference| / |difference|``, ``(N,)``.
+
+    """
+
+    attributions: torch.Tensor
+    differences: torch.Tensor
+    steps: torch.Tensor
+    errors: torch.Tensor
+
+
+def adaptive_integrated_gradients(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    baselines: torch.Tensor,
+    targets: torch.Tensor,
+    steps: int,
+    chunk_size: int,
+    autocast_dtype: torch.dtype | None = None,
+    tolerance: float = 0.05,
+    max_steps: int = 1024,
+) -> IntegratedGradients:
+    """Integrated Gradients with as many steps per image as completeness needs.
+
+    Every image starts at ``steps`` midpoint steps. While an image's completeness error is
+    above ``tolerance`` and ``3 x`` its steps fit in ``max_steps``, its steps are tripled:
+    the midpoints of ``3 m`` equal steps are the ``m`` midpoints already computed plus
+    ``2 m`` new points (at ``(k + 1/6) / m`` and ``(k + 5/6) / m``), so every gradient
+    computed is kept. Images of a batch that need new points share the passes.
+
+    Args:
+        model: the classifier.
+        inputs: the normalised batch ``(N, 3, S, S)``.
+        baselines: one baseline per image, same shape.
+        targets: the class per image ``(N,)``.
+        steps: path steps every image starts with.
+        chunk_size: path points per pass.
+        autocast_dtype: forward passes under autocast to this type.
+        tolerance: completeness error at which an image stops refining.
+        max_steps: most path steps per image.
+
+    Returns:
+        The attributions, the logit differences, the steps used and the errors reached.
+
+    """
     x = inputs.detach().float()
     b = baselines.detach().float()
     n = x.shape[0]
     delta = x - b
-    total = torch.zeros_like(x)
-    alphas = (torch.arange(steps, device=x.device, dtype=torch.float32) + 0.5) / steps
-    owners = torch.arange(n, device=x.device).repeat_interleave(steps)
-    fractions = alphas.repeat(n)
+    differences = _logit_differences(model, inputs, x, b, targets, chunk_size, autocast_dtype)
+    sums = torch.zeros_like(x)
+    used = torch.zeros(n, dtype=torch.long, device=x.device)
+    wanted = list(range(n))
+    new_alphas = (torch.arange(steps, device=x.device, dtype=torch.float32) + 0.5) / steps
+    while True:
+        owners = torch.tensor(wanted, device=x.device).repeat_interleave(len(new_alphas))
+        fractions = new_alphas.repeat(len(wanted))
+        sums += _gradient_sums(
+            model, inputs, b, delta, targets, owners, fractions, chunk_size, autocast_dtype
+        )
+        used[wanted] += len(new_alphas)
+        attributions = delta * sums / used.view(-1, 1, 1, 1).float()
+        totals = attributions.flatten(1).sum(dim=1)
+        errors = (totals - differences).abs() / differences.abs().clamp(min=1e-12)
+        current = int(used[wanted[0]])
+        wanted = [i for i in wanted if float(errors[i]) > tolerance]
+        if not wanted or 3 * current > max_steps:
+            return IntegratedGradients(attributions, differences, used, errors)
+        k = torch.arange(current, device=x.device, dtype=torch.float32)
+        new_alphas = torch.cat([(k + 1 / 6) / current, (k + 5 / 6) / current])
+
+
+def _gradient_sums(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    b: torch.Tensor,
+    delta: torch.Tensor,
+    targets: torch.Tensor,
+    owners: torch.Tensor,
+    fractions: torch.Tensor,
+    chunk_size: int,
+    autocast_dtype: torch.dtype | None,
+) -> torch.Tensor:
+    """Sum per image of the target's input gradients at ``b + a delta``, ``chunk_size`` a pass."""
+    total = torch.zeros_like(b)
+    count = len(owners)
     with frozen_eval(model), torch.enable_grad():
-        for start in range(0, n * steps, chunk_size):
-            part = slice(start, min(start + chunk_size, n * steps))
+        for start in range(0, count, chunk_size):
+            check_stop()
+            part = slice(start, min(start + chunk_size, count))
             who = owners[part]
             a = fractions[part].view(-1, 1, 1, 1)
             points = (b[who] + a * delta[who]).to(inputs.dtype)
             if inputs.is_contiguous(memory_format=torch.channels_last):
                 points = points.contiguous(memory_format=torch.channels_last)
             points.requires_grad_(True)
-            with autocast(x.device, autocast_dtype):
+            with autocast(b.device, autocast_dtype):
                 logits = model(points)
             score = logits.float().gather(1, targets[who][:, None]).sum()
             (grad,) = torch.autograd.grad(score, points)
             total.index_add_(0, who, grad.float())
-        ends = torch.empty(n, device=x.device)
-        with torch.no_grad():
-            for start in range(0, n, max(1, chunk_size // 2)):
-                stop = min(start + max(1, chunk_size // 2), n)
-                pair = torch.cat([x[start:stop], b[start:stop]]).to(inputs.dtype)
-                with autocast(x.device, autocast_dtype):
-                    logits = model(pair).float()
-                k = stop - start
-                chosen = targets[start:stop][:, None]
-                ends[start:stop] = (
-                    logits[:k].gather(1, chosen)[:, 0] - logits[k:].gather(1, chosen)[:, 0]
-                )
-    return delta * total / steps, ends
+    return total
+
+
+def _logit_differences(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    x: torch.Tensor,
+    b: torch.Tensor,
+    targets: torch.Tensor,
+    chunk_size: int,
+    autocast_dtype: torch.dtype | None,
+) -> torch.Tensor:
+    """``f(x) - f(b)`` of each image's target logit, images and baselines in shared passes."""
+    n = x.shape[0]
+    ends = torch.empty(n, device=x.device)
+    step = max(1, chunk_size // 2)
+    with frozen_eval(model), torch.no_grad():
+        for start in range(0, n, step):
+            stop = min(start + step, n)
+            pair = torch.cat([x[start:stop], b[start:stop]]).to(inputs.dtype)
+            if inputs.is_contiguous(memory_format=torch.channels_last):
+                pair = pair.contiguous(memory_format=torch.channels_last)
+            with autocast(x.device, autocast_dtype):
+                logits = model(pair).float()
+            k = stop - start
+            chosen = targets[start:stop][:, None]
+            ends[start:stop] = (
+                logits[:k].gather(1, chosen)[:, 0] - logits[k:].gather(1, chosen)[:, 0]
+            )
+    return ends

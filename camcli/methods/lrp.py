@@ -33,6 +33,7 @@ from zennit.layer import Sum
 from zennit.torchvision import ResNetCanonizer
 
 from camcli.methods.activation import CamNotApplicable
+from camcli.methods.stopping import check_stop
 from camcli.models.hooks import frozen_eval
 
 __all__ = [
@@ -220,6 +221,7 @@ def lrp(
     logits = torch.empty(x.shape[0], device=x.device)
     with frozen_eval(model), torch.enable_grad(), _lrp_model(model) as modified:
         for start in range(0, x.shape[0], chunk_size):
+            check_stop()
             part = slice(start, min(start + chunk_size, x.shape[0]))
             batch = x[part].clone().requires_grad_(True)
             out = modified(batch).float()

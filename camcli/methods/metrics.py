@@ -27,6 +27,7 @@ import torchvision.transforms.functional as TF
 from torch import nn
 
 from camcli.methods.forward import autocast, class_probabilities
+from camcli.methods.stopping import check_stop
 from camcli.models.hooks import frozen_eval
 
 __all__ = [
@@ -128,6 +129,7 @@ def faithfulness(
                 jobs = [(i, k) for i in range(n) for k in range(steps + 1)]
                 probs = torch.empty(len(jobs), device=x.device)
                 for start in range(0, len(jobs), chunk_size):
+                    check_stop()
                     part = jobs[start : start + chunk_size]
                     who = torch.tensor([i for i, _ in part], device=x.device)
                     count = counts[torch.tensor([k for _, k in part], device=x.device)]
@@ -160,6 +162,7 @@ def _forward_probs(
     autocast_dtype: torch.dtype | None,
     binary: bool,
 ) -> torch.Tensor:
+    check_stop()
     with autocast(images.device, autocast_dtype):
         logits = model(images).float()
     return class_probabilities(logits, binary).gather(1, targets[:, None])[:, 0]

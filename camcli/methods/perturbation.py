@@ -17,6 +17,7 @@ from torch import nn
 from camcli.io.transfer import to_device
 from camcli.methods.forward import autocast
 from camcli.methods.guided import GuidedActivations
+from camcli.methods.stopping import check_stop
 from camcli.models.hooks import frozen_eval
 
 __all__ = ["scorecam", "smoothgrad"]
@@ -63,6 +64,7 @@ def scorecam(
     x = inputs.detach()
     with frozen_eval(model), torch.no_grad():
         for start in range(0, n * c, chunk_size):
+            check_stop()
             part = slice(start, min(start + chunk_size, n * c))
             upsampled = F.interpolate(masks[part], size=size, mode="bilinear", align_corners=False)
             masked = x[owner[part]] * upsampled.to(x.dtype)
@@ -115,6 +117,7 @@ def smoothgrad(
     pending: list[tuple[torch.Tensor, int]] = []
 
     def flush() -> None:
+        check_stop()
         batch = torch.stack([copy for copy, _ in pending]).requires_grad_(True)
         owners = to_device(torch.tensor([i for _, i in pending]), x.device)
         mode = GuidedActivations()

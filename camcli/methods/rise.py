@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from camcli.methods.forward import autocast, class_probabilities
+from camcli.methods.stopping import check_stop
 from camcli.models.hooks import frozen_eval
 
 __all__ = ["RiseMasks", "rise"]
@@ -111,6 +112,7 @@ def rise(
     total = torch.zeros((n, height * width), device=x.device)
     with frozen_eval(model), torch.no_grad():
         for start in range(0, len(masks), chunk_size):
+            check_stop()
             stop = min(start + chunk_size, len(masks))
             chunk = masks.chunk(start, stop, x.device)
             flat = chunk.flatten(1)

@@ -348,7 +348,12 @@ def _new_method_options(settings: Settings) -> dict[str, Any]:
     if "rise" in settings.methods:
         fields["rise_masks"] = options.rise_masks
     if "ig" in settings.methods:
-        fields.update(ig_steps=options.ig_steps, ig_baseline=options.ig_baseline)
+        fields.update(
+            ig_steps=options.ig_steps,
+            ig_baseline=options.ig_baseline,
+            ig_tolerance=options.ig_tolerance,
+            ig_max_steps=options.ig_max_steps,
+        )
     if options.metrics:
         fields.update(metrics=list(options.metrics), metric_steps=options.metric_steps)
     return fields
@@ -615,7 +620,10 @@ def _attribution_fields(
         total, difference = check["ig_sum"][j], check["ig_difference"][j]
         fields["integrated_gradients"] = {
             "baseline": options.ig_baseline,
-            "steps": options.ig_steps,
+            "steps": int(check["ig_steps"][j]),
+            "start_steps": options.ig_steps,
+            "tolerance": options.ig_tolerance,
+            "max_steps": max(options.ig_max_steps, options.ig_steps),
             "attribution_sum": round(total, 6),
             "logit_difference": round(difference, 6),
             "completeness_error": round(abs(total - difference) / max(abs(difference), 1e-12), 6),

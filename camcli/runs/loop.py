@@ -29,6 +29,7 @@ from camcli.io.decode import Batch, make_loader, model_inputs_on_device, unpack_
 from camcli.io.discover import ImageItem
 from camcli.io.resume import input_stat, up_to_date
 from camcli.io.write import IndexWriter, atomic_write_bytes, record_path, write_json
+from camcli.methods.stopping import Stopped, stop_between_chunks
 from camcli.models.loaded import LoadedModel
 from camcli.runs.settings import Settings
 
@@ -364,8 +365,14 @@ class _Loop:
                 break  # a signal came while this batch was decoded: do not start it
             for failure in batch.failures:
                 self.fail(self.items[self.todo[failure.index]], failure.message)
-            for part in batch.split(self.largest_ok) if len(batch) else []:
-                self._with_fallback(part)
+            try:
+                # The methods' chunked passes check the stop request between chunks: a
+                # stop abandons this batch (a re-run does it) and keeps the finished ones.
+                with stop_between_chunks(stop):
+                    for part in batch.split(self.largest_ok) if len(batch) else []:
+                        self._with_fallback(part)
+            except Stopped:
+                break
             while pending and (
                 pending[0].future.done()
                 or len(pending) > max_pending

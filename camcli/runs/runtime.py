@@ -48,14 +48,19 @@ class StopRequest:
 
 @contextmanager
 def stop_on_signals() -> Iterator[StopRequest]:
-    """Turn the first SIGINT/SIGTERM into a stop request; a second SIGINT interrupts at once."""
+    """Turn the first SIGINT/SIGTERM into a stop request; a second one interrupts at once.
+
+    The stop request is seen between batches and between the chunks of a method's passes;
+    a second signal of either kind (a service manager repeating SIGTERM) raises
+    KeyboardInterrupt at once. The exit code stays the first signal's.
+    """
     request = StopRequest(threading.Event())
     if threading.current_thread() is not threading.main_thread():
         yield request
         return
 
     def handle(signum: int, _frame: FrameType | None) -> None:
-        if request.event.is_set() and signum == signal.SIGINT:
+        if request.event.is_set():
             raise KeyboardInterrupt
         request.signum = signum
         request.event.set()
