@@ -47,6 +47,10 @@ __all__ = [
     "ReportEntry",
     "ReportSummary",
     "collect_entries",
+    "thumbnail_file",
+    "thumbnail_jpeg",
+    "thumbnail_size",
+    "thumbnail_source",
     "write_report",
 ]
 
@@ -314,6 +318,40 @@ def _thumb_path(record_path: str) -> str:
     return "thumbs/" + record_path.removesuffix(".json") + ".jpg"
 
 
+def thumbnail_source(files: Any) -> str | None:
+    """The file (relative to the record) a record's thumbnail shows: its first overlay."""
+    pictures = [
+        (" · ".join(trail) or name, name)
+        for trail, name in _walk_files(files)
+        if name.lower().endswith(PICTURE_SUFFIXES)
+    ]
+    return _thumb_source(pictures)
+
+
+def thumbnail_file(output_dir: Path, record_relative: str) -> Path:
+    """Where the thumbnail of the record at ``record_relative`` (with ``/``) goes."""
+    return output_dir / REPORT_DIR / _thumb_path(record_relative)
+
+
+def thumbnail_size(output_dir: Path) -> int:
+    """The thumbnails' size of an output directory's report, recorded on first use."""
+    size_file = output_dir / REPORT_DIR / "thumbs" / "size.txt"
+    try:
+        return int(size_file.read_text(encoding="ascii").strip())
+    except (OSError, UnicodeDecodeError, ValueError):
+        atomic_write_bytes(size_file, f"{THUMB_SIZE}\n".encode())
+        return THUMB_SIZE
+
+
+def thumbnail_jpeg(picture: Image.Image, size: int) -> tuple[bytes, tuple[int, int]]:
+    """A thumbnail of ``picture`` (longest side ``size``) as JPEG bytes, and its size."""
+    picture = picture.convert("RGB")
+    picture.thumbnail((size, size), Image.Resampling.BILINEAR, reducing_gap=2.0)
+    buffer = io.BytesIO()
+    picture.save(buffer, "JPEG", quality=80, optimize=True)
+    return buffer.getvalue(), picture.size
+
+
 def _make_thumb(source: Path, thumb: Path, newer_than: float, size: int) -> tuple[bool, Any]:
     """Write ``thumb`` from ``source`` unless it is already newer than both.
 
@@ -327,12 +365,9 @@ def _make_thumb(source: Path, thumb: Path, newer_than: float, size: int) -> tupl
                 return False, done.size
         with Image.open(source) as image:
             image.draft("RGB", (size, size))
-            picture = image.convert("RGB")
-        picture.thumbnail((size, size), Image.Resampling.BILINEAR, reducing_gap=2.0)
-        buffer = io.BytesIO()
-        picture.save(buffer, "JPEG", quality=80, optimize=True)
-        atomic_write_bytes(thumb, buffer.getvalue())
-        return True, picture.size
+            data, made = thumbnail_jpeg(image.convert("RGB"), size)
+        atomic_write_bytes(thumb, data)
+        return True, made
     except (OSError, ValueError, Image.DecompressionBombError):
         return False, None
 

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 
 from camcli import __version__
 from camcli.io.decode import Batch
@@ -39,6 +40,12 @@ from camcli.pictures.render import (
     launch_render,
     picture_to_unit,
     to_input_resolution,
+)
+from camcli.report.build import (
+    thumbnail_file,
+    thumbnail_jpeg,
+    thumbnail_size,
+    thumbnail_source,
 )
 from camcli.runs.loop import (
     MAX_PENDING_BYTES,
@@ -274,7 +281,7 @@ def _explain_work(
         for j, position in enumerate(done.positions):
             item = items[position]
             height, width = part.shapes[j]
-            jobs, files = _file_jobs(item, rendered[j], raws, j, settings)
+            jobs, files, arrays = _file_jobs(item, rendered[j], raws, j, settings)
             record = _record(
                 item,
                 label_indices[position],
@@ -297,7 +304,11 @@ def _explain_work(
                 size += add_extra_targets(
                     record, jobs, item, j, done.extra, landed, model, settings
                 )
-            outputs.append(ImageOutput(record, jobs, size))
+            outputs.append(
+                ImageOutput(
+                    record, jobs, size, _thumbnail(item, record, arrays, settings.output_dir)
+                )
+            )
         return outputs
 
     return _Work(launch_part, finish_part)
@@ -463,17 +474,25 @@ def _file_jobs(
     raws: dict[str, np.ndarray],
     j: int,
     settings: Settings,
-) -> tuple[list[FileJob], dict[str, dict[str, str]]]:
-    """The files of one image, and their listing per method (names relative to the JSON)."""
+) -> tuple[list[FileJob], dict[str, dict[str, str]], dict[str, np.ndarray]]:
+    """The files of one image, their listing and each picture's array by file name.
+
+    The listing is per method, with names relative to the JSON record.
+    """
     level = settings.png_level
     out, rel = settings.output_dir, item.relative
     jobs: list[FileJob] = []
     files: dict[str, dict[str, str]] = {}
+    arrays: dict[str, np.ndarray] = {}
 
     def add(method: str, role: str, suffix: str, produce: Callable[[], bytes]) -> None:
         path = artifact_path(out, rel, suffix)
         jobs.append((path, produce))
         files.setdefault(method, {})[role] = path.name
+
+    def picture(method: str, role: str, suffix: str, array: np.ndarray) -> None:
+        add(method, role, suffix, png(array))
+        arrays[artifact_path(out, rel, suffix).name] = array
 
     def png(array: np.ndarray) -> Callable[[], bytes]:
         return lambda: encode_png(array, level)
@@ -485,15 +504,35 @@ def _file_jobs(
         method, _, layer = key.partition("@")
         stem = f"{method}.{layer}" if layer else method
         prefix = f"{layer}." if layer else ""
-        add(method, f"{prefix}heatmap", f"{stem}.png", png(rendered.heatmaps[key]))
-        add(method, f"{prefix}overlay", f"{stem}.overlay.png", png(rendered.overlays[key]))
+        picture(method, f"{prefix}heatmap", f"{stem}.png", rendered.heatmaps[key])
+        picture(method, f"{prefix}overlay", f"{stem}.overlay.png", rendered.overlays[key])
         if key in raws:
             add(method, f"{prefix}raw", f"{stem}.npy", npy(raws[key][j]))
-    for method, picture in rendered.pictures.items():
-        add(method, "image", f"{method}.png", png(picture))
+    for method, gradients in rendered.pictures.items():
+        picture(method, "image", f"{method}.png", gradients)
         if method in raws:
             add(method, "raw", f"{method}.npy", npy(raws[method][j]))
-    return jobs, files
+    return jobs, files, arrays
+
+
+def _thumbnail(
+    item: ImageItem, record: dict[str, Any], arrays: dict[str, np.ndarray], output_dir: Path
+) -> list[FileJob]:
+    """The report's thumbnail of the image, made from its overlay while it is in memory.
+
+    The report makes the same file from the PNG when it is missing (``camcli report``
+    decoded every overlay again otherwise: minutes for a large run).
+    """
+    source = thumbnail_source(record["files"])
+    array = arrays.get(source) if source else None
+    if array is None:
+        return []
+    relative = f"{item.relative.as_posix()}.json"
+
+    def produce() -> bytes:
+        return thumbnail_jpeg(Image.fromarray(array), thumbnail_size(output_dir))[0]
+
+    return [(thumbnail_file(output_dir, relative), produce)]
 
 
 def _static_fields(model: LoadedModel, settings: Settings) -> dict[str, Any]:

@@ -118,12 +118,16 @@ class ImageOutput:
             failed instead (nothing is written).
         jobs: its files.
         size: bytes of pictures the jobs hold (bounds the writes in flight).
+        after: files derived from the outputs, written after the record (the report's
+            thumbnail, which must be newer than the record to count as up to date); one that
+            cannot be written is left to the report, which makes it again.
 
     """
 
     record: dict[str, Any]
     jobs: list[FileJob]
     size: int
+    after: list[FileJob] = field(default_factory=list)
 
 
 class BatchWork(Protocol):
@@ -423,13 +427,19 @@ class _Loop:
             record["settings_key"] = self.key
             record["input"] = {**(self.stats[position] or {}), "sha256": done.part.sha256[j]}
             future = self.pool.submit(
-                self.write_files,
-                output.jobs,
+                self._write_image,
+                output,
                 record_path(self.settings.output_dir, item.relative, self.settings.kind),
                 record,
             )
             self.pending.append(_Pending(item, record, future, output.size))
             self.pending_bytes += output.size
+
+    def _write_image(self, output: ImageOutput, record_file: Path, record: dict[str, Any]) -> None:
+        self.write_files(output.jobs, record_file, record)
+        for path, produce in output.after:
+            with contextlib.suppress(OSError):
+                atomic_write_bytes(path, produce())
 
     def _step(self, part: Batch) -> None:
         """Launch ``part``, then finish the batch launched before it while the device works."""
