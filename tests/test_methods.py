@@ -236,6 +236,8 @@ def _reference_model(name: str, model: nn.Module, layer: str) -> tuple[nn.Module
         explicit = nn.Sequential(
             model.features, nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(1), model.classifier
         )
+        if layer.endswith("+relu"):  # the rectified map that feeds the pooling: the ReLU's
+            return _reference_copy(explicit), "1"
         return _reference_copy(explicit), "0." + layer.removeprefix("features.")
     return _reference_copy(model), layer
 
@@ -249,7 +251,12 @@ def _correlation(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(a @ b) / denominator
 
 
-CASES = [("resnet18", "layer4"), ("vgg11", "features.18"), ("densenet121", "features.norm5")]
+CASES = [
+    ("resnet18", "layer4"),
+    ("vgg11", "features.18"),
+    ("densenet121", "features.norm5"),
+    ("densenet121", "features.norm5+relu"),  # DenseNet's default: the map the pooling reads
+]
 PGC_NAMES = {
     "gradcam": "GradCAM",
     "gradcam++": "GradCAMPlusPlus",
@@ -265,7 +272,7 @@ TORCHCAM_NAMES = {
 }
 
 
-@pytest.fixture(scope="module", params=CASES, ids=[c[0] for c in CASES])
+@pytest.fixture(scope="module", params=CASES, ids=[f"{c[0]}-{c[1]}" for c in CASES])
 def case(request):
     name, layer = request.param
     torch.manual_seed(0)
@@ -387,6 +394,7 @@ def test_scorecam_agrees_with_torchcam_and_pytorch_grad_cam():
     ("arch", "layer", "head", "relu_first"),
     [
         ("densenet121", "features.norm5", "classifier", True),
+        ("densenet121", "features.norm5+relu", "classifier", False),
         ("efficientnet_b0", "features.8", "classifier.1", False),
         ("resnet18", "layer4", "fc", False),
     ],
@@ -514,3 +522,31 @@ def test_every_method_gives_the_same_result_in_channels_last(method: str):
         (last_map,) = last.maps[method].values()  # the layer's, or RISE's "input"
         (plain_map,) = plain.maps[method].values()
         torch.testing.assert_close(last_map, plain_map, atol=1e-5, rtol=1e-4)
+
+
+def test_densenet_default_layer_is_the_map_its_pooling_reads_and_cam_decomposes_the_logit():
+    """CAM at DenseNet's default layer: mean(W[c] . A) + b is the logit of c, exactly."""
+    from camcli.models.hooks import LayerCapture
+    from camcli.models.layers import default_layer
+
+    torch.manual_seed(0)
+    model = torchvision.models.densenet121(weights=None).eval()
+    layer = default_layer("densenet121", model, 64)
+    assert layer == "features.norm5+relu"
+    x = torch.randn(2, 3, 64, 64)
+    with LayerCapture(model, [layer]) as capture, torch.no_grad():
+        logits = model(x)
+    a = capture.activations[layer]
+    assert float(a.min()) >= 0.0  # rectified
+    weight, bias = model.classifier.weight, model.classifier.bias
+    targets = torch.tensor([3, 700])
+    decomposed = (weight[targets][:, :, None, None] * a).sum(1).mean((1, 2)) + bias[targets]
+    torch.testing.assert_close(decomposed, logits[torch.arange(2), targets], rtol=1e-4, atol=1e-4)
+    result = compute_methods(model, x, [layer], ["cam", "xgradcam"], targets, MethodOptions())
+    expected = (weight[targets][:, :, None, None] * a).sum(1).clamp(min=0)
+    torch.testing.assert_close(result.maps["cam"][layer], expected, rtol=1e-4, atol=1e-5)
+    # XGrad-CAM divides by the activation sum: on the rectified map it is finite and agrees
+    # with CAM's ranking far better than on the unrectified one (r = -0.2 there)
+    xgrad = result.maps["xgradcam"][layer]
+    assert torch.isfinite(xgrad).all()
+    assert min(_correlation(xgrad[i], expected[i]) for i in range(2)) > 0.9

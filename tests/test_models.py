@@ -100,7 +100,7 @@ def test_embedded_model_loads_offline_with_imagenet_classes():
         ("vgg19", "features.35"),
         ("alexnet", "features.11"),
         ("resnet50", "layer4"),
-        ("densenet201", "features.norm5"),
+        ("densenet201", "features.norm5+relu"),
         ("mobilenet_v3_small", "features.12"),
         ("regnet_y_400mf", "trunk_output"),
     ],

@@ -10,6 +10,7 @@ import click
 
 from camcli import __version__
 from camcli.cli.options import CONTEXT
+from camcli.models import RECTIFIED
 
 if TYPE_CHECKING:
     from camcli.models.probe import LayerInfo
@@ -94,6 +95,8 @@ def _marks(layer: LayerInfo, default: str) -> list[str]:
     marks = []
     if layer.name == default:
         marks.append("default")
+    elif layer.name + RECTIFIED == default:
+        marks.append(f"default({RECTIFIED})")
     if layer.spatial:
         marks.append("spatial")
     if layer.calls > 1:
@@ -117,6 +120,6 @@ def _entry(layer: LayerInfo, default: str) -> dict[str, object]:
         "output": layer.output,
         "calls": layer.calls,
         "spatial": layer.spatial,
-        "default": layer.name == default,
+        "default": layer.name == default.removesuffix(RECTIFIED),
         "parameters": layer.parameters,
     }

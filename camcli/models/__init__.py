@@ -16,3 +16,9 @@ The constants below import nothing heavy: the command line shows them in its hel
 
 EMBEDDED_MODEL = "efficientnet_lite0"
 OFFLINE_ENV = "CAMCLI_OFFLINE"
+# A layer name ending in this means the layer's output after a ReLU: the map a model
+# rectifies functionally before pooling (torchvision's DenseNet ends with
+# ``F.relu(features, inplace=True)``, a ReLU no module hook sees). CAM's and XGrad-CAM's
+# derivations assume the map that feeds the pooling: DenseNet's default layer is
+# ``features.norm5+relu``.
+RECTIFIED = "+relu"

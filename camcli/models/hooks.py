@@ -10,9 +10,17 @@ from typing import Any
 import torch
 from torch import nn
 
+from camcli.models import RECTIFIED
 from camcli.models.tokens import spatial_view
 
-__all__ = ["LayerCapture", "LayerUnusable", "UnknownLayer", "frozen_eval", "resolve_layer"]
+__all__ = [
+    "RECTIFIED",
+    "LayerCapture",
+    "LayerUnusable",
+    "UnknownLayer",
+    "frozen_eval",
+    "resolve_layer",
+]
 
 
 class UnknownLayer(ValueError):
@@ -26,10 +34,13 @@ class LayerUnusable(RuntimeError):
 def resolve_layer(model: nn.Module, name: str) -> nn.Module:
     """Return the sub-module with the dotted name ``name`` (as in ``named_modules()``).
 
+    ``NAME+relu`` names the output of ``NAME`` after a ReLU (:data:`RECTIFIED`).
+
     Raises:
         UnknownLayer: when there is none; the message names up to five close matches.
 
     """
+    name = name.removesuffix(RECTIFIED)
     modules = dict(model.named_modules())
     if name in modules and name:
         return modules[name]
@@ -43,6 +54,9 @@ def resolve_layer(model: nn.Module, name: str) -> nn.Module:
 
 class LayerCapture:
     """Capture the outputs of named layers during one forward pass.
+
+    A name ending in ``+relu`` captures the layer's output after a ReLU, and the network goes
+    on from that rectified map (the ReLU the model applies next changes nothing then).
 
     The hook keeps the layer's output and hands the rest of the network a clone, so in-place
     operations after the layer (ResNet's ``out += identity``, DenseNet's final
@@ -92,9 +106,21 @@ class LayerCapture:
             # gradient must reach every captured layer.
             start_here = self.detach and not output.requires_grad
             spatial = view.to_spatial(output.detach() if start_here else output)
+            rectified = name.endswith(RECTIFIED)
+            if rectified:
+                if view.layout in ("nhwc", "tokens"):
+                    raise LayerUnusable(
+                        f"{RECTIFIED} names a convolutional map rectified before pooling; "
+                        f"{name.removesuffix(RECTIFIED)!r} outputs transformer tokens"
+                    )
+                spatial = torch.relu(spatial)  # out of place
             captured = spatial.requires_grad_(True) if start_here else spatial
-            self.activations[name] = captured
-            return view.from_spatial(captured, output)
+            handed = view.from_spatial(captured, output)
+            # NAME+relu: the tensor the network goes on with is the map its pooling reads
+            # (its own ReLU, in place, keeps the values): gradients taken to it are those of
+            # the pooling's input, not masked again by that ReLU.
+            self.activations[name] = handed if rectified else captured
+            return handed
 
         return hook
 

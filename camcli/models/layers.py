@@ -63,7 +63,8 @@ _FAMILY_LAYERS: list[tuple[str, Callable[[nn.Module], str]]] = [
     ("resnet", lambda m: "layer4"),
     ("resnext", lambda m: "layer4"),
     ("wide_resnet", lambda m: "layer4"),
-    ("densenet", lambda m: "features.norm5"),
+    # the map that feeds DenseNet's pooling: after its functional ReLU (see hooks.RECTIFIED)
+    ("densenet", lambda m: "features.norm5+relu"),
     ("squeezenet", _last_child("features")),
     ("mobilenet", _last_child("features")),
     ("efficientnet", _last_child("features")),
