@@ -173,12 +173,18 @@ def test_integrated_gradients_agree_with_captum():
     model = torchvision.models.resnet18(weights=None).eval()
     x = torch.randn(2, 3, 32, 32)
     targets = torch.tensor([1, 2])
-    for max_steps, tolerance, steps in ((4, 0.05, 4), (12, 0.0, 12)):
-        # fixed steps, then refined once (4 -> 12 midpoints, reusing the first 4)
+    cases = [
+        (4, 0.05, 4, "midpoint", "riemann_middle"),  # fixed steps
+        (12, 0.0, 12, "midpoint", "riemann_middle"),  # refined once: 4 + 8 new midpoints
+        (4, 0.05, 4, "gausslegendre", "gausslegendre"),  # captum's default rule
+        (12, 0.0, 12, "gausslegendre", "gausslegendre"),  # refined once: 12 fresh nodes
+    ]
+    for max_steps, tolerance, steps, rule, method in cases:
         options = MethodOptions(
             ig_steps=4,
             ig_max_steps=max_steps,
             ig_tolerance=tolerance,
+            ig_rule=rule,
             chunk_size=3,
             black=(-1.0, -1.0, -1.0),
         )
@@ -188,7 +194,7 @@ def test_integrated_gradients_agree_with_captum():
             baselines=torch.full_like(x, -1.0),
             target=targets,
             n_steps=steps,
-            method="riemann_middle",
+            method=method,
         )
         torch.testing.assert_close(ours, reference, rtol=1e-3, atol=1e-5)
 

@@ -26,23 +26,26 @@ def test_tripled_steps_reuse_the_gradients_and_equal_the_finer_rule():
     """4 steps refined twice are exactly the 36 midpoints: the 4 and 8 more per interval."""
     model, x, b, targets = batch()
     adaptive = adaptive_integrated_gradients(
-        model, x, b, targets, steps=4, chunk_size=7, tolerance=0.0, max_steps=36
+        model, x, b, targets, steps=4, chunk_size=7, tolerance=0.0, max_steps=36, rule="midpoint"
     )
     fixed, differences = integrated_gradients(model, x, b, targets, steps=36, chunk_size=7)
     assert adaptive.steps.tolist() == [36, 36, 36]
+    assert adaptive.passes.tolist() == [36, 36, 36]  # 4 + 8 + 24: nothing computed twice
     torch.testing.assert_close(adaptive.attributions, fixed, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(adaptive.differences, differences)
 
 
-def test_each_image_stops_at_the_tolerance_and_the_error_reported_is_its_own():
+@pytest.mark.parametrize("rule", ["gausslegendre", "midpoint"])
+def test_each_image_stops_at_the_tolerance_and_the_error_reported_is_its_own(rule: str):
     model, x, b, targets = batch()
     coarse = adaptive_integrated_gradients(
-        model, x, b, targets, steps=2, chunk_size=16, max_steps=2
+        model, x, b, targets, steps=2, chunk_size=16, max_steps=2, rule=rule
     )
     tolerance = float(coarse.errors.median())  # some images meet it at 2 steps, some do not
     result = adaptive_integrated_gradients(
-        model, x, b, targets, steps=2, chunk_size=16, tolerance=tolerance, max_steps=4374
-    )
+        model, x, b, targets, steps=2, chunk_size=16, tolerance=tolerance, max_steps=4374,
+        rule=rule,
+    )  # fmt: skip
     for i in range(3):
         total = float(result.attributions[i].sum())
         error = abs(total - float(result.differences[i])) / abs(float(result.differences[i]))
@@ -71,3 +74,27 @@ def test_the_record_gives_the_steps_used_and_the_error_reached(tmp_path: Path):
         assert ig["start_steps"] == 4 and ig["tolerance"] == 0.001 and ig["max_steps"] == 108
         assert ig["steps"] in (4, 12, 36, 108)
         assert ig["completeness_error"] <= 0.001 or ig["steps"] == 108
+
+
+def test_gauss_legendre_equals_captums_default_and_beats_midpoints_on_a_smooth_path():
+    from captum.attr import IntegratedGradients
+
+    model, x, b, targets = batch()
+    ours, _ = integrated_gradients(model, x, b, targets, 8, 16, rule="gausslegendre")
+    theirs = IntegratedGradients(model).attribute(
+        x, baselines=b, target=targets, n_steps=8, method="gausslegendre"
+    )
+    torch.testing.assert_close(ours, theirs, rtol=1e-3, atol=1e-5)
+    # a linear model is integrated exactly by both; a smooth one (tanh) far better by GL
+    torch.manual_seed(1)
+    smooth = torch.nn.Sequential(
+        torch.nn.Flatten(), torch.nn.Linear(12, 6), torch.nn.Tanh(), torch.nn.Linear(6, 3)
+    )
+    xs = torch.randn(4, 3, 2, 2) * 3
+    bs = torch.zeros_like(xs)
+    t = torch.tensor([0, 1, 2, 0])
+    errors = {
+        rule: adaptive_integrated_gradients(smooth, xs, bs, t, 6, 8, max_steps=6, rule=rule).errors
+        for rule in ("gausslegendre", "midpoint")
+    }
+    assert float(errors["gausslegendre"].max()) < float(errors["midpoint"].max())

@@ -65,7 +65,8 @@ class MethodOptions:
         rise_masks: random masks in RISE.
         ig_steps: path steps of Integrated Gradients every image starts with.
         ig_tolerance: completeness error at which an image's IG stops adding steps.
-        ig_max_steps: most IG path steps per image (steps triple: 32, 96, 288, 864).
+        ig_max_steps: most IG path points per image (they triple: 32, 96, 288, 864).
+        ig_rule: where IG's path points lie: ``gausslegendre`` or ``midpoint``.
         ig_baseline: ``black`` or ``blur``.
         black: the normalised value of a black pixel per channel (``-mean / std``), for
             the black baseline; ``None`` takes 0.
@@ -85,6 +86,7 @@ class MethodOptions:
     ig_steps: int = 32
     ig_tolerance: float = 0.05
     ig_max_steps: int = 1024
+    ig_rule: str = "gausslegendre"
     ig_baseline: str = "black"
     black: tuple[float, ...] | None = None
     metrics: tuple[str, ...] = ()
@@ -309,8 +311,10 @@ def _attribution_methods(
             autocast_dtype,
             tolerance=options.ig_tolerance,
             max_steps=max(options.ig_max_steps, options.ig_steps),
+            rule=options.ig_rule,
         )
         result.images["ig"] = ig.attributions
         result.checks["ig_sum"] = ig.attributions.flatten(1).sum(dim=1)
         result.checks["ig_difference"] = ig.differences
         result.checks["ig_steps"] = ig.steps.float()
+        result.checks["ig_passes"] = ig.passes.float()

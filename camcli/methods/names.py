@@ -13,6 +13,7 @@ __all__ = [
     "DEFAULT_METHODS",
     "GRADIENT_METHODS",
     "IG_BASELINES",
+    "IG_RULES",
     "IMAGE_METHODS",
     "MAP_METHODS",
     "METRICS",
@@ -73,6 +74,8 @@ def parse_methods(values: Sequence[str]) -> tuple[str, ...]:
 METRICS = ("deletion", "insertion", "drop")
 # Where Integrated Gradients' path starts (camcli.methods.integrated).
 IG_BASELINES = ("black", "blur")
+# How Integrated Gradients place their path points (camcli.methods.integrated).
+IG_RULES = ("gausslegendre", "midpoint")
 
 
 def parse_metrics(text: str) -> tuple[str, ...]:

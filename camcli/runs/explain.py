@@ -364,6 +364,7 @@ def _new_method_options(settings: Settings) -> dict[str, Any]:
             ig_baseline=options.ig_baseline,
             ig_tolerance=options.ig_tolerance,
             ig_max_steps=options.ig_max_steps,
+            ig_rule=options.ig_rule,
         )
     if options.metrics:
         fields.update(metrics=list(options.metrics), metric_steps=options.metric_steps)
@@ -659,7 +660,9 @@ def _attribution_fields(
         total, difference = check["ig_sum"][j], check["ig_difference"][j]
         fields["integrated_gradients"] = {
             "baseline": options.ig_baseline,
+            "rule": options.ig_rule,
             "steps": int(check["ig_steps"][j]),
+            "passes": int(check["ig_passes"][j]),
             "start_steps": options.ig_steps,
             "tolerance": options.ig_tolerance,
             "max_steps": max(options.ig_max_steps, options.ig_steps),
