@@ -80,9 +80,10 @@ def crossing_models() -> Iterator[None]:
         unregister_model(f"cross-{architecture}")
 
 
-@pytest.fixture(scope="module")
-def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("crossing")
+@pytest.fixture
+def photos(tmp_path: Path) -> Path:
+    # Each test reads its own copy: no test's run can see another's files or leftovers.
+    root = tmp_path / "crossing"
     for i, (width, height) in enumerate([(40, 30), (23, 57), (64, 64)]):
         save_image(root / "tabby" / f"p{i}.png", random_photo(i, width, height))
     return root
