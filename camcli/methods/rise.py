@@ -117,6 +117,8 @@ def rise(
             chunk = masks.chunk(start, stop, x.device)
             flat = chunk.flatten(1)
             for i in range(n):
+                if i:
+                    check_stop()  # a chunk is one pass per image: stop between those too
                 with autocast(x.device, autocast_dtype):
                     logits = model(x[i : i + 1] * chunk.to(x.dtype)).float()
                 p = class_probabilities(logits, binary)[:, targets[i]]
