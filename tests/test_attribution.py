@@ -405,6 +405,9 @@ def test_cli_new_methods_and_scores_in_record_index_and_run_json(image_folder, t
     for record in records:
         assert record["rise"]["masks"] == 12 and record["maps"]["rise"]["layer"] == "input"
         assert record["lrp"]["composite"] == "EpsilonPlusFlat"
+        lrp = record["lrp"]
+        assert lrp["kept"] == pytest.approx(lrp["relevance_sum"] / lrp["logit"], abs=1e-4)
+        assert "biases" in lrp["rest"]
         assert record["integrated_gradients"]["baseline"] == "blur"
         ig = record["integrated_gradients"]
         assert ig["completeness_error"] == pytest.approx(

@@ -655,6 +655,12 @@ def _attribution_fields(
             "canonizers": meta.lrp_canonizers,
             "relevance_sum": round(check["lrp_sum"][j], 6),
             "logit": round(check["lrp_logit"][j], 6),
+            # What the relevance sum keeps of the logit; the rest stays with the layers'
+            # biases (batch norms merged into convolutions put one in each): see README.
+            "kept": round(check["lrp_sum"][j] / check["lrp_logit"][j], 6)
+            if check["lrp_logit"][j]
+            else None,
+            "rest": "with the biases of the layers (merged batch norms)",
         }
     if "ig_sum" in check:
         total, difference = check["ig_sum"][j], check["ig_difference"][j]
