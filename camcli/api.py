@@ -15,6 +15,7 @@ own pixels with the same sampling grid the command line's pictures use.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -26,7 +27,7 @@ from PIL import Image
 from torch import nn
 
 from camcli.io.decode import ViewGeometry, load_rgb, model_input
-from camcli.io.discover import discover_images
+from camcli.io.discover import ImageItem, discover_images
 from camcli.io.lock import run_lock
 from camcli.methods.batch import MethodOptions, compute_methods
 from camcli.methods.forward import top_predictions
@@ -44,8 +45,9 @@ from camcli.pictures.render import (
     picture_to_unit,
     sample_on_original,
 )
-from camcli.runs.loop import RunSummary
+from camcli.runs.loop import Reporter, RunSummary
 from camcli.runs.settings import Settings, parse_target, resolve_device
+from camcli.runs.targets import parse_targets
 
 __all__ = ["ExplainResult", "Explainer", "Prediction"]
 
@@ -129,15 +131,17 @@ class Explainer:
     """A model and methods, ready to explain images in batches.
 
     Args:
-        model: what ``--model`` accepts (a zoo name, ``timm/NAME``, ``FILE.py:FUNC``) or an
-            ``nn.Module`` (inputs normalised with ImageNet's mean and std at 224 x 224
+        model: what ``--model`` accepts (a zoo name, ``timm/NAME``, ``FILE.py:FUNC``), a
+            :class:`~camcli.models.loaded.LoadedModel`, or an ``nn.Module`` (inputs normalised
+            with ImageNet's mean and std at 224 x 224
             unless the module states its own, as for a factory).
         methods: method names (``--method``), default Grad-CAM and guided backprop.
         layers: target layers (``--layer``), default the model's.
         device: ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``.
         weights: a local weights file for the architecture (``--weights``).
         offline: never download weights.
-        target: ``pred`` (the top-1), a class index or a class name (``--target``).
+        target: ``pred`` (the top-1), a class index or a class name (``--target``); with
+            :meth:`explain_folder` also ``label`` and several, comma-separated.
         top_k: predictions kept per image.
         crop: centre-crop as in the weights' evaluation instead of resizing the whole image.
         batch_size: images per forward pass [default: 64 on CUDA, 8 on CPU].
@@ -153,11 +157,11 @@ class Explainer:
 
     def __init__(
         self,
-        model: str | nn.Module = EMBEDDED_MODEL,
+        model: str | nn.Module | LoadedModel = EMBEDDED_MODEL,
         methods: Sequence[str] = DEFAULT_METHODS,
         *,
         layers: Sequence[str] = (),
-        device: str = "auto",
+        device: str | torch.device = "auto",
         weights: str | Path | None = None,
         offline: bool = False,
         target: str | int = "pred",
@@ -166,18 +170,21 @@ class Explainer:
         batch_size: int | None = None,
         method_options: MethodOptions | None = None,
     ) -> None:
-        self.device = resolve_device(device)
-        if isinstance(model, nn.Module):
-            self.model: LoadedModel = load_module_model(model)
+        self.device = device if isinstance(device, torch.device) else resolve_device(device)
+        if isinstance(model, LoadedModel):
+            self.model: LoadedModel = model
+        elif isinstance(model, nn.Module):
+            self.model = load_module_model(model)
         else:
             self.model = load_model(model, Path(weights) if weights else None, offline)
         self.methods = parse_methods(list(methods))
         self.layers = tuple(dict.fromkeys(layers)) or (self.model.default_layer,)
         for name in self.layers:
             resolve_layer(self.model.module, name)
-        self.target = parse_target(str(target), self.model.classes)
-        if self.target.mode == "label":
-            raise ValueError("target 'label' needs class folders: use explain_folder()")
+        classes = self.model.classes
+        self.target, self.extra_targets = parse_targets(
+            str(target), lambda text: parse_target(text, classes)
+        )
         self.top_k = top_k
         self.crop = crop
         self.batch_size = batch_size or (64 if self.device.type == "cuda" else 8)
@@ -204,6 +211,11 @@ class Explainer:
             The results.
 
         """
+        if self.extra_targets or self.target.mode == "label":
+            raise ValueError(
+                "explain() gives one map per method for one target (pred or a class); "
+                "several targets and 'label' (class folders) need explain_folder()"
+            )
         pending: list[tuple[Image.Image, str | None]] = []
         for image in _as_images(images):
             pending.append(image)
@@ -235,28 +247,49 @@ class Explainer:
         output = Path(output_dir).expanduser()
         items = discover_images(Path(input_path), exclude=output)
         settings = self.settings(output, force=force, alpha=alpha, save_raw=save_raw)
-        from camcli.runs.explain import run_explain
-
         output.mkdir(parents=True, exist_ok=True)
         with run_lock(output / settings.lock_name):
-            return run_explain(items, self.model, settings, _QuietReporter())
+            return self.run(items, settings)
 
     def settings(self, output_dir: Path, **fields: Any) -> Settings:
-        """The run settings of this explainer writing to ``output_dir`` (with ``fields``)."""
+        """The settings of a run of this explainer into ``output_dir``.
+
+        ``camcli explain`` builds its run's settings here too, with its options as
+        ``fields`` (workers, precision, PNG level, ...): both write the same files.
+        """
+        chosen: dict[str, Any] = {
+            "batch_size": self.batch_size,
+            "workers": 0,
+            "device": self.device,
+            "channels_last": self.device.type == "cpu",
+        }
+        chosen.update(fields)
         return Settings(
             output_dir=output_dir,
-            batch_size=self.batch_size,
-            workers=0,
-            device=self.device,
             layers=self.layers,
             methods=self.methods,
             method_options=self.method_options,
             target=self.target,
+            extra_targets=self.extra_targets,
             top_k=self.top_k,
             crop=self.crop,
-            channels_last=self.device.type == "cpu",
-            **fields,
+            **chosen,
         )
+
+    def run(
+        self,
+        items: Sequence[ImageItem],
+        settings: Settings,
+        reporter: Reporter | None = None,
+        stop: threading.Event | None = None,
+    ) -> RunSummary:
+        """Explain ``items`` into files with ``settings`` (see :meth:`settings`).
+
+        The command line's run: the caller holds the output directory's lock.
+        """
+        from camcli.runs.explain import run_explain
+
+        return run_explain(items, self.model, settings, reporter or _QuietReporter(), stop)
 
     def _explain_batch(self, batch: list[tuple[Image.Image, str | None]]) -> list[ExplainResult]:
         prep = self.model.preprocessing

@@ -30,6 +30,7 @@ from camcli.methods.names import (
 )
 
 if TYPE_CHECKING:
+    from camcli.api import Explainer
     from camcli.cli.frame import PreparedRun
     from camcli.io.discover import ImageItem
     from camcli.runs.settings import Settings
@@ -222,16 +223,16 @@ def explain(ctx: click.Context, **options: Any) -> None:
     from camcli.cli.report import report_after_run
     from camcli.methods.activation import CamNotApplicable
     from camcli.models.hooks import LayerUnusable
-    from camcli.runs.explain import run_explain, settings_payload
+    from camcli.runs.explain import settings_payload
     from camcli.runs.loop import RunSummary
     from camcli.runs.runtime import StopRequest
 
     run = prepare_run(common)
-    settings = explain_settings(run, own, chosen_methods, metrics)
+    explainer, settings = explain_settings(run, own, chosen_methods, metrics)
     model = run.model
 
     def body(reporter: Reporter, stop: StopRequest) -> RunSummary:
-        return run_explain(run.items, model, settings, reporter, stop.event)
+        return explainer.run(run.items, settings, reporter, stop.event)
 
     code = run_in_frame(
         run,
@@ -275,57 +276,68 @@ def explain_settings(
     options: ExplainOptions,
     methods: tuple[str, ...],
     metrics: tuple[str, ...] = (),
-) -> Settings:
-    """The settings of an explain run from the prepared run and the command's own options.
+) -> tuple[Explainer, Settings]:
+    """The library's :class:`camcli.Explainer` of an explain run, and the run's settings.
+
+    The command's options become an ``Explainer`` over the loaded model (methods, layers,
+    target, top-k, crop, batch size, method options) and its
+    :meth:`~camcli.Explainer.settings` adds the common options: ``camcli explain`` and
+    ``Explainer.explain_folder`` write the same files.
 
     Raises:
         click.BadParameter: for an unknown ``--layer`` or ``--target``, or ``--target label``
             on images outside class folders (exit 2).
 
     """
-    from camcli.cli.frame import checked_layers
+    from camcli.api import Explainer
     from camcli.methods.batch import MethodOptions
-    from camcli.runs.settings import parse_target
-    from camcli.runs.targets import parse_targets
+    from camcli.models.hooks import UnknownLayer
 
     loaded = run.model
-    layer_names = checked_layers(loaded, options.layers)
+    prep = loaded.preprocessing
+    method_options = MethodOptions(
+        chunk_size=options.chunk_size or run.chunk_size,
+        smooth_samples=options.smooth_samples,
+        smooth_noise=options.smooth_noise,
+        smooth_guided=options.smooth_guided,
+        seed=options.seed,
+        rise_masks=options.rise_masks,
+        ig_steps=options.ig_steps,
+        ig_tolerance=options.ig_tolerance,
+        ig_max_steps=options.ig_max_steps,
+        ig_rule=options.ig_rule,
+        ig_baseline=options.ig_baseline,
+        black=tuple(-m / s for m, s in zip(prep.mean, prep.std, strict=True)),
+        metrics=metrics,
+        metric_steps=options.metric_steps,
+        binary=loaded.binary,
+    )
     try:
-        target_spec, extra_targets = parse_targets(
-            options.target, lambda text: parse_target(text, loaded.classes)
+        explainer = Explainer(
+            loaded,
+            methods,
+            layers=options.layers,
+            device=run.device,
+            target=options.target,
+            top_k=options.top_k,
+            crop=options.crop,
+            batch_size=run.batch_size,
+            method_options=method_options,
         )
+    except UnknownLayer as exc:
+        raise click.BadParameter(
+            f"{exc}; 'camcli layers {loaded.name}' lists every layer", param_hint="'--layer'"
+        ) from None
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="'--target'") from None
-    if "label" in (t.mode for t in (target_spec, *extra_targets)):
+    if "label" in (t.mode for t in (explainer.target, *explainer.extra_targets)):
         _check_labels(run.items, loaded.classes)
-    prep = loaded.preprocessing
-    return run.settings(
-        layers=layer_names,
-        methods=methods,
-        method_options=MethodOptions(
-            chunk_size=options.chunk_size or run.chunk_size,
-            smooth_samples=options.smooth_samples,
-            smooth_noise=options.smooth_noise,
-            smooth_guided=options.smooth_guided,
-            seed=options.seed,
-            rise_masks=options.rise_masks,
-            ig_steps=options.ig_steps,
-            ig_tolerance=options.ig_tolerance,
-            ig_max_steps=options.ig_max_steps,
-            ig_rule=options.ig_rule,
-            ig_baseline=options.ig_baseline,
-            black=tuple(-m / s for m, s in zip(prep.mean, prep.std, strict=True)),
-            metrics=metrics,
-            metric_steps=options.metric_steps,
-            binary=loaded.binary,
-        ),
-        target=target_spec,
-        extra_targets=extra_targets,
-        top_k=options.top_k,
-        save_raw=options.save_raw,
-        crop=options.crop,
-        alpha=options.alpha,
+    fields = run.common_fields()
+    fields.pop("batch_size")
+    settings = explainer.settings(
+        run.output_dir, **fields, save_raw=options.save_raw, alpha=options.alpha
     )
+    return explainer, settings
 
 
 def _methods(values: tuple[str, ...], guided: bool | None) -> tuple[str, ...]:

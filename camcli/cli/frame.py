@@ -120,23 +120,25 @@ class PreparedRun:
     png_level: int | None
     max_pixels: int
 
+    def common_fields(self) -> dict[str, Any]:
+        """The :class:`Settings` fields the common options decide (all but the output's)."""
+        return {
+            "batch_size": self.batch_size,
+            "workers": self.workers,
+            "device": self.device,
+            "png_level": self.png_level,
+            "precision": self.precision,
+            "channels_last": self.channels_last,
+            "resize_on_device": self.resize_on_device,
+            "write_threads": self.write_threads,
+            "force": self.force,
+            "max_pixels": self.max_pixels,
+            "name_suffix": self.name_suffix,
+        }
+
     def settings(self, **fields: Any) -> Settings:
         """The run's :class:`Settings`: the common options, plus the command's ``fields``."""
-        return Settings(
-            output_dir=self.output_dir,
-            batch_size=self.batch_size,
-            workers=self.workers,
-            device=self.device,
-            png_level=self.png_level,
-            precision=self.precision,
-            channels_last=self.channels_last,
-            resize_on_device=self.resize_on_device,
-            write_threads=self.write_threads,
-            force=self.force,
-            max_pixels=self.max_pixels,
-            name_suffix=self.name_suffix,
-            **fields,
-        )
+        return Settings(output_dir=self.output_dir, **self.common_fields(), **fields)
 
     @property
     def chunk_size(self) -> int:
