@@ -52,6 +52,7 @@ def main() -> None:
     parser.add_argument("--metric-steps", type=int, default=16)
     parser.add_argument("--scorecam", action="store_true", help="also Score-CAM (slow on a CPU)")
     parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--only", default="", help="comma-separated method rows to run")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     args = parser.parse_args()
     if args.threads:
@@ -95,6 +96,9 @@ def main() -> None:
     ]
     if args.scorecam and channels:
         cases.insert(0, ("scorecam", channels, False, ["scorecam"]))
+    if args.only:
+        wanted = {name.strip() for name in args.only.split(",")}
+        cases = [case for case in cases if case[0].split(" ")[0] in wanted]
 
     def bare(passes_per_image: float, backward: bool) -> None:
         total = round(n * passes_per_image)

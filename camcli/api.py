@@ -233,12 +233,14 @@ class Explainer:
         force: bool = False,
         alpha: float = 0.5,
         save_raw: bool = False,
+        thumbnails: bool = False,
     ) -> RunSummary:
         """Explain every image under a folder into files: the run ``camcli explain`` makes.
 
         The same records, pictures, index, resume rules and output names as the command
         line with the same model and options; the output directory is locked for the run.
         No ``run.json`` is written (that is the command line's summary of a process).
+        ``thumbnails``: also write the HTML report's thumbnails (as ``--report`` does).
 
         Returns:
             The run's counts.
@@ -246,7 +248,9 @@ class Explainer:
         """
         output = Path(output_dir).expanduser()
         items = discover_images(Path(input_path), exclude=output)
-        settings = self.settings(output, force=force, alpha=alpha, save_raw=save_raw)
+        settings = self.settings(
+            output, force=force, alpha=alpha, save_raw=save_raw, thumbnails=thumbnails
+        )
         output.mkdir(parents=True, exist_ok=True)
         with run_lock(output / settings.lock_name):
             return self.run(items, settings)

@@ -169,8 +169,7 @@ def test_report_command_writes_the_report_and_one_json_line(tmp_path: Path):
     assert summary["images"] == len(LABELLED) + 1
     assert summary["errors"] == 1
     assert summary["misclassified"] == len(MISCLASSIFIED)
-    # explain wrote the thumbnails from the overlays in memory: the report makes none
-    assert summary["thumbnails"] == {"written": 0, "reused": len(LABELLED)}
+    assert summary["thumbnails"] == {"written": len(LABELLED), "reused": 0}
     for name in ("index.html", "image.html", "report.js", "report.css", "data.js", "details/0.js"):
         assert (out / "report" / name).is_file(), name
     data = report_data(out)

@@ -28,6 +28,7 @@ from camcli.methods.names import (
     parse_methods,
     parse_metrics,
 )
+from camcli.report import REPORT_DIR
 
 if TYPE_CHECKING:
     from camcli.api import Explainer
@@ -334,8 +335,15 @@ def explain_settings(
         _check_labels(run.items, loaded.classes)
     fields = run.common_fields()
     fields.pop("batch_size")
+    # The report's thumbnails come with the run when a report is wanted: --report, or an
+    # output directory that has had one (it recorded its thumbnails' size).
+    thumbnails = options.report or (run.output_dir / REPORT_DIR / "thumbs" / "size.txt").exists()
     settings = explainer.settings(
-        run.output_dir, **fields, save_raw=options.save_raw, alpha=options.alpha
+        run.output_dir,
+        **fields,
+        save_raw=options.save_raw,
+        alpha=options.alpha,
+        thumbnails=thumbnails,
     )
     return explainer, settings
 

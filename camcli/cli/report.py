@@ -77,5 +77,9 @@ def report_after_run(output_dir: Path, code: int) -> int:
     except OSError as exc:
         click.echo(f"camcli: cannot write the report: {exc.strerror or exc}", err=True)
         return code or 1
-    click.echo(f"camcli: report in {summary.index}", err=True)
+    click.echo(
+        f"camcli: report in {summary.index} ({summary.thumbnails_written} thumbnails made, "
+        f"{summary.thumbnails_reused} reused)",
+        err=True,
+    )
     return code

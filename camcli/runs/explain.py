@@ -306,7 +306,12 @@ def _explain_work(
                 )
             outputs.append(
                 ImageOutput(
-                    record, jobs, size, _thumbnail(item, record, arrays, settings.output_dir)
+                    record,
+                    jobs,
+                    size,
+                    _thumbnail(item, record, arrays, settings.output_dir)
+                    if settings.thumbnails
+                    else [],
                 )
             )
         return outputs

@@ -104,6 +104,8 @@ class Settings:
         force: redo images whose outputs are up to date.
         max_pixels: refuse larger images (decompression bombs).
         name_suffix: added to the index, summary and lock names (``.shard-K-of-N``).
+        thumbnails: write the HTML report's thumbnails from the overlays in memory (the
+            report then decodes none again); costs about one more small encode per image.
         kind: the run kind (``explain``, ``features``, ``compare``): it names the records,
             the index and the summary (:func:`camcli.io.write.record_suffix`), so that one
             command never replaces another's results in the same output directory.
@@ -132,6 +134,7 @@ class Settings:
     max_pixels: int = 178_956_970
     name_suffix: str = ""
     kind: str = "explain"
+    thumbnails: bool = False
 
     @property
     def index_name(self) -> str:
