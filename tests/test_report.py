@@ -433,7 +433,7 @@ def test_report_usage_and_empty_directory(tmp_path: Path):
     (tmp_path / "empty").mkdir()
     empty = cli("report", tmp_path / "empty")
     assert empty.exit_code == 1 and empty.stdout == ""
-    assert "holds no camcli record" in empty.stderr and "Traceback" not in empty.output
+    assert "holds no record of camcli explain" in empty.stderr and "Traceback" not in empty.output
     for option in ("--help", "-h"):
         help_text = cli("report", option)
         assert help_text.exit_code == 0 and "Usage:" in help_text.stdout

@@ -81,10 +81,11 @@ def compare(ctx: click.Context, **options: Any) -> None:
     Each sheet (NAME.compare.png, mirroring the input tree under --output-dir) has a row per
     --model and a column per --method; each cell is the photo with that model's map for its
     own top-1 class laid over it, with the model's name, top-1 class and probability written
-    on it. NAME.json lists every cell's prediction and map statistics (layer, resolution,
+    on it. NAME.compare.json lists every cell's prediction and map statistics (layer, resolution,
     max, mean, peak pixel). The models run one after another over the whole input (one
     model in memory at a time); their maps wait in a scratch folder inside the output
-    directory, removed at the end. Resume, --jsonl, run.json and the exit status are as in
+    directory, removed at the end. Resume, --jsonl, compare.index.jsonl, the summary
+    (compare.run.json) and the exit status are as in
     'camcli explain'.
 
     \b

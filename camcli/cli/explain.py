@@ -169,7 +169,8 @@ __all__ = ["ExplainOptions", "explain", "explain_settings"]
     type=int,
     default=0,
     show_default=True,
-    help="Base seed of smoothgrad's noise (image i uses seed + i) and of rise's masks "
+    help="Base seed of smoothgrad's noise (each image's own seed also comes from its path, so "
+    "it does not depend on order, batches or shards) and of rise's masks "
     "(shared by all images).",
 )
 @click.option(
@@ -189,12 +190,14 @@ __all__ = ["ExplainOptions", "explain", "explain_settings"]
 @click.version_option(__version__, "--version", prog_name="camcli")
 @click.pass_context
 def explain(ctx: click.Context, **options: Any) -> None:
-    """Explain every image under INPUT (a folder, walked recursively, or one image file).
+    """Explain every image under INPUT: a folder (walked recursively), an image, or - (stdin).
 
-    Per image it writes, mirroring the input tree under --output-dir: NAME.json (top-k
+    INPUT - reads a list of paths from stdin (see --null, --root). Per image it writes,
+    mirroring the input tree under --output-dir: NAME.json (top-k
     predictions, label, target, files) and per method NAME.METHOD.png (heatmap),
-    NAME.METHOD.overlay.png or, for guided/guided-gradcam/smoothgrad, NAME.METHOD.png, all at
-    the image's original size; and index.jsonl, one line per image.
+    NAME.METHOD.overlay.png or, for the gradient pictures (guided, guided-gradcam,
+    smoothgrad, lrp, ig), NAME.METHOD.png, all at the image's original size; and
+    index.jsonl, one line per image.
 
     A re-run explains only new or changed images (--force: all); run.json summarises the run.
 

@@ -75,9 +75,10 @@ def features(ctx: click.Context, **options: Any) -> None:
 
     Per image it writes, mirroring the input tree under --output-dir: NAME.features.LAYER.png
     per layer (the chosen channels, each labelled with its index, one colour scale per grid
-    from its lowest to its highest value, shown at the bottom), NAME.json (top-k
+    from its lowest to its highest value, shown at the bottom), NAME.features.json (top-k
     predictions, per layer its shape, the channels shown, their mean activations and the
-    scale; files) and index.jsonl. Resume, --jsonl, run.json and the exit status are as in
+    scale; files) and features.index.jsonl. Resume, --jsonl, the summary (features.run.json)
+    and the exit status are as in
     'camcli explain'.
 
     \b

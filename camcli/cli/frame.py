@@ -514,9 +514,12 @@ def _report(summary: RunSummary, output_dir: Path, described: str, verb: str) ->
         failed += ", interrupted"
     # A rate only where images were processed: a fully reused run, or one stopped before
     # its first batch finished, has none to give (not "0.0 images/s").
+    per_second = summary.explained / summary.seconds if summary.seconds > 0 else 0.0
     rate = (
-        f" ({summary.explained / summary.seconds:.1f} images/s)"
-        if summary.explained and summary.seconds > 0
+        f" ({per_second:.1f} images/s)"
+        if per_second >= 1
+        else f" ({summary.seconds / summary.explained:.1f} s per image)"
+        if summary.explained
         else ""
     )
     click.echo(

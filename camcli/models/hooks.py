@@ -99,7 +99,7 @@ class LayerCapture:
             if view is None:
                 shape = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output)
                 raise LayerUnusable(
-                    f"layer {name!r} outputs {shape}; a CAM needs a 4-D (N, C, H, W) feature "
+                    f"layer {name!r} outputs {shape}; a map needs a 4-D (N, C, H, W) feature "
                     "map or (N, tokens, C) patch tokens"
                 )
             # Start the graph here unless an earlier captured layer already did: the

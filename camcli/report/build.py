@@ -493,7 +493,8 @@ def write_report(
     entries = collect_entries(output_dir)
     if not entries:
         raise NothingToReport(
-            f"{output_dir} holds no camcli record (NAME.json) and no index entry yet"
+            f"{output_dir} holds no record of camcli explain (NAME.json) and no index entry "
+            "yet (the report shows explain runs; features and compare write their own)"
         )
     report_dir = output_dir / REPORT_DIR
     report_dir.mkdir(parents=True, exist_ok=True)
