@@ -138,6 +138,25 @@ def main() -> None:
             f"{name:20} {passes:10.0f} {n / method_s:13.3f} {n / bound_s:12.3f} "
             f"{bound_s / method_s:6.2f}"
         )
+        if name == "lrp":
+            # LRP's rules make passes of their own (z+ runs each convolution again with the
+            # positive and the negative weights): its real bound is zennit's own attributor
+            from zennit.attribution import Gradient
+            from zennit.composites import EpsilonPlusFlat
+
+            from camcli.methods.lrp import lrp_canonizers
+
+            composite = EpsilonPlusFlat(canonizers=lrp_canonizers(model))
+            with torch.no_grad():
+                logits = model(x)
+            onehot = torch.nn.functional.one_hot(logits.argmax(1), logits.shape[1]).float()
+            with Gradient(model=model, composite=composite) as attributor:
+                attributor(x, onehot)
+                zennit_s = best(lambda: attributor(x, onehot), args.repeat)
+            print(
+                f"{'lrp vs zennit':20} {'':>10} {n / method_s:13.3f} {n / zennit_s:12.3f} "
+                f"{zennit_s / method_s:6.2f}"
+            )
 
 
 if __name__ == "__main__":
