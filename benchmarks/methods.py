@@ -152,7 +152,7 @@ def main() -> None:
             onehot = torch.nn.functional.one_hot(logits.argmax(1), logits.shape[1]).float()
             with Gradient(model=model, composite=composite) as attributor:
                 attributor(x, onehot)
-                zennit_s = best(lambda: attributor(x, onehot), args.repeat)
+                zennit_s = best(lambda a=attributor, o=onehot: a(x, o), args.repeat)
             print(
                 f"{'lrp vs zennit':20} {'':>10} {n / method_s:13.3f} {n / zennit_s:12.3f} "
                 f"{zennit_s / method_s:6.2f}"
