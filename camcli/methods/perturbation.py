@@ -118,7 +118,10 @@ def smoothgrad(
 
     def flush() -> None:
         check_stop()
-        batch = torch.stack([copy for copy, _ in pending]).requires_grad_(True)
+        batch = torch.stack([copy for copy, _ in pending])
+        if x.is_contiguous(memory_format=torch.channels_last):
+            batch = batch.contiguous(memory_format=torch.channels_last)  # stack made it NCHW
+        batch.requires_grad_(True)
         owners = to_device(torch.tensor([i for _, i in pending]), x.device)
         mode = GuidedActivations()
         with frozen_eval(model), torch.enable_grad():
