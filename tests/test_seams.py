@@ -126,3 +126,26 @@ def test_a_factory_without_weights_says_so_once(photos: Path, tmp_path: Path):
     assert result.exit_code in (0, 1), result.output
     assert result.stderr.count("no --weights for") == 1
     assert "random unless it loads trained ones" in result.stderr
+
+
+def test_the_closing_line_names_a_layer_only_for_methods_that_read_one(
+    photos: Path, tmp_path: Path
+):
+    layerless = run(
+        "explain",
+        photos,
+        "-o",
+        tmp_path / "a",
+        "--model",
+        TINY,
+        "-j",
+        "0",
+        "--method",
+        "guided,ig",
+        "--ig-max-steps",
+        "32",
+    )
+    assert layerless.exit_code == 0, layerless.output
+    assert f"with {TINY} (guided, ig) in" in layerless.stderr
+    with_layer = run("explain", photos, "-o", tmp_path / "b", "--model", TINY, "-j", "0")
+    assert f"with {TINY} at features.3 in" in with_layer.stderr

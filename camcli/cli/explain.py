@@ -25,6 +25,7 @@ from camcli.methods.names import (
     DEFAULT_METHODS,
     IG_BASELINES,
     IG_RULES,
+    LAYER_METHODS,
     parse_methods,
     parse_metrics,
 )
@@ -242,7 +243,9 @@ def explain(ctx: click.Context, **options: Any) -> None:
         run,
         body,
         settings_payload(model, settings),
-        f"{model.name} at {', '.join(settings.layers)}",
+        f"{model.name} at {', '.join(settings.layers)}"
+        if any(m in LAYER_METHODS for m in settings.methods)
+        else f"{model.name} ({', '.join(settings.methods)})",
         {LayerUnusable: "--layer", CamNotApplicable: "--method"},
     )
     if own.report and (run.rank is None or run.rank.rank == 0):

@@ -15,6 +15,7 @@ __all__ = [
     "IG_BASELINES",
     "IG_RULES",
     "IMAGE_METHODS",
+    "LAYER_METHODS",
     "MAP_METHODS",
     "METRICS",
     "RISE_LAYER",
@@ -25,6 +26,8 @@ __all__ = [
 GRADIENT_METHODS = ("gradcam", "gradcam++", "xgradcam", "layercam", "hirescam")
 MAP_METHODS = (*GRADIENT_METHODS, "cam", "eigencam", "scorecam", "rise")
 IMAGE_METHODS = ("guided", "guided-gradcam", "smoothgrad", "lrp", "ig")
+# The methods that read --layer (the others work at the input: no layer of theirs).
+LAYER_METHODS = (*GRADIENT_METHODS, "cam", "eigencam", "scorecam", "guided-gradcam")
 RISE_LAYER = "input"  # RISE's map is keyed by this instead of a layer
 ALL_METHODS = MAP_METHODS + IMAGE_METHODS
 DEFAULT_METHODS = ("gradcam", "guided")
