@@ -198,7 +198,7 @@ class Explainer:
         self.method_options = method_options or defaults
         if method_options is not None and method_options.black is None:
             self.method_options = replace(method_options, black=black)
-        self.model.module.to(self.device).eval()
+        self.model.module.to(self.device)  # eval mode is each method's, for its passes
 
     def explain(self, images: Iterable[ImageLike] | torch.Tensor) -> Iterator[ExplainResult]:
         """Explain images, a batch at a time; yields one result per image, in order.

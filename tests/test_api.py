@@ -155,10 +155,13 @@ def test_a_module_object_is_a_model(photos: Path):
         torch.nn.Flatten(),
         torch.nn.Linear(4, 3),
     )
+    module.train()  # the caller's state: kept (methods run in eval mode, then restore it)
     explainer = camcli.Explainer(module, methods=["gradcam"], layers=["1"], device="cpu")
     (result,) = explainer.explain(sorted(photos.rglob("*.png"))[:1])
     assert len(result.predictions) == 3
     assert result.maps["gradcam"].shape == (40, 48)
+    assert all(part.training for part in module.modules())
+    assert all(p.requires_grad for p in module.parameters())
 
 
 def test_errors_name_what_is_wrong():

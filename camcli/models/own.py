@@ -254,7 +254,8 @@ def load_module_model(module: nn.Module, name: str | None = None) -> LoadedModel
 
     Its preprocessing is what it states (``camcli_preprocessing`` or the timm-style
     ``pretrained_cfg``), else ImageNet's at 224 x 224; classes and the default layer are
-    found as for a factory. The caller's module is used as it is (put in eval mode).
+    found as for a factory. The caller's module is used as it is and keeps its train or
+    eval state: every method runs it in eval mode and restores the state afterwards.
 
     Raises:
         OutputMismatch: the module does not take its stated input.
@@ -262,7 +263,12 @@ def load_module_model(module: nn.Module, name: str | None = None) -> LoadedModel
     """
     prep = _stated_preprocessing(module)
     label = name or type(module).__name__
-    return _finish(label, module, prep, f"given module ({label})")
+    modes = [(part, part.training) for part in module.modules()]
+    try:
+        return _finish(label, module, prep, f"given module ({label})")
+    finally:  # the caller's module keeps its train/eval state (methods run in eval mode)
+        for part, training in modes:
+            part.training = training
 
 
 def load_factory_model(
