@@ -297,6 +297,7 @@ def explain_settings(
 
     """
     from camcli.api import Explainer
+    from camcli.cli.frame import unknown_layer
     from camcli.methods.batch import MethodOptions
     from camcli.models.hooks import UnknownLayer
 
@@ -332,9 +333,7 @@ def explain_settings(
             method_options=method_options,
         )
     except UnknownLayer as exc:
-        raise click.BadParameter(
-            f"{exc}; 'camcli layers {loaded.name}' lists every layer", param_hint="'--layer'"
-        ) from None
+        raise unknown_layer(exc, loaded.name) from None
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="'--target'") from None
     if "label" in (t.mode for t in (explainer.target, *explainer.extra_targets)):

@@ -74,6 +74,21 @@ from camcli.runs.runtime import (
 )
 from camcli.runs.settings import Settings, host_parallelism, resolve_device
 
+__all__ = [
+    "PreparedRun",
+    "Reporter",
+    "RunBody",
+    "UsageErrors",
+    "check_model_name",
+    "checked_layers",
+    "discover_inputs",
+    "load_checked_model",
+    "prepare_run",
+    "resolve_device_option",
+    "run_in_frame",
+    "unknown_layer",
+]
+
 # --- preparing a run --------------------------------------------------------------------
 
 
@@ -158,10 +173,15 @@ def checked_layers(model: LoadedModel, names: Sequence[str]) -> tuple[str, ...]:
         for name in layers:
             resolve_layer(model.module, name)
     except UnknownLayer as exc:
-        raise click.BadParameter(
-            f"{exc}; 'camcli layers {model.name}' lists every layer", param_hint="'--layer'"
-        ) from None
+        raise unknown_layer(exc, model.name) from None
     return layers
+
+
+def unknown_layer(exc: UnknownLayer, model_name: str) -> click.BadParameter:
+    """The usage error for a ``--layer`` the model lacks: close names, and where to look."""
+    return click.BadParameter(
+        f"{exc}; 'camcli layers {model_name}' lists every layer", param_hint="'--layer'"
+    )
 
 
 def check_model_name(model_name: str) -> None:
