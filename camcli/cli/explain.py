@@ -11,10 +11,12 @@ from camcli import __version__
 from camcli.cli.options import (
     CONTEXT,
     CommonOptions,
+    MethodSettingOptions,
     alpha_option,
     config_option,
     crop_option,
     input_options,
+    method_setting_options,
     model_options,
     output_options,
     runtime_options,
@@ -23,8 +25,6 @@ from camcli.cli.options import (
 from camcli.methods.names import (
     ALL_METHODS,
     DEFAULT_METHODS,
-    IG_BASELINES,
-    IG_RULES,
     LAYER_METHODS,
     parse_methods,
     parse_metrics,
@@ -76,61 +76,7 @@ __all__ = ["ExplainOptions", "explain", "explain_settings"]
     help="Add or remove guided backprop from the methods (one backward pass to the input "
     "per batch).",
 )
-@click.option(
-    "--chunk-size",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Modified images per forward pass in scorecam, smoothgrad, rise, ig, lrp and the "
-    "--metrics scores: their memory bound [default: 256 on CUDA, 32 on CPU].",
-)
-@click.option(
-    "--rise-masks",
-    type=click.IntRange(min=1),
-    default=4000,
-    show_default=True,
-    help="Random masks in rise: one forward pass each per image (at 4000, minutes per "
-    "image on a CPU; see the README).",
-)
-@click.option(
-    "--ig-steps",
-    type=click.IntRange(min=1),
-    default=32,
-    show_default=True,
-    help="Path steps ig (Integrated Gradients) starts with per image: one forward + "
-    "backward pass each.",
-)
-@click.option(
-    "--ig-tolerance",
-    type=click.FloatRange(min=0),
-    default=0.05,
-    show_default=True,
-    help="Completeness error (|sum of attributions - logit difference| / |difference|) at "
-    "which ig stops adding path points for an image; its points triple until then (32, 96, "
-    "288, ...).",
-)
-@click.option(
-    "--ig-max-steps",
-    type=click.IntRange(min=1),
-    default=1024,
-    show_default=True,
-    help="Most path steps of ig per image (--ig-max-steps equal to --ig-steps: fixed steps).",
-)
-@click.option(
-    "--ig-rule",
-    type=click.Choice(IG_RULES),
-    default="gausslegendre",
-    show_default=True,
-    help="Where ig's path points lie: Gauss-Legendre nodes (captum's default; far fewer "
-    "passes for the same completeness on photos) or the midpoints of equal steps (each "
-    "tripling reuses the points computed).",
-)
-@click.option(
-    "--ig-baseline",
-    type=click.Choice(IG_BASELINES),
-    default="black",
-    show_default=True,
-    help="Where ig's path starts: a black image or a heavy blur of the image.",
-)
+@method_setting_options
 @click.option(
     "--metrics",
     "metrics",
@@ -138,41 +84,6 @@ __all__ = ["ExplainOptions", "explain", "explain_settings"]
     help="Faithfulness scores per image and method, comma-separated: deletion, insertion, "
     "drop (average drop and increase in confidence), or all. In each record, index.jsonl "
     "and, averaged per method, run.json.",
-)
-@click.option(
-    "--metric-steps",
-    type=click.IntRange(min=2),
-    default=16,
-    show_default=True,
-    help="Steps of the deletion and insertion curves (one forward pass each).",
-)
-@click.option(
-    "--smooth-samples",
-    type=click.IntRange(min=1),
-    default=16,
-    show_default=True,
-    help="Noisy copies per image in smoothgrad.",
-)
-@click.option(
-    "--smooth-noise",
-    type=click.FloatRange(min=0),
-    default=0.15,
-    show_default=True,
-    help="smoothgrad noise level, relative to each image's value range.",
-)
-@click.option(
-    "--smooth-guided",
-    is_flag=True,
-    help="smoothgrad averages guided-backprop gradients instead of plain ones.",
-)
-@click.option(
-    "--seed",
-    type=int,
-    default=0,
-    show_default=True,
-    help="Base seed of smoothgrad's noise (each image's own seed also comes from its path, so "
-    "it does not depend on order, batches or shards) and of rise's masks "
-    "(shared by all images).",
 )
 @click.option(
     "--save-raw",
@@ -222,7 +133,7 @@ def explain(ctx: click.Context, **options: Any) -> None:
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="'--metrics'") from None
     common = CommonOptions.take(options)
-    own = ExplainOptions(**options)
+    own = ExplainOptions(method_settings=MethodSettingOptions.take(options), **options)
 
     from camcli.cli.frame import Reporter, prepare_run, run_in_frame
     from camcli.cli.report import report_after_run
@@ -261,18 +172,7 @@ class ExplainOptions:
     target: str
     top_k: int
     crop: bool
-    chunk_size: int | None
-    rise_masks: int
-    ig_steps: int
-    ig_tolerance: float
-    ig_max_steps: int
-    ig_rule: str
-    ig_baseline: str
-    metric_steps: int
-    smooth_samples: int
-    smooth_noise: float
-    smooth_guided: bool
-    seed: int
+    method_settings: MethodSettingOptions
     save_raw: bool
     alpha: float
     report: bool
@@ -298,28 +198,10 @@ def explain_settings(
     """
     from camcli.api import Explainer
     from camcli.cli.frame import unknown_layer
-    from camcli.methods.batch import MethodOptions
     from camcli.models.hooks import UnknownLayer
 
     loaded = run.model
-    prep = loaded.preprocessing
-    method_options = MethodOptions(
-        chunk_size=options.chunk_size or run.chunk_size,
-        smooth_samples=options.smooth_samples,
-        smooth_noise=options.smooth_noise,
-        smooth_guided=options.smooth_guided,
-        seed=options.seed,
-        rise_masks=options.rise_masks,
-        ig_steps=options.ig_steps,
-        ig_tolerance=options.ig_tolerance,
-        ig_max_steps=options.ig_max_steps,
-        ig_rule=options.ig_rule,
-        ig_baseline=options.ig_baseline,
-        black=tuple(-m / s for m, s in zip(prep.mean, prep.std, strict=True)),
-        metrics=metrics,
-        metric_steps=options.metric_steps,
-        binary=loaded.binary,
-    )
+    method_options = options.method_settings.method_options(loaded, run.chunk_size, metrics)
     try:
         explainer = Explainer(
             loaded,

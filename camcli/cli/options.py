@@ -9,18 +9,24 @@ import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from camcli.io import DEFAULT_MAX_PIXELS
+from camcli.methods.names import IG_BASELINES, IG_RULES
 from camcli.models import EMBEDDED_MODEL
+
+if TYPE_CHECKING:
+    from camcli.methods.batch import MethodOptions
+    from camcli.models.loaded import LoadedModel
 
 __all__ = [
     "CONTEXT",
     "CommonOptions",
     "Decorator",
     "InputOptions",
+    "MethodSettingOptions",
     "ModelOptions",
     "OutputOptions",
     "RuntimeOptions",
@@ -28,6 +34,7 @@ __all__ = [
     "config_option",
     "crop_option",
     "input_options",
+    "method_setting_options",
     "model_options",
     "output_options",
     "runtime_options",
@@ -223,6 +230,100 @@ output_options = _group(
 )
 
 # Options several commands take with the same meaning.
+# The settings of the methods that make extra passes (explain and evaluate share them).
+method_setting_options = _group(
+    click.option(
+        "--chunk-size",
+        type=click.IntRange(min=1),
+        default=None,
+        help="Modified images per forward pass in scorecam, smoothgrad, rise, ig, lrp and the "
+        "--metrics scores: their memory bound [default: 256 on CUDA, 32 on CPU].",
+    ),
+    click.option(
+        "--rise-masks",
+        type=click.IntRange(min=1),
+        default=4000,
+        show_default=True,
+        help="Random masks in rise: one forward pass each per image (at 4000, minutes per "
+        "image on a CPU; see the README).",
+    ),
+    click.option(
+        "--ig-steps",
+        type=click.IntRange(min=1),
+        default=32,
+        show_default=True,
+        help="Path steps ig (Integrated Gradients) starts with per image: one forward + "
+        "backward pass each.",
+    ),
+    click.option(
+        "--ig-tolerance",
+        type=click.FloatRange(min=0),
+        default=0.05,
+        show_default=True,
+        help="Completeness error (|sum of attributions - logit difference| / |difference|) at "
+        "which ig stops adding path points for an image; its points triple until then (32, 96, "
+        "288, ...).",
+    ),
+    click.option(
+        "--ig-max-steps",
+        type=click.IntRange(min=1),
+        default=1024,
+        show_default=True,
+        help="Most path steps of ig per image (--ig-max-steps equal to --ig-steps: fixed steps).",
+    ),
+    click.option(
+        "--ig-rule",
+        type=click.Choice(IG_RULES),
+        default="gausslegendre",
+        show_default=True,
+        help="Where ig's path points lie: Gauss-Legendre nodes (captum's default; far fewer "
+        "passes for the same completeness on photos) or the midpoints of equal steps (each "
+        "tripling reuses the points computed).",
+    ),
+    click.option(
+        "--ig-baseline",
+        type=click.Choice(IG_BASELINES),
+        default="black",
+        show_default=True,
+        help="Where ig's path starts: a black image or a heavy blur of the image.",
+    ),
+    click.option(
+        "--smooth-samples",
+        type=click.IntRange(min=1),
+        default=16,
+        show_default=True,
+        help="Noisy copies per image in smoothgrad.",
+    ),
+    click.option(
+        "--smooth-noise",
+        type=click.FloatRange(min=0),
+        default=0.15,
+        show_default=True,
+        help="smoothgrad noise level, relative to each image's value range.",
+    ),
+    click.option(
+        "--smooth-guided",
+        is_flag=True,
+        help="smoothgrad averages guided-backprop gradients instead of plain ones.",
+    ),
+    click.option(
+        "--seed",
+        type=int,
+        default=0,
+        show_default=True,
+        help="Base seed of smoothgrad's noise (each image's own seed also comes from its path, so "
+        "it does not depend on order, batches or shards) and of rise's masks "
+        "(shared by all images).",
+    ),
+    click.option(
+        "--metric-steps",
+        type=click.IntRange(min=2),
+        default=16,
+        show_default=True,
+        help="Steps of the deletion and insertion curves (one forward pass each).",
+    ),
+)
+
 top_k_option = click.option(
     "-k",
     "--top-k",
@@ -400,4 +501,52 @@ class CommonOptions:
             model=model,
             runtime=take_group(RuntimeOptions),
             output=take_group(OutputOptions),
+        )
+
+
+@dataclass(frozen=True)
+class MethodSettingOptions:
+    """The settings of the methods that make extra passes (``method_setting_options``)."""
+
+    chunk_size: int | None = None
+    rise_masks: int = 4000
+    ig_steps: int = 32
+    ig_tolerance: float = 0.05
+    ig_max_steps: int = 1024
+    ig_rule: str = "gausslegendre"
+    ig_baseline: str = "black"
+    smooth_samples: int = 16
+    smooth_noise: float = 0.15
+    smooth_guided: bool = False
+    seed: int = 0
+    metric_steps: int = 16
+
+    @classmethod
+    def take(cls, options: dict[str, Any]) -> MethodSettingOptions:
+        """Pop the group's values out of a command's keyword arguments."""
+        return cls(**{f.name: options.pop(f.name) for f in fields(cls) if f.name in options})
+
+    def method_options(
+        self, model: LoadedModel, default_chunk: int, metrics: tuple[str, ...] = ()
+    ) -> MethodOptions:
+        """The methods' settings for ``model`` (``default_chunk`` when no ``--chunk-size``)."""
+        from camcli.methods.batch import MethodOptions
+
+        prep = model.preprocessing
+        return MethodOptions(
+            chunk_size=self.chunk_size or default_chunk,
+            smooth_samples=self.smooth_samples,
+            smooth_noise=self.smooth_noise,
+            smooth_guided=self.smooth_guided,
+            seed=self.seed,
+            rise_masks=self.rise_masks,
+            ig_steps=self.ig_steps,
+            ig_tolerance=self.ig_tolerance,
+            ig_max_steps=self.ig_max_steps,
+            ig_rule=self.ig_rule,
+            ig_baseline=self.ig_baseline,
+            black=tuple(-m / s for m, s in zip(prep.mean, prep.std, strict=True)),
+            metrics=metrics,
+            metric_steps=self.metric_steps,
+            binary=model.binary,
         )
