@@ -26,6 +26,7 @@ COMMANDS = {
     "layers": "camcli.cli.layers",
     "features": "camcli.cli.features",
     "compare": "camcli.cli.compare",
+    "evaluate": "camcli.cli.evaluate",
     "report": "camcli.cli.report",
 }
 

@@ -162,7 +162,7 @@ def write_json(path: Path, record: dict[str, Any]) -> None:
 # The kinds of run that write into an output directory. Each has its own record suffix,
 # index and summary names, so that one command never replaces another's results; explain's
 # are the plain names (NAME.json, index.jsonl, run.json) that the report reads.
-RUN_KINDS = ("explain", "features", "compare")
+RUN_KINDS = ("explain", "features", "compare", "evaluate")
 
 
 def record_suffix(kind: str = "explain") -> str:

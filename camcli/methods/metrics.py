@@ -91,6 +91,7 @@ def faithfulness(
     chunk_size: int,
     autocast_dtype: torch.dtype | None = None,
     binary: bool = False,
+    curves: bool = False,
 ) -> dict[str, dict[str, torch.Tensor]]:
     """Faithfulness scores of every method's saliency, per image.
 
@@ -104,6 +105,8 @@ def faithfulness(
         chunk_size: modified images per forward pass.
         autocast_dtype: forward passes under autocast to this type.
         binary: the logits are a sigmoid classifier's ``[-z, z]`` (probabilities by sigmoid).
+        curves: also return the deletion and insertion curves, ``deletion_curve`` and
+            ``insertion_curve``, ``(N, steps + 1)``.
 
     Returns:
         Per method, per score (``deletion``, ``insertion``, ``drop``, ``increase``), ``(N,)``.
@@ -113,7 +116,7 @@ def faithfulness(
     n, _, height, width = x.shape
     pixels = height * width
     wanted = set(metrics)
-    curves = [kind for kind in ("deletion", "insertion") if kind in wanted]
+    kinds = [kind for kind in ("deletion", "insertion") if kind in wanted]
     blur = blurred(x.float()).to(x.dtype) if "insertion" in wanted else x
     counts = torch.round(torch.arange(steps + 1, device=x.device) * (pixels / steps)).long()
     results: dict[str, dict[str, torch.Tensor]] = {}
@@ -125,7 +128,7 @@ def faithfulness(
             order = flat.argsort(dim=1, descending=True, stable=True)
             position = torch.empty_like(order)
             position.scatter_(1, order, torch.arange(pixels, device=x.device).expand(n, -1))
-            for kind in curves:
+            for kind in kinds:
                 jobs = [(i, k) for i in range(n) for k in range(steps + 1)]
                 probs = torch.empty(len(jobs), device=x.device)
                 for start in range(0, len(jobs), chunk_size):
@@ -144,6 +147,8 @@ def faithfulness(
                     )
                 curve = probs.view(n, steps + 1)
                 scores[kind] = (curve.sum(dim=1) - (curve[:, 0] + curve[:, -1]) / 2) / steps
+                if curves:
+                    scores[f"{kind}_curve"] = curve
             if "drop" in wanted:
                 unit = _unit(saliency.float()).to(x.dtype)[:, None]
                 masked = _probabilities(

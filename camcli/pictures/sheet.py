@@ -14,9 +14,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
-from camcli.pictures.render import colorize, label_font, overlay
+from camcli.pictures.render import colorize, jet_lut, label_font, overlay
 
-__all__ = ["SheetLayout", "compose_sheet", "label_sheet", "sheet_layout"]
+__all__ = ["SheetLayout", "compose_sheet", "label_sheet", "sanity_sheet", "sheet_layout"]
 
 
 @dataclass(frozen=True)
@@ -159,3 +159,54 @@ def label_sheet(
     for left, top, line in lines_at:
         draw.text((left, top), line, fill=(255, 255, 255, 255), font=font)
     return np.asarray(image.convert("RGB"))
+
+
+SANITY_CELL = 96  # pixels per map in a sanity sheet
+
+
+def sanity_sheet(
+    columns: list[tuple[str, dict[str, np.ndarray]]], methods: list[str], cell: int = SANITY_CELL
+) -> np.ndarray:
+    """One image's maps at each randomisation stage: a row per method, a column per stage.
+
+    Each map is shown by its magnitude (JET colours), scaled to its own 99th percentile so
+    that sparse gradient pictures stay visible.
+
+    Args:
+        columns: per column, its title and the maps ``(S, S)`` per method.
+        methods: the row order.
+        cell: side of one map in pixels.
+
+    Returns:
+        ``(H, W, 3)`` uint8.
+
+    """
+    import cv2
+
+    gap, label_width, header = 4, 110, 22
+    width = label_width + len(columns) * (cell + gap) + gap
+    height = header + len(methods) * (cell + gap) + gap
+    picture = np.full((height, width, 3), 255, dtype=np.uint8)
+    lut = jet_lut().numpy()
+    for col, (_title, maps) in enumerate(columns):
+        for row, method in enumerate(methods):
+            values = np.abs(np.asarray(maps[method], dtype=np.float32))
+            peak = float(np.percentile(values, 99)) if values.size else 0.0
+            peak = peak if peak > 0 else float(values.max(initial=0.0))
+            unit = np.clip(values / peak, 0, 1) if peak > 0 else values
+            small = cv2.resize(unit, (cell, cell), interpolation=cv2.INTER_AREA)
+            index = np.clip(np.rint(small * 255), 0, 255).astype(np.uint8)
+            x = label_width + gap + col * (cell + gap)
+            y = header + gap + row * (cell + gap)
+            picture[y : y + cell, x : x + cell] = lut[index]
+    image = Image.fromarray(picture)
+    draw = ImageDraw.Draw(image)
+    font = label_font(11)
+    for col, (title, _maps) in enumerate(columns):
+        x = label_width + gap + col * (cell + gap)
+        shown = title if len(title) <= 16 else title[:15] + "…"
+        draw.text((x + 2, 5), shown, fill=(0, 0, 0), font=font)
+    for row, method in enumerate(methods):
+        y = header + gap + row * (cell + gap) + cell // 2 - 6
+        draw.text((4, y), method, fill=(0, 0, 0), font=font)
+    return np.asarray(image)

@@ -1,0 +1,286 @@
+"""``camcli evaluate``: which map to trust, measured on the user's own model and images."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from camcli import __version__
+from camcli.cli.options import (
+    CONTEXT,
+    CommonOptions,
+    MethodSettingOptions,
+    config_option,
+    input_options,
+    method_setting_options,
+    model_options,
+    output_options,
+    runtime_options,
+    top_k_option,
+)
+from camcli.methods.names import LAYER_METHODS, parse_methods, parse_metrics
+
+if TYPE_CHECKING:
+    from camcli.cli.frame import PreparedRun
+    from camcli.runs.settings import Settings
+
+__all__ = ["EVALUATE_METHODS", "EvaluateCommandOptions", "evaluate", "evaluate_settings"]
+
+# Methods evaluated when --method is not given: the ones that need no extra passes.
+EVALUATE_METHODS = ("gradcam", "gradcam++", "layercam", "guided", "guided-gradcam")
+
+
+@click.command(context_settings=CONTEXT)
+@input_options
+@output_options
+@model_options
+@click.option(
+    "--method",
+    "methods",
+    multiple=True,
+    help="Methods to evaluate, repeatable or comma-separated (the names of 'camcli explain "
+    f"--method') [default: {','.join(EVALUATE_METHODS)}].",
+)
+@click.option(
+    "--layer",
+    "layers",
+    multiple=True,
+    help="Target layer of the layer methods (see 'camcli layers MODEL'). Default: chosen "
+    "per model.",
+)
+@click.option(
+    "--target",
+    default="pred",
+    show_default=True,
+    help="Class to explain and score: pred (top-1), label (the image's class folder), a "
+    "class index or a class name. Boxes of other classes do not count.",
+)
+@top_k_option
+@click.option(
+    "--boxes",
+    type=click.Path(exists=True, path_type=Path),
+    default=None,
+    help="Object boxes: a folder of Pascal VOC XML files mirroring the input tree "
+    "(a/b.jpg -> BOXES/a/b.xml, as ImageNet's and VOC's box annotations), or one COCO-style "
+    "JSON file. Class names are matched with the model's classes as class folders are.",
+)
+@click.option(
+    "--masks",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None,
+    help="Object masks: a folder of PNGs mirroring the input tree (a/b.jpg -> MASKS/a/b.png), "
+    "non-zero on the object, of the image's size.",
+)
+@click.option(
+    "--pointing-tolerance",
+    type=click.FloatRange(min=0),
+    default=15.0,
+    show_default=True,
+    help="The pointing game's tolerance in pixels (Zhang et al.'s 15).",
+)
+@click.option(
+    "--metrics",
+    default="deletion,insertion,drop",
+    show_default=True,
+    help="Faithfulness scores, comma-separated: deletion, insertion, drop, road (ROAD with "
+    "noisy linear imputation, most and least relevant first, at 10 %...90 %), all, or none.",
+)
+@click.option(
+    "--sanity",
+    is_flag=True,
+    help="Also run the sanity checks: randomise the model's parameters from the top down "
+    "and measure how much each map changes (Spearman rank correlation, SSIM).",
+)
+@click.option(
+    "--sanity-stages",
+    type=click.IntRange(min=1, max=64),
+    default=5,
+    show_default=True,
+    help="Randomisation stages: the classifier, then groups of blocks down to the input.",
+)
+@method_setting_options
+@runtime_options
+@config_option
+@click.version_option(__version__, "--version", prog_name="camcli")
+@click.pass_context
+def evaluate(ctx: click.Context, **options: Any) -> None:
+    """Score every method's maps on the images under INPUT: which map to trust.
+
+    Per image and method it measures localisation against --boxes or --masks (pointing
+    game, energy-based pointing game, box accuracy, relevance mass and rank accuracy),
+    faithfulness (--metrics: deletion, insertion, average drop, ROAD) and, with --sanity, how
+    much each map changes when the model is randomised from the top down. It writes, under
+    --output-dir: NAME.evaluate.json per image (every score; with --sanity also
+    NAME.sanity.png, the maps at each stage), evaluate.index.jsonl, evaluate.run.json, and
+    at the end evaluation.json (per method the mean of every score, the sanity curves),
+    evaluation.md (the leaderboard) and the plots in evaluation/. Images without an
+    annotation are counted and scored for faithfulness only. Resume, --jsonl and the exit
+    status are as in 'camcli explain'.
+
+    \b
+    Exit status:
+      0    every image evaluated or up to date
+      1    some images failed, or the run could not start or stopped
+      2    usage error (a box file that does not parse or names a class the model does
+           not have, an unknown method or layer)
+      130  stopped by SIGINT; 143 by SIGTERM; 141 stdout closed
+    """
+    try:
+        methods = parse_methods(options.pop("methods") or EVALUATE_METHODS)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="'--method'") from None
+    metrics_text = options.pop("metrics")
+    parts = [p.strip().lower() for p in metrics_text.split(",")]
+    road = "road" in parts or "all" in parts
+    try:
+        metrics = parse_metrics(",".join(p for p in parts if p != "road"))
+    except ValueError as exc:
+        message = str(exc).replace("known: ", "known: road, ")
+        raise click.BadParameter(message, param_hint="'--metrics'") from None
+    common = CommonOptions.take(options)
+    method_settings = MethodSettingOptions.take(options)
+    own = EvaluateCommandOptions(**options)
+
+    from camcli.cli.frame import Reporter, prepare_run, run_in_frame
+    from camcli.io.annotations import AnnotationError, load_annotations
+    from camcli.methods.activation import CamNotApplicable
+    from camcli.models.hooks import LayerUnusable
+    from camcli.runs.evaluate import EvaluateOptions, evaluate_payload, run_evaluate
+    from camcli.runs.loop import RunSummary
+    from camcli.runs.runtime import StopRequest
+
+    run = prepare_run(common)
+    settings = evaluate_settings(run, own, methods, method_settings)
+    model = run.model
+    try:
+        annotations = load_annotations(
+            own.boxes, own.masks, [item.relative for item in run.items], model.classes.resolve
+        )
+    except AnnotationError as exc:
+        hint = "'--masks'" if str(exc).startswith("--masks") else "'--boxes'"
+        raise click.BadParameter(str(exc), param_hint=hint) from None
+    evaluate_options = EvaluateOptions(
+        metrics=metrics,
+        road=road,
+        sanity=own.sanity,
+        sanity_stages=own.sanity_stages,
+        tolerance=own.pointing_tolerance,
+    )
+
+    def body(reporter: Reporter, stop: StopRequest) -> RunSummary:
+        from camcli.report.evaluation import write_evaluation
+
+        totals = _Totals(reporter, settings)
+        summary = run_evaluate(
+            run.items, model, settings, evaluate_options, annotations, totals, stop.event
+        )
+        result = write_evaluation(
+            settings.output_dir,
+            totals.totals,
+            {
+                "model": model.name,
+                "weights": model.weights,
+                "target": settings.target.mode
+                if settings.target.mode != "class"
+                else model.classes.name(int(settings.target.index or 0)),
+                "layers": list(settings.layers),
+                "status": "complete" if summary.status == "complete" else "interrupted",
+                "unannotated": totals.totals.evaluated - totals.totals.annotated,
+            },
+            settings.method_options.metric_steps,
+        )
+        summary.extra["evaluation"] = {
+            "file": "evaluation.json",
+            "images": result["images"],
+            "annotated": result["annotated"],
+        }
+        return summary
+
+    layered = any(m in LAYER_METHODS for m in settings.methods)
+    code = run_in_frame(
+        run,
+        body,
+        evaluate_payload(model, settings, evaluate_options, annotations),
+        f"{model.name} ({', '.join(settings.methods)})"
+        + (f" at {', '.join(settings.layers)}" if layered else ""),
+        {LayerUnusable: "--layer", CamNotApplicable: "--method"},
+        verb="evaluated",
+        kind="evaluate",
+    )
+    ctx.exit(code)
+
+
+class _Totals:
+    """A reporter that also sums the records' scores for ``evaluation.json``."""
+
+    def __init__(self, reporter: Any, settings: Settings) -> None:
+        from camcli.report.evaluation import EvaluationTotals
+
+        self.reporter = reporter
+        self.settings = settings
+        self.totals = EvaluationTotals()
+
+    def record(self, record: dict[str, Any]) -> None:
+        from pathlib import PurePosixPath
+
+        from camcli.io.write import record_path
+
+        if record.get("status") == "ok":
+            path = record_path(
+                self.settings.output_dir, PurePosixPath(record["image"]), self.settings.kind
+            )
+            self.totals.add(record, path.relative_to(self.settings.output_dir).as_posix())
+        self.reporter.record(record)
+
+    def advance(self, count: int) -> None:
+        self.reporter.advance(count)
+
+
+@dataclass(frozen=True)
+class EvaluateCommandOptions:
+    """``evaluate``'s own options (the shared groups are in :class:`CommonOptions`)."""
+
+    layers: tuple[str, ...]
+    target: str
+    top_k: int
+    boxes: Path | None
+    masks: Path | None
+    pointing_tolerance: float
+    sanity: bool
+    sanity_stages: int
+
+
+def evaluate_settings(
+    run: PreparedRun,
+    options: EvaluateCommandOptions,
+    methods: tuple[str, ...],
+    method_settings: MethodSettingOptions,
+) -> Settings:
+    """The run settings of ``evaluate`` (click.BadParameter for an unknown layer or target)."""
+    from camcli.cli.frame import checked_layers
+    from camcli.runs.settings import parse_target
+
+    model = run.model
+    layers = checked_layers(model, options.layers)
+    try:
+        target = parse_target(options.target, model.classes)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="'--target'") from None
+    if target.mode == "label":
+        missing = [str(i.relative) for i in run.items if i.label is None]
+        if missing:
+            raise click.BadParameter(
+                f"label needs every image in a class folder, but {missing[0]} is not",
+                param_hint="'--target'",
+            )
+    return run.settings(
+        layers=layers,
+        methods=methods,
+        kind="evaluate",
+        target=target,
+        top_k=options.top_k,
+        method_options=method_settings.method_options(model, run.chunk_size),
+    )

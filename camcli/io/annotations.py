@@ -1,0 +1,231 @@
+"""Ground truth for ``camcli evaluate``: object boxes (Pascal VOC XML, COCO JSON) and masks.
+
+* ``--boxes DIR``: one Pascal VOC XML file per image, mirroring the input tree
+  (``a/b.jpg`` -> ``DIR/a/b.xml``), the format of ImageNet's and VOC's box annotations:
+  ``<object><name>`` and ``<bndbox>`` with 1-based inclusive ``xmin ymin xmax ymax``.
+* ``--boxes FILE.json``: one COCO-style file: ``images`` (``id``, ``file_name``),
+  ``annotations`` (``image_id``, ``category_id``, ``bbox`` = ``[x, y, width, height]``) and
+  ``categories`` (``id``, ``name``); ``file_name`` is matched with the image's path under the
+  input root, or with its file name when that is unique.
+* ``--masks DIR``: one PNG per image, mirroring the input tree (``a/b.jpg`` ->
+  ``DIR/a/b.png``), non-zero on the object, of the image's size.
+
+Class names are matched with the model's classes as class folders are (an index, a WordNet
+id or a name, :meth:`camcli.models.classes.ClassIndex.resolve`). Everything is read and
+checked before the model runs: a file that does not parse, or names a class the model does
+not have, is an :class:`AnnotationError` naming the file.
+"""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import numpy as np
+
+from camcli.methods.localisation import Box
+
+__all__ = ["AnnotationError", "Annotations", "ObjectBox", "load_annotations", "read_mask"]
+
+
+class AnnotationError(ValueError):
+    """A box or mask file that cannot be used (the message is one sentence)."""
+
+
+@dataclass(frozen=True)
+class ObjectBox:
+    """One annotated object: its class index in the model and its box."""
+
+    index: int
+    name: str
+    box: Box
+
+
+@dataclass
+class Annotations:
+    """The ground truth of a run.
+
+    Attributes:
+        boxes: per image (path under the input root), its objects; an image with a box
+            file but no object has an empty list; an image without a file is absent.
+        masks: the folder of mask PNGs, or ``None``.
+        source: what the run's settings record about the annotations.
+
+    """
+
+    boxes: dict[str, list[ObjectBox]] | None = None
+    masks: Path | None = None
+    source: dict[str, Any] = field(default_factory=dict)
+
+    def objects(self, relative: PurePosixPath) -> list[ObjectBox] | None:
+        """The image's objects, or ``None`` when no box file covers it."""
+        if self.boxes is None:
+            return None
+        return self.boxes.get(relative.as_posix())
+
+    def mask_path(self, relative: PurePosixPath) -> Path | None:
+        """The image's mask file when masks are given and it exists."""
+        if self.masks is None:
+            return None
+        path = self.masks.joinpath(*relative.parts).with_suffix(".png")
+        return path if path.is_file() else None
+
+
+def load_annotations(
+    boxes: Path | None,
+    masks: Path | None,
+    images: Sequence[PurePosixPath],
+    resolve: Any,
+) -> Annotations:
+    """Read the boxes of every image (and check the mask folder).
+
+    Args:
+        boxes: a folder of VOC XML files or a COCO JSON file.
+        masks: a folder of mask PNGs.
+        images: every image's path under the input root.
+        resolve: the model's class lookup (``ClassIndex.resolve``): name -> index or None.
+
+    Raises:
+        AnnotationError: a file that does not parse, names an unknown class, or a folder
+            that is missing.
+
+    """
+    result = Annotations(masks=masks)
+    if masks is not None:
+        if not masks.is_dir():
+            raise AnnotationError(f"--masks {masks} is not a folder")
+        result.source["masks"] = str(masks.resolve())
+    if boxes is None:
+        return result
+    if boxes.is_dir():
+        result.boxes = _voc_folder(boxes, images, resolve)
+        result.source["boxes"] = {"voc": str(boxes.resolve())}
+    elif boxes.is_file():
+        result.boxes = _coco_file(boxes, images, resolve)
+        stat = boxes.stat()
+        result.source["boxes"] = {
+            "coco": str(boxes.resolve()),
+            "size": stat.st_size,
+            "mtime_ns": stat.st_mtime_ns,
+        }
+    else:
+        raise AnnotationError(f"--boxes {boxes} is neither a folder of XML files nor a file")
+    return result
+
+
+def _class(name: str, resolve: Any, where: str) -> int:
+    index = resolve(name)
+    if index is None:
+        raise AnnotationError(
+            f"{where} names the class {name!r}, which the model does not have (use its class "
+            "indices, WordNet ids or names; see the model's classes)"
+        )
+    return int(index)
+
+
+def _voc_folder(
+    folder: Path, images: Sequence[PurePosixPath], resolve: Any
+) -> dict[str, list[ObjectBox]]:
+    found: dict[str, list[ObjectBox]] = {}
+    for relative in images:
+        path = folder.joinpath(*relative.parts).with_suffix(".xml")
+        if path.is_file():
+            found[relative.as_posix()] = read_voc(path, resolve)
+    return found
+
+
+def read_voc(path: Path, resolve: Any) -> list[ObjectBox]:
+    """The objects of one Pascal VOC XML file.
+
+    Raises:
+        AnnotationError: it does not parse, or an object lacks a name or a box, or names
+            an unknown class.
+
+    """
+    try:
+        root = ET.parse(path).getroot()
+    except (ET.ParseError, OSError) as exc:
+        raise AnnotationError(f"the box file {path} does not parse as XML: {exc}") from None
+    objects = []
+    for number, node in enumerate(root.iter("object"), start=1):
+        name = (node.findtext("name") or "").strip()
+        box = node.find("bndbox")
+        if not name or box is None:
+            raise AnnotationError(f"object {number} of {path} has no <name> or no <bndbox>")
+        try:
+            xmin, ymin, xmax, ymax = (
+                float(box.findtext(tag) or "") for tag in ("xmin", "ymin", "xmax", "ymax")
+            )
+        except ValueError:
+            raise AnnotationError(
+                f"object {number} of {path} has a <bndbox> without numeric xmin, ymin, "
+                "xmax and ymax"
+            ) from None
+        index = _class(name, resolve, f"object {number} of {path}")
+        objects.append(ObjectBox(index, name, Box(xmin - 1, ymin - 1, xmax, ymax)))
+    return objects
+
+
+def _coco_file(
+    path: Path, images: Sequence[PurePosixPath], resolve: Any
+) -> dict[str, list[ObjectBox]]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        entries = {int(e["id"]): str(e["file_name"]) for e in data["images"]}
+        categories = {int(c["id"]): str(c["name"]) for c in data.get("categories", [])}
+        annotations = [
+            (int(a["image_id"]), int(a["category_id"]), [float(v) for v in a["bbox"]])
+            for a in data["annotations"]
+        ]
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise AnnotationError(f"the box file {path} does not parse as JSON: {exc}") from None
+    except (KeyError, TypeError, ValueError) as exc:
+        raise AnnotationError(
+            f"the box file {path} is not COCO-style (images with id and file_name, "
+            f"annotations with image_id, category_id and bbox): {exc!r} is missing or wrong"
+        ) from None
+    by_path = {p.as_posix(): p.as_posix() for p in images}
+    names: dict[str, list[str]] = {}
+    for p in images:
+        names.setdefault(p.name, []).append(p.as_posix())
+    image_of: dict[int, str] = {}
+    for image_id, file_name in entries.items():
+        key = PurePosixPath(file_name.replace("\\", "/")).as_posix().lstrip("./")
+        if key in by_path:
+            image_of[image_id] = key
+        elif len(names.get(PurePosixPath(key).name, [])) == 1:
+            image_of[image_id] = names[PurePosixPath(key).name][0]
+    found: dict[str, list[ObjectBox]] = {key: [] for key in image_of.values()}
+    for image_id, category, (x, y, w, h) in annotations:
+        if image_id not in image_of:
+            continue
+        name = categories.get(category, str(category))
+        index = _class(name, resolve, f"category {category} of {path}")
+        found[image_of[image_id]].append(ObjectBox(index, name, Box(x, y, x + w, y + h)))
+    return found
+
+
+def read_mask(path: Path, height: int, width: int) -> np.ndarray:
+    """A mask PNG as ``(H, W)`` bool (non-zero on the object).
+
+    Raises:
+        AnnotationError: it cannot be read, or its size is not the image's.
+
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            array = np.asarray(image.convert("L"))
+    except (OSError, UnidentifiedImageError) as exc:
+        raise AnnotationError(f"the mask {path} cannot be read: {exc}") from None
+    if array.shape != (height, width):
+        raise AnnotationError(
+            f"the mask {path} is {array.shape[1]} x {array.shape[0]} pixels, the image "
+            f"{width} x {height}"
+        )
+    return array != 0

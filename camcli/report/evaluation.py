@@ -1,0 +1,321 @@
+"""An evaluation's results: means per method, the leaderboard, the pictures.
+
+Read from the per-image records of ``camcli evaluate`` (new and reused alike), written at
+the end of the run into the output directory:
+
+* ``evaluation.json``: per method the mean of every score and its number of images
+  (``methods.METHOD.SCORE``; a score that was not measured is ``null``), the sanity curves
+  (``sanity.METHOD``: a list of ``{"stage", "spearman", "ssim"}``), the mean curves;
+* ``evaluation.md``: the leaderboard, a row per method, a column per score, the best in
+  bold;
+* ``evaluation/sanity.png``, ``evaluation/curves.png``, ``evaluation/road.png``: the plots;
+  ``evaluation/stages.png``: the first image's maps at each randomisation stage.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from camcli import __version__
+from camcli.io.write import atomic_write_bytes
+from camcli.pictures.plots import curve_plot, sanity_plot
+
+__all__ = [
+    "EVALUATION_DIR",
+    "HIGHER_IS_BETTER",
+    "SCORE_TITLES",
+    "EvaluationTotals",
+    "leaderboard",
+    "write_evaluation",
+]
+
+EVALUATION_DIR = "evaluation"
+# Every score of evaluation.json, in its column order, and whether higher is better.
+HIGHER_IS_BETTER = {
+    "pointing_game": True,
+    "energy_pointing_game": True,
+    "box_accuracy": True,
+    "mass_accuracy": True,
+    "rank_accuracy": True,
+    "deletion": False,
+    "insertion": True,
+    "drop": False,
+    "road_morf": False,
+    "road_lerf": True,
+}
+SCORE_TITLES = {
+    "pointing_game": "pointing game",
+    "energy_pointing_game": "energy pointing",
+    "box_accuracy": "box accuracy",
+    "mass_accuracy": "mass accuracy",
+    "rank_accuracy": "rank accuracy",
+    "deletion": "deletion",
+    "insertion": "insertion",
+    "drop": "average drop",
+    "road_morf": "ROAD MoRF",
+    "road_lerf": "ROAD LeRF",
+    "sanity": "sanity: Spearman, all randomised",
+}
+
+
+class EvaluationTotals:
+    """Sums of the records' scores, sanity similarities and curves, per method."""
+
+    def __init__(self) -> None:
+        self.methods: list[str] = []
+        self.sums: dict[str, dict[str, float]] = {}
+        self.counts: dict[str, dict[str, int]] = {}
+        self.images: dict[str, int] = {}
+        self.stages: list[str] = []
+        self.sanity: dict[str, list[list[float]]] = {}  # per stage: [spearman, ssim, n]
+        self.curves: dict[str, dict[str, tuple[list[float], int]]] = {}
+        self.first_sheet: tuple[str, str] | None = None  # (image, sheet path under output)
+        self.evaluated = 0
+        self.annotated = 0
+        self.without_target_box = 0
+
+    def add(self, record: dict[str, Any], record_file: str | None = None) -> None:
+        """Count one image's record (failures and other records are ignored).
+
+        Args:
+            record: the record.
+            record_file: its path under the output directory, with '/' (for the sheet).
+
+        """
+        scores = record.get("scores")
+        if record.get("status") != "ok" or not isinstance(scores, dict):
+            return
+        self.evaluated += 1
+        annotation = record.get("annotation")
+        if annotation is not None:
+            self.annotated += 1
+            if annotation.get("target_boxes") == 0 and not annotation.get("mask"):
+                self.without_target_box += 1
+        for method, values in scores.items():
+            if method not in self.methods:
+                self.methods.append(method)
+            self.images[method] = self.images.get(method, 0) + 1
+            sums = self.sums.setdefault(method, {})
+            counts = self.counts.setdefault(method, {})
+            for name in HIGHER_IS_BETTER:
+                value = values.get(name)
+                if value is not None:
+                    sums[name] = sums.get(name, 0.0) + float(value)
+                    counts[name] = counts.get(name, 0) + 1
+        for method, stages in (record.get("sanity") or {}).items():
+            names = [s["stage"] for s in stages]
+            if not self.stages:
+                self.stages = names
+            if names != self.stages:
+                continue
+            totals = self.sanity.setdefault(method, [[0.0, 0.0, 0] for _ in names])
+            for total, stage in zip(totals, stages, strict=True):
+                total[0] += float(stage["spearman"])
+                total[1] += float(stage["ssim"])
+                total[2] += 1
+        for method, curves in (record.get("curves") or {}).items():
+            mine = self.curves.setdefault(method, {})
+            for name, values in curves.items():
+                summed, count = mine.get(name, ([0.0] * len(values), 0))
+                if len(summed) == len(values):
+                    mine[name] = (
+                        [a + float(b) for a, b in zip(summed, values, strict=True)],
+                        count + 1,
+                    )
+        sheet = (record.get("files") or {}).get("sanity")
+        if sheet and record_file is not None:
+            folder = record_file.rsplit("/", 1)[0] + "/" if "/" in record_file else ""
+            candidate = (str(record["image"]), folder + sheet)
+            if self.first_sheet is None or _natural(candidate[0]) < _natural(self.first_sheet[0]):
+                self.first_sheet = candidate
+
+    def result(self) -> dict[str, Any]:
+        """``evaluation.json``'s content (without the run's identity)."""
+        methods: dict[str, Any] = {}
+        for method in self.methods:
+            sums, counts = self.sums.get(method, {}), self.counts.get(method, {})
+            methods[method] = {
+                **{
+                    name: round(sums[name] / counts[name], 6) if counts.get(name) else None
+                    for name in HIGHER_IS_BETTER
+                },
+                "images": self.images.get(method, 0),
+                "scored": {name: counts.get(name, 0) for name in HIGHER_IS_BETTER},
+            }
+        sanity = {
+            method: [
+                {
+                    "stage": stage,
+                    "spearman": round(total[0] / total[2], 6),
+                    "ssim": round(total[1] / total[2], 6),
+                }
+                for stage, total in zip(self.stages, totals, strict=True)
+                if total[2]
+            ]
+            for method, totals in self.sanity.items()
+        }
+        curves = {
+            method: {
+                name: [round(v / count, 6) for v in summed]
+                for name, (summed, count) in mine.items()
+            }
+            for method, mine in self.curves.items()
+        }
+        return {
+            "images": self.evaluated,
+            "annotated": self.annotated,
+            "without_target_box": self.without_target_box,
+            "methods": methods,
+            "sanity": sanity,
+            "stages": self.stages,
+            "curves": curves,
+            "higher_is_better": dict(HIGHER_IS_BETTER),
+        }
+
+
+def _natural(text: str) -> list[Any]:
+    import re
+
+    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", text)]
+
+
+def _number(value: float | None) -> str:
+    return "–" if value is None else f"{value:.3f}"
+
+
+def leaderboard(result: dict[str, Any]) -> str:
+    """The Markdown table: a row per method, a column per measured score, the best in bold."""
+    methods: dict[str, dict[str, Any]] = result["methods"]
+    columns = [n for n in HIGHER_IS_BETTER if any(m.get(n) is not None for m in methods.values())]
+    final = {
+        method: stages[-1]["spearman"] for method, stages in result["sanity"].items() if stages
+    }
+    rows: dict[str, dict[str, float | None]] = {
+        method: {n: values.get(n) for n in columns} for method, values in methods.items()
+    }
+    if final:
+        columns.append("sanity")
+        for method in rows:
+            rows[method]["sanity"] = final.get(method)
+    better = {**HIGHER_IS_BETTER, "sanity": False}
+    best: dict[str, float] = {}
+    for name in columns:
+        values = [v for row in rows.values() if (v := row[name]) is not None]
+        if values:
+            best[name] = max(values) if better[name] else min(values)
+    head = (
+        "| method | "
+        + " | ".join(f"{SCORE_TITLES[n]} {'↑' if better[n] else '↓'}" for n in columns)
+        + " | images |"
+    )
+    lines = [head, "| --- " * (len(columns) + 2) + "|"]
+    for method, row in rows.items():
+        cells = []
+        for name in columns:
+            value = row[name]
+            text = _number(value)
+            if value is not None and name in best and round(value, 3) == round(best[name], 3):
+                text = f"**{text}**"
+            cells.append(text)
+        lines.append(f"| {method} | " + " | ".join(cells) + f" | {methods[method]['images']} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_evaluation(
+    output_dir: Path, totals: EvaluationTotals, identity: dict[str, Any], steps: int
+) -> dict[str, Any]:
+    """Write ``evaluation.json``, ``evaluation.md`` and the pictures (each atomically).
+
+    Args:
+        output_dir: the run's output directory.
+        totals: the sums over the records.
+        identity: the run's model, target and settings, recorded as they are.
+        steps: the deletion and insertion curves' steps (their x values).
+
+    Returns:
+        ``evaluation.json``'s content.
+
+    """
+    result = {"camcli": __version__, **identity, **totals.result()}
+    folder = output_dir / EVALUATION_DIR
+    pictures: dict[str, str] = {}
+    if result["sanity"]:
+        curves = {
+            method: {
+                "spearman": [s["spearman"] for s in stages],
+                "ssim": [s["ssim"] for s in stages],
+            }
+            for method, stages in result["sanity"].items()
+        }
+        atomic_write_bytes(folder / "sanity.png", sanity_plot(result["stages"], curves))
+        pictures["sanity"] = f"{EVALUATION_DIR}/sanity.png"
+    if totals.first_sheet is not None:
+        sheet = output_dir / totals.first_sheet[1]
+        if sheet.is_file():
+            atomic_write_bytes(folder / "stages.png", sheet.read_bytes())
+            pictures["stages"] = f"{EVALUATION_DIR}/stages.png"
+            result["stages_image"] = totals.first_sheet[0]
+    mean_curves = result["curves"]
+    panels = []
+    xs = [k / steps for k in range(steps + 1)]
+    for name, title, xlabel in (
+        ("deletion", "Deletion (most relevant first)", "share of pixels removed"),
+        ("insertion", "Insertion (most relevant first)", "share of pixels inserted"),
+    ):
+        chosen = {m: c[name] for m, c in mean_curves.items() if name in c}
+        if chosen:
+            panels.append((title, xlabel, xs, chosen))
+    if panels:
+        atomic_write_bytes(folder / "curves.png", curve_plot(panels))
+        pictures["curves"] = f"{EVALUATION_DIR}/curves.png"
+    from camcli.methods.road import ROAD_FRACTIONS
+
+    road_panels = []
+    for name, title in (
+        ("road_morf", "ROAD, most relevant removed"),
+        ("road_lerf", "ROAD, least relevant removed"),
+    ):
+        chosen = {m: c[name] for m, c in mean_curves.items() if name in c}
+        if chosen:
+            road_panels.append(
+                (title, "share of pixels removed and imputed", list(ROAD_FRACTIONS), chosen)
+            )
+    if road_panels:
+        atomic_write_bytes(folder / "road.png", curve_plot(road_panels))
+        pictures["road"] = f"{EVALUATION_DIR}/road.png"
+    result["pictures"] = pictures
+    atomic_write_bytes(
+        output_dir / "evaluation.json", (json.dumps(result, indent=2) + "\n").encode("utf-8")
+    )
+    atomic_write_bytes(output_dir / "evaluation.md", _markdown(result).encode("utf-8"))
+    return result
+
+
+def _markdown(result: dict[str, Any]) -> str:
+    parts = [
+        f"# Which map to trust: {result.get('model', 'the model')}\n",
+        f"{result['images']} image(s) evaluated, {result['annotated']} with annotations; "
+        f"target: {result.get('target', 'pred')}. Arrows: ↑ higher is better, ↓ lower is "
+        "better; the best of each column is in bold.\n",
+        leaderboard(result),
+    ]
+    if result["sanity"]:
+        parts.append("\n## Sanity checks (cascading randomisation)\n")
+        stages = result["stages"]
+        parts.append("| method | " + " | ".join(stages) + " |")
+        parts.append("| --- " * (len(stages) + 1) + "|")
+        for method, values in result["sanity"].items():
+            cells = [f"{s['spearman']:.3f} / {s['ssim']:.3f}" for s in values]
+            parts.append(f"| {method} | " + " | ".join(cells) + " |")
+        parts.append("\nEach cell: Spearman rank correlation / SSIM with the original map.\n")
+    for key, title in (
+        ("sanity", "Sanity curves"),
+        ("stages", "One image at each stage"),
+        ("curves", "Mean deletion and insertion curves"),
+        ("road", "Mean ROAD curves"),
+    ):
+        if key in result["pictures"]:
+            parts.append(f"\n![{title}]({result['pictures'][key]})\n")
+    return "\n".join(parts)
