@@ -12,7 +12,10 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "camcli"
 STAGES = ("cli", "runs", "models", "methods", "io", "pictures", "report")
-HEAVY = ("torch", "torchvision", "timm", "zennit", "numpy", "PIL", "cv2", "tqdm")
+HEAVY = (
+    "torch", "torchvision", "timm", "zennit", "numpy", "PIL", "cv2", "tqdm", "scipy", "skimage",
+    "matplotlib",
+)  # fmt: skip
 
 
 def module_name(path: Path) -> str:
@@ -119,7 +122,9 @@ def test_package_inits_are_light():
         ["layers", "--help"],
         ["models", "--help"],
         ["report", "--help"],
+        ["evaluate", "--help"],
         ["explain", "--no-such-option"],
+        ["evaluate", "--metrics", "nonsense", "x"],
     ],
 )
 def test_help_and_version_import_no_torch(args: list[str]):

@@ -69,7 +69,7 @@ class Box:
 
 def _span(low: float, high: float, size: int) -> tuple[int, int]:
     first = max(0, int(np.ceil(low - 0.5)))
-    last = min(size, int(np.floor(high - 0.5)) + 1)
+    last = min(size, int(np.ceil(high - 0.5)))
     return first, max(first, last)
 
 

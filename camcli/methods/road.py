@@ -55,10 +55,14 @@ def _neighbours(values: torch.Tensor) -> torch.Tensor:
 def impute(
     images: torch.Tensor,
     removed: torch.Tensor,
-    tolerance: float = 1e-5,
+    tolerance: float = 1e-4,
     max_iterations: int = 2000,
 ) -> torch.Tensor:
     """Linear imputation (no noise) of the removed pixels of each image.
+
+    At the default tolerance the imputed values are within about 0.005 of the exact
+    solution on 224 x 224 photos in normalised units (half the noise ROAD adds), measured
+    against a solve to 1e-7.
 
     Args:
         images: ``(B, C, H, W)``.
@@ -74,6 +78,42 @@ def impute(
     b, c, h, w = images.shape
     x = images.detach().float().reshape(b * c, 1, h, w)
     unknown = removed[:, None].expand(b, c, h, w).reshape(b * c, 1, h, w).to(x.dtype)
+    filled = _fill(x, unknown, tolerance, max_iterations)
+    return filled.reshape(b, c, h, w).to(images.dtype)
+
+
+COARSEST = 16  # sides below twice this are solved without a coarser start
+
+
+def _fill(
+    x: torch.Tensor, unknown: torch.Tensor, tolerance: float, max_iterations: int
+) -> torch.Tensor:
+    """Solve the imputation system, starting from the solution of a half-size one.
+
+    Conjugate gradients fix the fine detail quickly but the smooth part of the error
+    slowly; the half-size problem (each 2 x 2 block: the mean of its kept pixels, removed
+    when none is kept) solved first and upsampled gives that smooth part, so the full-size
+    solve needs far fewer steps. The start changes the steps, not the solution.
+    """
+    known = 1 - unknown
+    h, w = x.shape[-2:]
+    start = None
+    if min(h, w) >= 2 * COARSEST:
+        kept = F.avg_pool2d(known, 2, ceil_mode=True)
+        values = F.avg_pool2d(known * x, 2, ceil_mode=True) / kept.clamp(min=1e-12)
+        coarse_unknown = (kept <= 0).to(x.dtype)
+        coarse = _fill(values * (1 - coarse_unknown), coarse_unknown, 1e-3, max_iterations)
+        start = F.interpolate(coarse, size=(h, w), mode="bilinear", align_corners=False)
+    return _conjugate_gradients(x, unknown, start, tolerance, max_iterations)
+
+
+def _conjugate_gradients(
+    x: torch.Tensor,
+    unknown: torch.Tensor,
+    start: torch.Tensor | None,
+    tolerance: float,
+    max_iterations: int,
+) -> torch.Tensor:
     known = 1 - unknown
     # Each removed pixel: degree * u_i - sum_{removed j} w_ij u_j = sum_{kept j} w_ij x_j.
     degree = _neighbours(torch.ones_like(x[:1]))
@@ -82,18 +122,20 @@ def impute(
     def apply(v: torch.Tensor) -> torch.Tensor:
         return unknown * (degree * v - _neighbours(unknown * v))
 
-    solution = unknown * (rhs / degree)  # the Jacobi start
+    solution = unknown * (start if start is not None else rhs / degree)
     residual = rhs - apply(solution)
     z = residual / degree
     direction = z.clone()
     rz = (residual * z).flatten(1).sum(1)
     scale = rhs.flatten(1).norm(dim=1).clamp(min=1e-12)
     for _ in range(max_iterations):
-        if bool((residual.flatten(1).norm(dim=1) <= tolerance * scale).all()):
+        # Each image and channel stops on its own, so chunking does not change results.
+        active = residual.flatten(1).norm(dim=1) > tolerance * scale
+        if not bool(active.any()):
             break
         product = apply(direction)
         denominator = (direction * product).flatten(1).sum(1)
-        alpha = torch.where(denominator > 0, rz / denominator.clamp(min=1e-30), 0.0)
+        alpha = torch.where(active & (denominator > 0), rz / denominator.clamp(min=1e-30), 0.0)
         solution = solution + alpha.view(-1, 1, 1, 1) * direction
         residual = residual - alpha.view(-1, 1, 1, 1) * product
         z = residual / degree
@@ -101,8 +143,7 @@ def impute(
         beta = torch.where(rz > 0, rz_next / rz.clamp(min=1e-30), 0.0)
         direction = z + beta.view(-1, 1, 1, 1) * direction
         rz = rz_next
-    filled = known * x + unknown * solution
-    return filled.reshape(b, c, h, w).to(images.dtype)
+    return known * x + unknown * solution
 
 
 def road(
