@@ -144,5 +144,5 @@ def test_help_and_version_import_no_torch(args: list[str]):
     verdict = json.loads(done.stderr.strip().splitlines()[-1])
     assert verdict["heavy"] == [], verdict
     assert verdict["code"] in (0, 2, None)
-    if args[-1] != "--no-such-option":
+    if "--help" in args or "--version" in args:
         assert done.stdout.strip()

@@ -53,10 +53,11 @@ EVALUATE_METHODS = ("gradcam", "gradcam++", "layercam", "guided", "guided-gradca
 )
 @click.option(
     "--target",
-    default="pred",
+    default="annotated",
     show_default=True,
-    help="Class to explain and score: pred (top-1), label (the image's class folder), a "
-    "class index or a class name. Boxes of other classes do not count.",
+    help="Class to explain and score: annotated (per image with --boxes, its annotated class "
+    "the model rates highest; the top-1 elsewhere), pred (top-1), label (the image's class "
+    "folder), a class index or a class name. Boxes of other classes do not count.",
 )
 @top_k_option
 @click.option(
@@ -168,6 +169,7 @@ def evaluate(ctx: click.Context, **options: Any) -> None:
         sanity=own.sanity,
         sanity_stages=own.sanity_stages,
         tolerance=own.pointing_tolerance,
+        annotated=own.target == "annotated",
     )
 
     def body(reporter: Reporter, stop: StopRequest) -> RunSummary:
@@ -183,7 +185,9 @@ def evaluate(ctx: click.Context, **options: Any) -> None:
             {
                 "model": model.name,
                 "weights": model.weights,
-                "target": settings.target.mode
+                "target": "annotated"
+                if evaluate_options.annotated
+                else settings.target.mode
                 if settings.target.mode != "class"
                 else model.classes.name(int(settings.target.index or 0)),
                 "layers": list(settings.layers),
@@ -266,7 +270,9 @@ def evaluate_settings(
     model = run.model
     layers = checked_layers(model, options.layers)
     try:
-        target = parse_target(options.target, model.classes)
+        target = parse_target(
+            "pred" if options.target == "annotated" else options.target, model.classes
+        )
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="'--target'") from None
     if target.mode == "label":

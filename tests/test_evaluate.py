@@ -1,0 +1,298 @@
+"""`camcli evaluate`: scores of known maps, the outputs, annotations, resume and errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner, Result
+from PIL import Image
+
+from camcli.cli import main
+
+from .conftest import BRIGHT, TINY, save_image, square_image
+
+ROOT = Path(__file__).resolve().parents[1]
+SQUARE = (8, 8, 24, 24)  # left, top, right, bottom: the white square, in a 64 x 48 image
+KEYS = {
+    "pointing_game",
+    "energy_pointing_game",
+    "box_accuracy",
+    "mass_accuracy",
+    "rank_accuracy",
+    "deletion",
+    "insertion",
+    "drop",
+    "road_morf",
+    "road_lerf",
+    "images",
+}
+
+
+def run(args: list[str]) -> Result:
+    return CliRunner().invoke(main, args, catch_exceptions=False)
+
+
+def voc(path: Path, objects: list[tuple[str, tuple[int, int, int, int]]]) -> None:
+    """Write a VOC file; boxes as (left, top, right, bottom) in 0-based half-open pixels."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    parts = ["<annotation>"]
+    for name, (x0, y0, x1, y1) in objects:
+        parts.append(
+            f"<object><name>{name}</name><bndbox><xmin>{x0 + 1}</xmin><ymin>{y0 + 1}</ymin>"
+            f"<xmax>{x1}</xmax><ymax>{y1}</ymax></bndbox></object>"
+        )
+    path.write_text("".join(parts) + "</annotation>", encoding="utf-8")
+
+
+@pytest.fixture
+def squares(tmp_path: Path) -> tuple[Path, Path]:
+    """Two images with a white square at SQUARE; a box on it for a.png, elsewhere for b.png."""
+    images, boxes = tmp_path / "images", tmp_path / "boxes"
+    for name in ("a.png", "b.png"):
+        save_image(images / "set" / name, square_image(64, 48, SQUARE))
+    voc(boxes / "set" / "a.xml", [("tench", (6, 6, 26, 26)), ("goldfish", (40, 0, 64, 48))])
+    voc(boxes / "set" / "b.xml", [("tench", (40, 4, 62, 44))])
+    return images, boxes
+
+
+def test_scores_of_a_map_known_by_hand(squares: tuple[Path, Path], tmp_path: Path):
+    """BrightnessNet's Grad-CAM is the brightness: it points at the square."""
+    images, boxes = squares
+    out = tmp_path / "out"
+    result = run(
+        [
+            "evaluate", str(images), "-o", str(out), "-m", BRIGHT, "--method", "gradcam",
+            "--boxes", str(boxes), "--metrics", "none", "--device", "cpu",
+        ]
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    a = json.loads((out / "set" / "a.png.evaluate.json").read_text())
+    b = json.loads((out / "set" / "b.png.evaluate.json").read_text())
+    # All logits are equal: the top-1 is class 0, tench; goldfish's box does not count.
+    assert a["target"]["name"] == "tench"
+    assert a["annotation"] == {"objects": 2, "target_boxes": 1, "mask": None}
+    ga, gb = a["scores"]["gradcam"], b["scores"]["gradcam"]
+    assert (ga["pointing_game"], gb["pointing_game"]) == (1.0, 0.0)
+    assert (ga["box_accuracy"], gb["box_accuracy"]) == (1.0, 0.0)
+    assert ga["energy_pointing_game"] > 0.9 and gb["energy_pointing_game"] < 0.05
+    assert ga["mass_accuracy"] is None and ga["deletion"] is None  # not asked for
+    evaluation = json.loads((out / "evaluation.json").read_text())
+    scores = evaluation["methods"]["gradcam"]
+    assert set(scores) >= KEYS
+    assert scores["pointing_game"] == 0.5 and scores["box_accuracy"] == 0.5
+    assert scores["images"] == 2 and scores["mass_accuracy"] is None
+    assert evaluation["annotated"] == 2 and evaluation["sanity"] == {}
+    table = (out / "evaluation.md").read_text()
+    assert "| gradcam | **0.500** |" in table
+    index = [json.loads(line) for line in (out / "evaluate.index.jsonl").read_text().splitlines()]
+    assert [e["image"] for e in index] == ["set/a.png", "set/b.png"]
+    assert json.loads((out / "evaluate.run.json").read_text())["counts"]["explained"] == 2
+
+
+def test_masks_give_mass_and_rank_accuracy(squares: tuple[Path, Path], tmp_path: Path):
+    images, _ = squares
+    masks = tmp_path / "masks"
+    full = np.zeros((48, 64), dtype=np.uint8)
+    full[8:24, 8:24] = 255
+    save_image(masks / "set" / "a.png", full)
+    save_image(masks / "set" / "b.png", np.roll(full, 32, axis=1))
+    out = tmp_path / "out"
+    result = run(
+        [
+            "evaluate", str(images), "-o", str(out), "-m", BRIGHT, "--method", "gradcam",
+            "--masks", str(masks), "--metrics", "none", "--device", "cpu",
+        ]
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    a = json.loads((out / "set" / "a.png.evaluate.json").read_text())["scores"]["gradcam"]
+    b = json.loads((out / "set" / "b.png.evaluate.json").read_text())["scores"]["gradcam"]
+    assert a["mass_accuracy"] > 0.9 and b["mass_accuracy"] < 0.05
+    assert a["rank_accuracy"] > 0.9 and b["rank_accuracy"] < 0.05
+    # Without boxes the pointing games read the mask; box accuracy needs boxes.
+    assert a["pointing_game"] == 1.0 and b["pointing_game"] == 0.0
+    assert a["box_accuracy"] is None
+
+
+def test_a_coco_file_scores_like_voc_files(squares: tuple[Path, Path], tmp_path: Path):
+    images, boxes = squares
+    coco = {
+        "images": [{"id": 1, "file_name": "a.png"}, {"id": 2, "file_name": "set/b.png"}],
+        "annotations": [
+            {"image_id": 1, "category_id": 7, "bbox": [6, 6, 20, 20]},
+            {"image_id": 2, "category_id": 7, "bbox": [40, 4, 22, 40]},
+        ],
+        "categories": [{"id": 7, "name": "tench"}],
+    }
+    (tmp_path / "coco.json").write_text(json.dumps(coco))
+    results = {}
+    for source, name in ((boxes, "voc"), (tmp_path / "coco.json", "coco")):
+        out = tmp_path / name
+        result = run(
+            [
+                "evaluate", str(images), "-o", str(out), "-m", BRIGHT, "--method", "gradcam",
+                "--boxes", str(source), "--metrics", "none", "--device", "cpu",
+            ]
+        )  # fmt: skip
+        assert result.exit_code == 0, result.output
+        results[name] = json.loads((out / "evaluation.json").read_text())["methods"]
+    assert results["coco"] == results["voc"]
+
+
+def test_faithfulness_road_and_sanity_on_the_tiny_model(squares: tuple[Path, Path], tmp_path: Path):
+    images, boxes = squares
+    save_image(images / "set" / "c.png", square_image(64, 48, (30, 10, 50, 30)))  # no box file
+    out = tmp_path / "out"
+    result = run(
+        [
+            "evaluate", str(images), "-o", str(out), "-m", TINY,
+            "--method", "gradcam,guided,guided-gradcam", "--boxes", str(boxes),
+            "--metrics", "all", "--metric-steps", "4", "--sanity", "--sanity-stages", "2",
+            "--target", "tench", "--device", "cpu", "--jsonl",
+        ]
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r["image"] for r in lines] == ["set/a.png", "set/b.png", "set/c.png"]
+    record = lines[2]
+    assert record["annotation"] is None  # counted, scored for faithfulness only
+    scores = record["scores"]["guided"]
+    assert scores["pointing_game"] is None
+    for name in ("deletion", "insertion", "drop", "road_morf", "road_lerf"):
+        assert 0.0 <= scores[name] <= 1.0, name
+    assert len(record["curves"]["guided"]["deletion"]) == 5
+    assert len(record["curves"]["guided"]["road_morf"]) == 9
+    stages = record["sanity"]["gradcam"]
+    assert [s["stage"] for s in stages] == ["fc", "features.0"]
+    assert all(-1.0 <= s["spearman"] <= 1.0 and -1.0 <= s["ssim"] <= 1.0 for s in stages)
+    with Image.open(out / "set" / "c.png.sanity.png") as sheet:
+        assert sheet.width > 3 * 96 and sheet.height > 3 * 96  # 3 stages x 3 methods
+    evaluation = json.loads((out / "evaluation.json").read_text())
+    assert evaluation["images"] == 3 and evaluation["annotated"] == 2
+    assert evaluation["unannotated"] == 1
+    assert evaluation["methods"]["guided"]["images"] == 3
+    assert evaluation["methods"]["guided"]["scored"]["pointing_game"] == 2
+    assert [s["stage"] for s in evaluation["sanity"]["guided"]] == ["fc", "features.0"]
+    for picture in ("sanity", "curves", "road", "stages"):
+        assert (out / evaluation["pictures"][picture]).is_file(), picture
+    assert evaluation["stages_image"] == "set/a.png"
+
+
+def test_a_rerun_reuses_records_and_rewrites_the_same_evaluation(
+    squares: tuple[Path, Path], tmp_path: Path
+):
+    images, boxes = squares
+    out = tmp_path / "out"
+    args = [
+        "evaluate", str(images), "-o", str(out), "-m", TINY, "--method", "gradcam",
+        "--boxes", str(boxes), "--metric-steps", "4", "--device", "cpu",
+    ]  # fmt: skip
+    assert run(args).exit_code == 0
+    first = json.loads((out / "evaluation.json").read_text())
+    record = (out / "set" / "a.png.evaluate.json").read_bytes()
+    again = run([*args, "--jsonl"])
+    assert again.exit_code == 0
+    assert all(json.loads(line)["reused"] for line in again.stdout.splitlines())
+    assert (out / "set" / "a.png.evaluate.json").read_bytes() == record
+    assert json.loads((out / "evaluation.json").read_text())["methods"] == first["methods"]
+    # Other settings: redone.
+    changed = run([*args[:-2], "--metric-steps", "5", "--device", "cpu", "--jsonl"])
+    assert not any(json.loads(line).get("reused") for line in changed.stdout.splitlines())
+
+
+def test_evaluate_leaves_explain_results_alone(squares: tuple[Path, Path], tmp_path: Path):
+    images, boxes = squares
+    out = tmp_path / "out"
+    assert run(["explain", str(images), "-o", str(out), "-m", TINY]).exit_code == 0
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    result = run(["evaluate", str(images), "-o", str(out), "-m", TINY, "--boxes", str(boxes)])
+    assert result.exit_code == 0, result.output
+    for path, content in before.items():
+        assert path.read_bytes() == content, path
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("<annotation><object>", "does not parse as XML"),
+        ("<annotation><object><name>tench</name></object></annotation>", "no <bndbox>"),
+        (
+            "<annotation><object><name>no such class</name><bndbox><xmin>1</xmin><ymin>1"
+            "</ymin><xmax>4</xmax><ymax>4</ymax></bndbox></object></annotation>",
+            "'no such class', which the model does not have",
+        ),
+    ],
+)
+def test_a_bad_box_file_is_a_usage_error(
+    squares: tuple[Path, Path], tmp_path: Path, content: str, message: str
+):
+    images, boxes = squares
+    (boxes / "set" / "b.xml").write_text(content)
+    result = run(["evaluate", str(images), "-o", str(tmp_path / "out"), "-m", TINY,
+                  "--boxes", str(boxes)])  # fmt: skip
+    assert result.exit_code == 2
+    assert "--boxes" in result.output and message in result.output
+    assert "b.xml" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "out" / "evaluate.index.jsonl").exists()
+
+
+def test_a_mask_of_another_size_fails_that_image_only(squares: tuple[Path, Path], tmp_path: Path):
+    images, _ = squares
+    masks = tmp_path / "masks"
+    save_image(masks / "set" / "a.png", np.zeros((48, 64), dtype=np.uint8))
+    save_image(masks / "set" / "b.png", np.zeros((10, 10), dtype=np.uint8))
+    out = tmp_path / "out"
+    result = run(["evaluate", str(images), "-o", str(out), "-m", TINY, "--masks", str(masks),
+                  "--metrics", "none"])  # fmt: skip
+    assert result.exit_code == 1
+    assert "10 x 10 pixels, the image 64 x 48" in result.output
+    index = [json.loads(line) for line in (out / "evaluate.index.jsonl").read_text().splitlines()]
+    assert {e["image"]: e["status"] for e in index} == {"set/a.png": "ok", "set/b.png": "error"}
+
+
+def test_usage_errors_name_the_option(squares: tuple[Path, Path], tmp_path: Path):
+    images, _ = squares
+    for args, option in (
+        (["--metrics", "speed"], "--metrics"),
+        (["--method", "nope"], "--method"),
+        (["--target", "no such class"], "--target"),
+        (["--sanity-stages", "0"], "--sanity-stages"),
+    ):
+        result = run(["evaluate", str(images), "-o", str(tmp_path / "o"), "-m", TINY, *args])
+        assert result.exit_code == 2, args
+        assert option in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.real_model
+def test_the_embedded_model_on_collages_points_at_the_class_and_passes_sanity(tmp_path: Path):
+    """Collages of four sample photos with their tiles as boxes (benchmarks/collages.py)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from collages import make_collages
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    make_collages(ROOT / "sample_images", tmp_path / "collages", count=4, tile=160)
+    out = tmp_path / "out"
+    result = run(
+        [
+            "evaluate", str(tmp_path / "collages" / "images"), "-o", str(out),
+            "--method", "gradcam,guided", "--boxes", str(tmp_path / "collages" / "boxes"),
+            "--metrics", "deletion,insertion", "--sanity", "--sanity-stages", "3",
+            "--device", "cpu",
+        ]
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    evaluation = json.loads((out / "evaluation.json").read_text())
+    assert evaluation["annotated"] == 4 and evaluation["without_target_box"] == 0
+    gradcam = evaluation["methods"]["gradcam"]
+    assert gradcam["pointing_game"] >= 0.75
+    assert gradcam["insertion"] > gradcam["deletion"]
+    # Adebayo et al.: Grad-CAM changes once the classifier is random; guided backprop barely.
+    first = {m: stages[0] for m, stages in evaluation["sanity"].items()}
+    assert first["gradcam"]["stage"] == "classifier"
+    assert first["guided"]["spearman"] > 0.8 > first["gradcam"]["spearman"]
+    shutil.rmtree(tmp_path / "collages")
