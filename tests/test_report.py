@@ -709,3 +709,50 @@ def test_browser_image_page_of_other_record_layouts(browser: Any, tmp_path: Path
     assert "misclassified" in tab.inner_text("#verdict")
     assert page.problems == []
     page.close()
+
+
+def test_browser_evaluation_page_from_the_grid_and_alone(browser: Any, tmp_path: Path):
+    """camcli evaluate's page: linked from the grid, its tables and plots load clean."""
+    images, boxes = tmp_path / "images", tmp_path / "boxes"
+    for i in range(3):
+        save_image(images / f"p{i}.png", shade(i, bright=i % 2 == 0))
+        (boxes / f"p{i}.xml").parent.mkdir(parents=True, exist_ok=True)
+        (boxes / f"p{i}.xml").write_text(
+            "<annotation><object><name>tench</name><bndbox><xmin>1</xmin><ymin>1</ymin>"
+            "<xmax>20</xmax><ymax>16</ymax></bndbox></object></annotation>"
+        )
+    alone, both = tmp_path / "alone", tmp_path / "both"
+    for out in (alone, both):
+        result = cli(
+            "evaluate", images, "-o", out, "-m", "tiny-test", "--method", "gradcam,guided",
+            "--boxes", boxes, "--metrics", "deletion,insertion", "--metric-steps", "4",
+            "--sanity", "--sanity-stages", "2", "--report",
+        )  # fmt: skip
+        assert result.exit_code == 0, result.output
+    assert cli("explain", images, "-o", both, "-m", "tiny-test").exit_code == 0
+    assert cli("report", both).exit_code == 0
+    # Only an evaluation: its page is the report.
+    assert not (alone / "report" / "index.html").exists()
+    evaluation = json.loads((both / "evaluation.json").read_text())
+    for out, start in ((alone, "evaluation.html"), (both, "index.html")):
+        page = Page(browser)
+        tab = page.open(out / "report" / start)
+        if start == "index.html":
+            tab.click("#evaluation-link")
+            tab.wait_for_load_state("load")
+        assert tab.url.endswith("/report/evaluation.html")
+        methods = tab.eval_on_selector_all(
+            "#leaderboard tbody tr", "rows => rows.map(r => r.dataset.method)"
+        )
+        assert methods == list(evaluation["methods"]) == ["gradcam", "guided"]
+        assert tab.eval_on_selector_all("#sanity tbody tr", "rows => rows.length") == 2
+        assert tab.locator("td.best").count() >= 1
+        shown = page.images_resolve()
+        assert sorted(unquote(src).rsplit("/", 1)[-1] for src, _ in shown) == [
+            "curves.png",
+            "sanity.png",
+            "stages.png",
+        ]
+        assert all(width > 0 for _src, width in shown), shown
+        assert page.problems == []
+        page.close()

@@ -102,6 +102,12 @@ EVALUATE_METHODS = ("gradcam", "gradcam++", "layercam", "guided", "guided-gradca
     show_default=True,
     help="Randomisation stages: the classifier, then groups of blocks down to the input.",
 )
+@click.option(
+    "--report",
+    is_flag=True,
+    help="At the end, write the HTML report of the output directory; its evaluation page "
+    "(OUTPUT/report/evaluation.html) shows the leaderboard and the plots.",
+)
 @method_setting_options
 @runtime_options
 @config_option
@@ -214,6 +220,10 @@ def evaluate(ctx: click.Context, **options: Any) -> None:
         verb="evaluated",
         kind="evaluate",
     )
+    if own.report and (run.rank is None or run.rank.rank == 0):
+        from camcli.cli.report import report_after_run
+
+        code = report_after_run(run.output_dir, code)
     ctx.exit(code)
 
 
@@ -255,6 +265,7 @@ class EvaluateCommandOptions:
     pointing_tolerance: float
     sanity: bool
     sanity_stages: int
+    report: bool
 
 
 def evaluate_settings(

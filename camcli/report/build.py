@@ -38,6 +38,7 @@ from PIL import Image
 from camcli.io.discover import natural_key
 from camcli.io.write import RUN_KINDS, atomic_write_bytes, record_suffix
 from camcli.report import REPORT_DIR, THUMB_SIZE
+from camcli.report.evaluation import EVALUATION_PAGE, write_evaluation_page
 
 __all__ = [
     "DETAIL_CHUNK",
@@ -491,12 +492,28 @@ def write_report(
     """
     start = time.perf_counter()
     entries = collect_entries(output_dir)
+    report_dir = output_dir / REPORT_DIR
+    if not entries and (output_dir / "evaluation.json").is_file():
+        # Only an evaluation (camcli evaluate): its page is the report.
+        report_dir.mkdir(parents=True, exist_ok=True)
+        assets = resources.files("camcli.report") / "assets"
+        atomic_write_bytes(report_dir / "report.css", (assets / "report.css").read_bytes())
+        page = write_evaluation_page(output_dir, report_dir, index_link=False)
+        if page is not None:
+            return ReportSummary(
+                index=page,
+                images=0,
+                errors=0,
+                misclassified=0,
+                thumbnails_written=0,
+                thumbnails_reused=0,
+                seconds=time.perf_counter() - start,
+            )
     if not entries:
         raise NothingToReport(
             f"{output_dir} holds no record of camcli explain (NAME.json) and no index entry "
             "yet (the report shows explain runs; features and compare write their own)"
         )
-    report_dir = output_dir / REPORT_DIR
     report_dir.mkdir(parents=True, exist_ok=True)
     # Thumbnails of another size are remade: they count as older than everything.
     size_file = report_dir / "thumbs" / "size.txt"
@@ -551,6 +568,8 @@ def write_report(
         "run": _run_state(output_dir),
         "items": items,
     }
+    if write_evaluation_page(output_dir, report_dir, index_link=True) is not None:
+        data["evaluation"] = EVALUATION_PAGE  # camcli evaluate's results: a link to its page
     details_dir = report_dir / "details"
     details_dir.mkdir(exist_ok=True)
     chunks = (len(entries) + DETAIL_CHUNK - 1) // DETAIL_CHUNK

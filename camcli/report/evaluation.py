@@ -24,11 +24,14 @@ from camcli.pictures.plots import curve_plot, sanity_plot
 
 __all__ = [
     "EVALUATION_DIR",
+    "EVALUATION_PAGE",
     "HIGHER_IS_BETTER",
     "SCORE_TITLES",
     "EvaluationTotals",
+    "evaluation_page",
     "leaderboard",
     "write_evaluation",
+    "write_evaluation_page",
 ]
 
 EVALUATION_DIR = "evaluation"
@@ -319,3 +322,98 @@ def _markdown(result: dict[str, Any]) -> str:
         if key in result["pictures"]:
             parts.append(f"\n![{title}]({result['pictures'][key]})\n")
     return "\n".join(parts)
+
+
+EVALUATION_PAGE = "evaluation.html"
+
+
+def evaluation_page(result: dict[str, Any], index_link: bool) -> str:
+    """The HTML report's evaluation page: the leaderboard, the sanity table, the pictures.
+
+    Args:
+        result: ``evaluation.json``'s content.
+        index_link: link back to the report's grid of images (when there is one).
+
+    Returns:
+        A self-contained page for ``OUTPUT/report/``; pictures load from ``../evaluation/``.
+
+    """
+    from html import escape
+
+    methods: dict[str, dict[str, Any]] = result["methods"]
+    columns = [n for n in HIGHER_IS_BETTER if any(m.get(n) is not None for m in methods.values())]
+    best: dict[str, float] = {}
+    for name in columns:
+        values = [v for m in methods.values() if (v := m.get(name)) is not None]
+        if values:
+            best[name] = max(values) if HIGHER_IS_BETTER[name] else min(values)
+    head = "".join(
+        f"<th>{escape(SCORE_TITLES[n])} {'↑' if HIGHER_IS_BETTER[n] else '↓'}</th>" for n in columns
+    )
+    rows = []
+    for method, scores in methods.items():
+        cells = []
+        for name in columns:
+            value = scores.get(name)
+            top = value is not None and round(value, 3) == round(best[name], 3)
+            cells.append(f"<td{' class=best' if top else ''}>{_number(value)}</td>")
+        rows.append(
+            f"<tr data-method='{escape(method)}'><th>{escape(method)}</th>{''.join(cells)}"
+            f"<td>{scores['images']}</td></tr>"
+        )
+    parts = [
+        "<!doctype html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>camcli evaluation: {escape(str(result.get('model', '')))}</title>",
+        '<link rel="icon" href="data:,"><link rel="stylesheet" href="report.css">',
+        "</head><body data-page='evaluation'><header>",
+        f"<h1>Which map to trust: {escape(str(result.get('model', '')))}</h1>",
+        f"<p id='summary'>{result['images']} image(s) evaluated, {result['annotated']} with "
+        f"annotations; target: {escape(str(result.get('target', '')))}. ↑ higher is better, "
+        "↓ lower is better; the best of each column is marked.</p>",
+        "<p><a href='index.html'>All images</a></p>" if index_link else "",
+        "</header><main>",
+        "<h2>Leaderboard</h2>",
+        f"<table id='leaderboard'><thead><tr><th>method</th>{head}<th>images</th></tr>"
+        f"</thead><tbody>{''.join(rows)}</tbody></table>",
+    ]
+    if result["sanity"]:
+        stages = result["stages"]
+        parts.append("<h2>Sanity checks: Spearman / SSIM with the original map</h2>")
+        parts.append(
+            "<table id='sanity'><thead><tr><th>method</th>"
+            + "".join(f"<th>{escape(s)}</th>" for s in stages)
+            + "</tr></thead><tbody>"
+        )
+        for method, measured in result["sanity"].items():
+            row = "".join(f"<td>{s['spearman']:.3f} / {s['ssim']:.3f}</td>" for s in measured)
+            parts.append(f"<tr><th>{escape(method)}</th>{row}</tr>")
+        parts.append("</tbody></table>")
+    for key, title in (
+        ("sanity", "Sanity curves"),
+        ("stages", f"One image at each stage: {result.get('stages_image', '')}"),
+        ("curves", "Mean deletion and insertion curves"),
+        ("road", "Mean ROAD curves"),
+    ):
+        if key in result.get("pictures", {}):
+            source = escape("../" + result["pictures"][key])
+            parts.append(
+                f"<figure id='{key}'><img src='{source}' alt='{escape(title)}'>"
+                f"<figcaption>{escape(title)}</figcaption></figure>"
+            )
+    parts.append("</main></body></html>\n")
+    return "\n".join(parts)
+
+
+def write_evaluation_page(output_dir: Path, report_dir: Path, index_link: bool) -> Path | None:
+    """Write ``report/evaluation.html`` when the directory holds ``evaluation.json``."""
+    try:
+        result = json.loads((output_dir / "evaluation.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    if not isinstance(result, dict) or not isinstance(result.get("methods"), dict):
+        return None
+    page = report_dir / EVALUATION_PAGE
+    atomic_write_bytes(page, evaluation_page(result, index_link).encode("utf-8"))
+    return page

@@ -251,6 +251,15 @@
     var summary = ITEMS.length + " images: " + ok + " explained, " + errors + " failed";
     if (labelled) summary += "; " + wrong + " of " + labelled + " labelled images misclassified";
     document.getElementById("summary").textContent = summary + ". Written " + DATA.generated + ".";
+    if (DATA.evaluation) {
+      // camcli evaluate wrote its results here: link its page (the leaderboard, the plots).
+      var link = element("a", null, "Evaluation: which map to trust");
+      link.href = DATA.evaluation;
+      link.id = "evaluation-link";
+      var line = element("p", null, "");
+      line.appendChild(link);
+      document.querySelector("header").appendChild(line);
+    }
     var notice = runNotice();
     if (notice) {
       var node = document.getElementById("run-state");
