@@ -309,3 +309,96 @@ def test_the_readme_collages_example_as_written(tmp_path: Path, monkeypatch: pyt
     assert first["guided"]["spearman"] > 0.8 > first["gradcam"]["spearman"]
     assert (out / "report" / "evaluation.html").is_file()
     assert "| gradcam |" in (out / "evaluation.md").read_text()
+
+
+def test_scores_do_not_depend_on_batching_layout_or_workers(
+    squares: tuple[Path, Path], tmp_path: Path
+):
+    images, boxes = squares
+    save_image(images / "set" / "c.png", square_image(64, 48, (30, 10, 50, 30)))
+    scores = {}
+    for name, extra in (
+        ("one", ["--batch-size", "1", "--workers", "0", "--chunk-size", "3"]),
+        ("three", ["--batch-size", "3", "--channels-last", "--chunk-size", "64"]),
+    ):
+        out = tmp_path / name
+        result = run(
+            [
+                "evaluate", str(images), "-o", str(out), "-m", TINY, "--target", "tench",
+                "--method", "gradcam,guided,ig", "--boxes", str(boxes), "--metrics", "all",
+                "--metric-steps", "4", "--sanity", "--sanity-stages", "2", "--device", "cpu",
+                "--ig-max-steps", "32", *extra,
+            ]
+        )  # fmt: skip
+        assert result.exit_code == 0, result.output
+        scores[name] = {
+            p.name: {k: json.loads(p.read_text())[k] for k in ("scores", "sanity", "target")}
+            for p in sorted((out / "set").glob("*.evaluate.json"))
+        }
+    assert len(scores["one"]) == 3
+    for image, one in scores["one"].items():
+        three = scores["three"][image]
+        assert one["target"] == three["target"]
+        for method, values in one["scores"].items():
+            for key, value in values.items():
+                if value is None:
+                    assert three["scores"][method][key] is None
+                else:
+                    assert three["scores"][method][key] == pytest.approx(value, abs=2e-4)
+        for method, stages in one["sanity"].items():
+            for a, b in zip(stages, three["sanity"][method], strict=True):
+                assert a["stage"] == b["stage"]
+                assert a["spearman"] == pytest.approx(b["spearman"], abs=2e-3)
+
+
+FACTORY = """
+import torch
+from torch import nn
+
+
+def build():
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        nn.Linear(8, 4),
+    )
+"""
+
+
+def test_sigterm_during_a_long_evaluation_stops_in_seconds(tmp_path: Path):
+    import signal
+    import time
+
+    images = tmp_path / "images"
+    for i in range(2):
+        save_image(images / f"p{i}.png", square_image(40, 30, (4, 4, 20, 20)))
+    factory = tmp_path / "net.py"
+    factory.write_text(FACTORY)
+    out = tmp_path / "out"
+    command = [
+        sys.executable, "-m", "camcli", "evaluate", str(images), "-o", str(out),
+        "--model", f"{factory}:build", "--input-size", "32", "--method", "gradcam,rise",
+        "--rise-masks", "2000000", "--chunk-size", "16", "-b", "1", "-j", "0",
+        "--metrics", "road", "--device", "cpu",
+    ]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "evaluate.index.jsonl.partial").exists():
+            assert process.poll() is None, process.communicate()
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        time.sleep(1.0)
+        sent = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=60)
+        latency = time.monotonic() - sent
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 143, stderr.decode()
+    assert latency < 15, latency
+    assert not list(out.rglob("*.evaluate.json"))  # the stopped batch left nothing that counts
+    evaluation = json.loads((out / "evaluation.json").read_text())
+    assert evaluation["status"] == "interrupted" and evaluation["images"] == 0
