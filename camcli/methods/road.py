@@ -129,6 +129,7 @@ def _conjugate_gradients(
     rz = (residual * z).flatten(1).sum(1)
     scale = rhs.flatten(1).norm(dim=1).clamp(min=1e-12)
     for _ in range(max_iterations):
+        check_stop()  # a solve can take seconds on a CPU: a stop request lands inside it
         # Each image and channel stops on its own, so chunking does not change results.
         active = residual.flatten(1).norm(dim=1) > tolerance * scale
         if not bool(active.any()):
