@@ -402,3 +402,24 @@ def test_sigterm_during_a_long_evaluation_stops_in_seconds(tmp_path: Path):
     assert not list(out.rglob("*.evaluate.json"))  # the stopped batch left nothing that counts
     evaluation = json.loads((out / "evaluation.json").read_text())
     assert evaluation["status"] == "interrupted" and evaluation["images"] == 0
+
+
+def test_shards_write_their_own_evaluation_and_a_full_run_merges_them(
+    squares: tuple[Path, Path], tmp_path: Path
+):
+    images, boxes = squares
+    save_image(images / "set" / "c.png", square_image(64, 48, (30, 10, 50, 30)))
+    out = tmp_path / "out"
+    args = ["evaluate", str(images), "-o", str(out), "-m", BRIGHT, "--method", "gradcam",
+            "--boxes", str(boxes), "--metrics", "none"]  # fmt: skip
+    counts = []
+    for k in range(2):
+        assert run([*args, "--shard", f"{k}/2"]).exit_code == 0
+        shard = json.loads((out / f"evaluation.shard-{k}-of-2.json").read_text())
+        counts.append(shard["images"])
+    assert sum(counts) == 3 and not (out / "evaluation.json").exists()
+    result = run([*args, "--jsonl"])
+    assert result.exit_code == 0
+    assert all(json.loads(line)["reused"] for line in result.stdout.splitlines())
+    merged = json.loads((out / "evaluation.json").read_text())
+    assert merged["images"] == 3 and merged["methods"]["gradcam"]["pointing_game"] == 0.5

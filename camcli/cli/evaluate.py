@@ -201,9 +201,10 @@ def evaluate(ctx: click.Context, **options: Any) -> None:
                 "unannotated": totals.totals.evaluated - totals.totals.annotated,
             },
             settings.method_options.metric_steps,
+            settings.name_suffix,
         )
         summary.extra["evaluation"] = {
-            "file": "evaluation.json",
+            "file": f"evaluation{settings.name_suffix}.json",
             "images": result["images"],
             "annotated": result["annotated"],
         }

@@ -227,22 +227,32 @@ def leaderboard(result: dict[str, Any]) -> str:
 
 
 def write_evaluation(
-    output_dir: Path, totals: EvaluationTotals, identity: dict[str, Any], steps: int
+    output_dir: Path,
+    totals: EvaluationTotals,
+    identity: dict[str, Any],
+    steps: int,
+    name_suffix: str = "",
 ) -> dict[str, Any]:
     """Write ``evaluation.json``, ``evaluation.md`` and the pictures (each atomically).
+
+    A shard (``--shard``, torchrun) sees only its own images: its files carry its suffix
+    (``evaluation.shard-0-of-4.json``, ``evaluation.shard-0-of-4/``); a run without
+    ``--shard`` afterwards reuses every shard's records and writes the whole evaluation.
 
     Args:
         output_dir: the run's output directory.
         totals: the sums over the records.
         identity: the run's model, target and settings, recorded as they are.
         steps: the deletion and insertion curves' steps (their x values).
+        name_suffix: the shard's (and rank's) suffix, ``""`` when not sharded.
 
     Returns:
         ``evaluation.json``'s content.
 
     """
     result = {"camcli": __version__, **identity, **totals.result()}
-    folder = output_dir / EVALUATION_DIR
+    stem = f"{EVALUATION_DIR}{name_suffix}"
+    folder = output_dir / stem
     pictures: dict[str, str] = {}
     if result["sanity"]:
         curves = {
@@ -253,12 +263,12 @@ def write_evaluation(
             for method, stages in result["sanity"].items()
         }
         atomic_write_bytes(folder / "sanity.png", sanity_plot(result["stages"], curves))
-        pictures["sanity"] = f"{EVALUATION_DIR}/sanity.png"
+        pictures["sanity"] = f"{stem}/sanity.png"
     if totals.first_sheet is not None:
         sheet = output_dir / totals.first_sheet[1]
         if sheet.is_file():
             atomic_write_bytes(folder / "stages.png", sheet.read_bytes())
-            pictures["stages"] = f"{EVALUATION_DIR}/stages.png"
+            pictures["stages"] = f"{stem}/stages.png"
             result["stages_image"] = totals.first_sheet[0]
     mean_curves = result["curves"]
     panels = []
@@ -272,7 +282,7 @@ def write_evaluation(
             panels.append((title, xlabel, xs, chosen))
     if panels:
         atomic_write_bytes(folder / "curves.png", curve_plot(panels))
-        pictures["curves"] = f"{EVALUATION_DIR}/curves.png"
+        pictures["curves"] = f"{stem}/curves.png"
     from camcli.methods.road import ROAD_FRACTIONS
 
     road_panels = []
@@ -287,12 +297,12 @@ def write_evaluation(
             )
     if road_panels:
         atomic_write_bytes(folder / "road.png", curve_plot(road_panels))
-        pictures["road"] = f"{EVALUATION_DIR}/road.png"
+        pictures["road"] = f"{stem}/road.png"
     result["pictures"] = pictures
     atomic_write_bytes(
-        output_dir / "evaluation.json", (json.dumps(result, indent=2) + "\n").encode("utf-8")
+        output_dir / f"{stem}.json", (json.dumps(result, indent=2) + "\n").encode("utf-8")
     )
-    atomic_write_bytes(output_dir / "evaluation.md", _markdown(result).encode("utf-8"))
+    atomic_write_bytes(output_dir / f"{stem}.md", _markdown(result).encode("utf-8"))
     return result
 
 
