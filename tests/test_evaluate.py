@@ -17,6 +17,7 @@ from PIL import Image
 from camcli.cli import main
 
 from .conftest import BRIGHT, TINY, save_image, square_image
+from .test_stops import FACTORY
 
 ROOT = Path(__file__).resolve().parents[1]
 SQUARE = (8, 8, 24, 24)  # left, top, right, bottom: the white square, in a 64 x 48 image
@@ -349,20 +350,6 @@ def test_scores_do_not_depend_on_batching_layout_or_workers(
             for a, b in zip(stages, three["sanity"][method], strict=True):
                 assert a["stage"] == b["stage"]
                 assert a["spearman"] == pytest.approx(b["spearman"], abs=2e-3)
-
-
-FACTORY = """
-import torch
-from torch import nn
-
-
-def build():
-    torch.manual_seed(0)
-    return nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-        nn.Linear(8, 4),
-    )
-"""
 
 
 def test_sigterm_during_a_long_evaluation_stops_in_seconds(tmp_path: Path):

@@ -35,6 +35,7 @@ __all__ = [
     "blurred",
     "faithfulness",
     "pixel_order_saliency",
+    "pixel_ranks",
 ]
 
 # What each metric writes per image, and whether higher is better.
@@ -73,6 +74,19 @@ def pixel_order_saliency(method: str, values: torch.Tensor, size: int) -> torch.
     if method in ("lrp", "ig"):
         return values.float().sum(dim=1)
     return values.float().abs().amax(dim=1)
+
+
+def pixel_ranks(saliency: torch.Tensor) -> torch.Tensor:
+    """Each pixel's rank in its map, most salient first: ``(N, S, S)`` -> ``(N, S * S)``.
+
+    Ties keep the row-major order (a stable sort), so the order is the same on every device.
+    """
+    n = saliency.shape[0]
+    flat = saliency.float().reshape(n, -1)
+    order = flat.argsort(dim=1, descending=True, stable=True)
+    position = torch.empty_like(order)
+    position.scatter_(1, order, torch.arange(flat.shape[1], device=flat.device).expand(n, -1))
+    return position
 
 
 def _unit(saliency: torch.Tensor) -> torch.Tensor:
@@ -124,10 +138,7 @@ def faithfulness(
         original = _probabilities(model, x, targets, chunk_size, autocast_dtype, binary)
         for method, saliency in saliencies.items():
             scores: dict[str, torch.Tensor] = {}
-            flat = saliency.float().reshape(n, pixels)
-            order = flat.argsort(dim=1, descending=True, stable=True)
-            position = torch.empty_like(order)
-            position.scatter_(1, order, torch.arange(pixels, device=x.device).expand(n, -1))
+            position = pixel_ranks(saliency)
             for kind in kinds:
                 jobs = [(i, k) for i in range(n) for k in range(steps + 1)]
                 probs = torch.empty(len(jobs), device=x.device)

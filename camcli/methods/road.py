@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from camcli.methods.forward import autocast, class_probabilities
+from camcli.methods.metrics import pixel_ranks
 from camcli.methods.stopping import check_stop
 from camcli.models.hooks import frozen_eval
 
@@ -186,10 +187,7 @@ def road(
     results: dict[str, dict[str, torch.Tensor]] = {}
     with frozen_eval(model), torch.no_grad():
         for method, saliency in saliencies.items():
-            flat = saliency.float().reshape(n, pixels)
-            order = flat.argsort(dim=1, descending=True, stable=True)
-            position = torch.empty_like(order)
-            position.scatter_(1, order, torch.arange(pixels, device=x.device).expand(n, -1))
+            position = pixel_ranks(saliency)
             scores: dict[str, torch.Tensor] = {}
             for kind in ("morf", "lerf"):
                 jobs = [(i, k) for i in range(n) for k in range(len(counts))]
