@@ -77,3 +77,30 @@ def test_compare_and_several_targets_on_cuda(photos: Path, tmp_path: Path):
         assert gpu["targets"][1]["probability"] == pytest.approx(
             cpu["targets"][1]["probability"], rel=1e-3
         )
+
+
+def test_evaluate_on_cuda_matches_the_cpu(photos: Path, tmp_path: Path):
+    boxes = tmp_path / "boxes"
+    (boxes / "1").mkdir(parents=True)
+    for name, (x0, y0, x1, y1) in (("a", (4, 8, 24, 28)), ("b", (20, 30, 40, 60))):
+        (boxes / "1" / f"{name}.xml").write_text(
+            f"<annotation><object><name>tench</name><bndbox><xmin>{x0 + 1}</xmin>"
+            f"<ymin>{y0 + 1}</ymin><xmax>{x1}</xmax><ymax>{y1}</ymax></bndbox></object>"
+            "</annotation>"
+        )
+    results = {}
+    for device in ("cpu", "cuda"):
+        out = tmp_path / device
+        result = run("evaluate", photos, "-o", out, "--model", BRIGHT, "--device", device,
+                     "--method", "gradcam,guided", "--boxes", boxes, "--metrics", "all",
+                     "--metric-steps", "4", "--sanity", "--sanity-stages", "2")  # fmt: skip
+        assert result.exit_code == 0, result.output
+        results[device] = json.loads((out / "evaluation.json").read_text())
+    cpu, gpu = results["cpu"], results["cuda"]
+    for method, scores in cpu["methods"].items():
+        for name, value in scores.items():
+            if isinstance(value, float):
+                assert gpu["methods"][method][name] == pytest.approx(value, abs=2e-3), name
+    assert [s["stage"] for s in gpu["sanity"]["gradcam"]] == [
+        s["stage"] for s in cpu["sanity"]["gradcam"]
+    ]
