@@ -192,16 +192,26 @@ def test_a_rerun_reuses_records_and_rewrites_the_same_evaluation(
     out = tmp_path / "out"
     args = [
         "evaluate", str(images), "-o", str(out), "-m", TINY, "--method", "gradcam",
-        "--boxes", str(boxes), "--metric-steps", "4", "--device", "cpu",
+        "--boxes", str(boxes), "--sanity", "--sanity-stages", "2", "--metric-steps", "4",
+        "--device", "cpu",
     ]  # fmt: skip
     assert run(args).exit_code == 0
     first = json.loads((out / "evaluation.json").read_text())
+    assert (out / "evaluation" / "stages.png").is_file()
     record = (out / "set" / "a.png.evaluate.json").read_bytes()
     again = run([*args, "--jsonl"])
     assert again.exit_code == 0
     assert all(json.loads(line)["reused"] for line in again.stdout.splitlines())
     assert (out / "set" / "a.png.evaluate.json").read_bytes() == record
     assert json.loads((out / "evaluation.json").read_text())["methods"] == first["methods"]
+    # A sanity sheet that went missing makes its image count as not done.
+    (out / "set" / "b.png.sanity.png").unlink()
+    redone = run([*args, "--jsonl"])
+    reused = {
+        json.loads(line)["image"]: json.loads(line).get("reused")
+        for line in redone.stdout.splitlines()
+    }
+    assert reused == {"set/a.png": True, "set/b.png": None}
     # Other settings: redone.
     changed = run([*args[:-2], "--metric-steps", "5", "--device", "cpu", "--jsonl"])
     assert not any(json.loads(line).get("reused") for line in changed.stdout.splitlines())

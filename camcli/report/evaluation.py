@@ -127,7 +127,7 @@ class EvaluationTotals:
                         [a + float(b) for a, b in zip(summed, values, strict=True)],
                         count + 1,
                     )
-        sheet = (record.get("files") or {}).get("sanity")
+        sheet = ((record.get("files") or {}).get("sanity") or {}).get("sheet")
         if sheet and record_file is not None:
             folder = record_file.rsplit("/", 1)[0] + "/" if "/" in record_file else ""
             candidate = (str(record["image"]), folder + sheet)

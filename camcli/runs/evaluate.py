@@ -318,7 +318,7 @@ class _EvaluateWork:
                 }
             sanity: dict[str, list[dict[str, Any]]] = {}
             jobs: list[FileJob] = []
-            files: dict[str, str] = {}
+            files: dict[str, dict[str, str]] = {}
             if staged:
                 for method in maps:
                     sanity[method] = []
@@ -332,7 +332,7 @@ class _EvaluateWork:
                     (name, {m: stage_maps[m][j] for m in maps}) for name, stage_maps in staged
                 ]
                 jobs.append((path, _sheet_png(columns, list(maps), settings.png_level)))
-                files["sanity"] = path.name
+                files["sanity"] = {"sheet": path.name}
             record = {
                 "image": str(item.relative),
                 "source": resolved_source(item.path),
