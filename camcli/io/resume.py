@@ -69,7 +69,10 @@ def up_to_date(record_file: Path, source: Path, key: str) -> dict[str, Any] | No
     ):
         return None
     folder = record_file.parent
-    for listing in (record.get("files") or {}).values():
+    files = record.get("files") or {}
+    if not isinstance(files, dict) or not all(isinstance(v, dict) for v in files.values()):
+        return None  # not a record this version writes: redo the image
+    for listing in files.values():
         for name in listing.values():
             try:
                 if (folder / name).stat().st_size == 0:
