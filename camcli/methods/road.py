@@ -128,7 +128,12 @@ def _conjugate_gradients(
     z = residual / degree
     direction = z.clone()
     rz = (residual * z).flatten(1).sum(1)
-    scale = rhs.flatten(1).norm(dim=1).clamp(min=1e-12)
+    # The residual is measured against the right-hand side, with a floor for images whose
+    # kept pixels are near zero (mid-grey after normalisation): there a relative residual of
+    # 1e-4 is below float32's reach and the solve would never stop. The floor is what a
+    # right-hand side of 0.1 per boundary pixel gives (inputs are O(1) after normalisation).
+    boundary = (unknown * (_neighbours(known) > 0)).flatten(1).sum(1)
+    scale = torch.maximum(rhs.flatten(1).norm(dim=1), 0.1 * boundary.sqrt()).clamp(min=1e-12)
     for _ in range(max_iterations):
         check_stop()  # a solve can take seconds on a CPU: a stop request lands inside it
         # Each image and channel stops on its own, so chunking does not change results.
