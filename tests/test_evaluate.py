@@ -78,7 +78,8 @@ def test_scores_of_a_map_known_by_hand(squares: tuple[Path, Path], tmp_path: Pat
     b = json.loads((out / "set" / "b.png.evaluate.json").read_text())
     # All logits are equal: the top-1 is class 0, tench; goldfish's box does not count.
     assert a["target"]["name"] == "tench"
-    assert a["annotation"] == {"objects": 2, "target_boxes": 1, "mask": None}
+    assert a["annotation"]["objects"] == 2 and a["annotation"]["target_boxes"] == 1
+    assert a["annotation"]["mask"] is None and len(a["annotation"]["digest"]) == 16
     ga, gb = a["scores"]["gradcam"], b["scores"]["gradcam"]
     assert (ga["pointing_game"], gb["pointing_game"]) == (1.0, 0.0)
     assert (ga["box_accuracy"], gb["box_accuracy"]) == (1.0, 0.0)
@@ -94,7 +95,26 @@ def test_scores_of_a_map_known_by_hand(squares: tuple[Path, Path], tmp_path: Pat
     assert "| gradcam | **0.500** |" in table
     index = [json.loads(line) for line in (out / "evaluate.index.jsonl").read_text().splitlines()]
     assert [e["image"] for e in index] == ["set/a.png", "set/b.png"]
-    assert json.loads((out / "evaluate.run.json").read_text())["counts"]["explained"] == 2
+    summary = json.loads((out / "evaluate.run.json").read_text())
+    assert summary["counts"]["explained"] == 2
+    assert summary["settings"]["target"]["mode"] == "annotated"
+
+
+def test_no_score_measured_gives_a_sentence_not_a_broken_table(
+    squares: tuple[Path, Path], tmp_path: Path
+):
+    images, boxes = squares
+    out = tmp_path / "out"
+    result = run(
+        [
+            "evaluate", str(images), "-o", str(out), "-m", BRIGHT, "--method", "gradcam",
+            "--boxes", str(boxes), "--target", "tiger shark", "--metrics", "none",
+        ]
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "2 annotated image(s) have no box or mask" in result.stderr
+    table = (out / "evaluation.md").read_text()
+    assert "No score was measured" in table and "| method |" not in table
 
 
 def test_masks_give_mass_and_rank_accuracy(squares: tuple[Path, Path], tmp_path: Path):
@@ -119,6 +139,21 @@ def test_masks_give_mass_and_rank_accuracy(squares: tuple[Path, Path], tmp_path:
     # Without boxes the pointing games read the mask; box accuracy needs boxes.
     assert a["pointing_game"] == 1.0 and b["pointing_game"] == 0.0
     assert a["box_accuracy"] is None
+    # An empty mask marks no object: no localisation scores, counted, said on stderr.
+    save_image(masks / "set" / "b.png", np.zeros((48, 64), dtype=np.uint8))
+    again = run(
+        [
+            "evaluate", str(images), "-o", str(out), "-m", BRIGHT, "--method", "gradcam",
+            "--masks", str(masks), "--metrics", "none", "--device", "cpu",
+        ]
+    )  # fmt: skip
+    assert again.exit_code == 0, again.output
+    b = json.loads((out / "set" / "b.png.evaluate.json").read_text())
+    assert b["scores"]["gradcam"]["mass_accuracy"] is None
+    assert b["annotation"]["mask"] == 0
+    evaluation = json.loads((out / "evaluation.json").read_text())
+    assert evaluation["without_target_box"] == 1
+    assert "1 annotated image(s) have no box or mask" in again.stderr
 
 
 def test_a_coco_file_scores_like_voc_files(squares: tuple[Path, Path], tmp_path: Path):
@@ -212,6 +247,10 @@ def test_a_rerun_reuses_records_and_rewrites_the_same_evaluation(
         for line in redone.stdout.splitlines()
     }
     assert reused == {"set/a.png": True, "set/b.png": None}
+    # An edited box file redoes its image only.
+    (boxes / "set" / "b.xml").write_text((boxes / "set" / "a.xml").read_text())
+    edited = [json.loads(line) for line in run([*args, "--jsonl"]).stdout.splitlines()]
+    assert {r["image"]: r.get("reused") for r in edited} == {"set/a.png": True, "set/b.png": None}
     # Other settings: redone.
     changed = run([*args[:-2], "--metric-steps", "5", "--device", "cpu", "--jsonl"])
     assert not any(json.loads(line).get("reused") for line in changed.stdout.splitlines())

@@ -145,7 +145,7 @@ def evaluate(ctx: click.Context, **options: Any) -> None:
     try:
         metrics = parse_metrics(",".join(p for p in parts if p != "road"))
     except ValueError as exc:
-        message = str(exc).replace("known: ", "known: road, ")
+        message = str(exc).replace("known: ", "known: road, ") + ", all, none"
         raise click.BadParameter(message, param_hint="'--metrics'") from None
     common = CommonOptions.take(options)
     method_settings = MethodSettingOptions.take(options)
@@ -203,6 +203,13 @@ def evaluate(ctx: click.Context, **options: Any) -> None:
             settings.method_options.metric_steps,
             settings.name_suffix,
         )
+        if result["without_target_box"]:
+            click.echo(
+                f"camcli: {result['without_target_box']} annotated image(s) have no box or "
+                "mask of the class explained (see --target): they have no localisation "
+                "scores",
+                err=True,
+            )
         summary.extra["evaluation"] = {
             "file": f"evaluation{settings.name_suffix}.json",
             "images": result["images"],

@@ -18,6 +18,7 @@ not have, is an :class:`AnnotationError` naming the file.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
@@ -60,6 +61,25 @@ class Annotations:
     boxes: dict[str, list[ObjectBox]] | None = None
     masks: Path | None = None
     source: dict[str, Any] = field(default_factory=dict)
+    box_digests: dict[str, str] = field(default_factory=dict)
+
+    def digest(self, relative: PurePosixPath) -> str | None:
+        """What the image's annotation is made of, as a short digest (``None``: none).
+
+        The boxes' content (the XML file's bytes, or the image's COCO objects) and the mask
+        file's size and modification time: a record whose digest differs is redone.
+        """
+        parts = []
+        key = relative.as_posix()
+        if key in self.box_digests:
+            parts.append("boxes:" + self.box_digests[key])
+        mask = self.mask_path(relative)
+        if mask is not None:
+            stat = mask.stat()
+            parts.append(f"mask:{stat.st_size}:{stat.st_mtime_ns}")
+        if not parts:
+            return None
+        return hashlib.sha1("|".join(parts).encode()).hexdigest()[:16]
 
     def objects(self, relative: PurePosixPath) -> list[ObjectBox] | None:
         """The image's objects, or ``None`` when no box file covers it."""
@@ -102,10 +122,13 @@ def load_annotations(
     if boxes is None:
         return result
     if boxes.is_dir():
-        result.boxes = _voc_folder(boxes, images, resolve)
+        result.boxes = _voc_folder(boxes, images, resolve, result.box_digests)
         result.source["boxes"] = {"voc": str(boxes.resolve())}
     elif boxes.is_file():
         result.boxes = _coco_file(boxes, images, resolve)
+        for key, objects in result.boxes.items():
+            listed = repr([(o.name, o.box) for o in objects]).encode()
+            result.box_digests[key] = hashlib.sha1(listed).hexdigest()
         stat = boxes.stat()
         result.source["boxes"] = {
             "coco": str(boxes.resolve()),
@@ -121,20 +144,25 @@ def _class(name: str, resolve: Any, where: str) -> int:
     index = resolve(name)
     if index is None:
         raise AnnotationError(
-            f"{where} names the class {name!r}, which the model does not have (use its class "
-            "indices, WordNet ids or names; see the model's classes)"
+            f"{where} names the class {name!r}, which the model does not have (name classes "
+            "by the model's class index, WordNet id or class name, e.g. 281, n02123045 or "
+            "'tabby'; a record of camcli explain lists the names)"
         )
     return int(index)
 
 
 def _voc_folder(
-    folder: Path, images: Sequence[PurePosixPath], resolve: Any
+    folder: Path, images: Sequence[PurePosixPath], resolve: Any, digests: dict[str, str]
 ) -> dict[str, list[ObjectBox]]:
     found: dict[str, list[ObjectBox]] = {}
     for relative in images:
         path = folder.joinpath(*relative.parts).with_suffix(".xml")
         if path.is_file():
             found[relative.as_posix()] = read_voc(path, resolve)
+            try:
+                digests[relative.as_posix()] = hashlib.sha1(path.read_bytes()).hexdigest()
+            except OSError:
+                digests[relative.as_posix()] = "unreadable"
     return found
 
 

@@ -165,17 +165,24 @@ SANITY_CELL = 96  # pixels per map in a sanity sheet
 
 
 def sanity_sheet(
-    columns: list[tuple[str, dict[str, np.ndarray]]], methods: list[str], cell: int = SANITY_CELL
+    columns: list[tuple[str, dict[str, np.ndarray]]],
+    methods: list[str],
+    cell: int = SANITY_CELL,
+    photo: np.ndarray | None = None,
+    caption: str = "",
 ) -> np.ndarray:
     """One image's maps at each randomisation stage: a row per method, a column per stage.
 
-    Each map is shown by its magnitude (JET colours), scaled to its own 99th percentile so
-    that sparse gradient pictures stay visible.
+    Each map is shown by its magnitude (JET colours: blue low, red high), scaled to its own
+    99th percentile so that sparse gradient pictures stay visible. The model's input, when
+    given, comes first, titled with ``caption`` (the class explained).
 
     Args:
         columns: per column, its title and the maps ``(S, S)`` per method.
         methods: the row order.
         cell: side of one map in pixels.
+        photo: the model's input ``(S, S, 3)`` uint8, shown in the first row.
+        caption: its title.
 
     Returns:
         ``(H, W, 3)`` uint8.
@@ -183,6 +190,9 @@ def sanity_sheet(
     """
     import cv2
 
+    if photo is not None:
+        blank = {m: np.zeros((1, 1), dtype=np.float32) for m in methods}
+        columns = [(caption or "input", blank), *columns]
     gap, label_width, header = 4, 110, 22
     width = label_width + len(columns) * (cell + gap) + gap
     height = header + len(methods) * (cell + gap) + gap
@@ -198,13 +208,19 @@ def sanity_sheet(
             index = np.clip(np.rint(small * 255), 0, 255).astype(np.uint8)
             x = label_width + gap + col * (cell + gap)
             y = header + gap + row * (cell + gap)
+            if photo is not None and col == 0:
+                if row == 0:
+                    picture[y : y + cell, x : x + cell] = cv2.resize(
+                        photo, (cell, cell), interpolation=cv2.INTER_AREA
+                    )
+                continue
             picture[y : y + cell, x : x + cell] = lut[index]
     image = Image.fromarray(picture)
     draw = ImageDraw.Draw(image)
     font = label_font(11)
     for col, (title, _maps) in enumerate(columns):
         x = label_width + gap + col * (cell + gap)
-        shown = title if len(title) <= 16 else title[:15] + "…"
+        shown = title if len(title) <= 17 else title[:16] + "…"
         draw.text((x + 2, 5), shown, fill=(0, 0, 0), font=font)
     for row, method in enumerate(methods):
         y = header + gap + row * (cell + gap) + cell // 2 - 6

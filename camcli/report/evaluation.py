@@ -94,7 +94,7 @@ class EvaluationTotals:
         annotation = record.get("annotation")
         if annotation is not None:
             self.annotated += 1
-            if annotation.get("target_boxes") == 0 and not annotation.get("mask"):
+            if not annotation.get("target_boxes") and not annotation.get("mask"):
                 self.without_target_box += 1
         for method, values in scores.items():
             if method not in self.methods:
@@ -202,6 +202,11 @@ def leaderboard(result: dict[str, Any]) -> str:
         columns.append("sanity")
         for method in rows:
             rows[method]["sanity"] = final.get(method)
+    if not columns:
+        return (
+            "No score was measured: no image had a box or mask of the class explained, and "
+            "no faithfulness score was asked for (--metrics).\n"
+        )
     better = {**HIGHER_IS_BETTER, "sanity": False}
     best: dict[str, float] = {}
     for name in columns:
@@ -221,6 +226,9 @@ def leaderboard(result: dict[str, Any]) -> str:
             text = _number(value)
             if value is not None and name in best and round(value, 3) == round(best[name], 3):
                 text = f"**{text}**"
+            scored = methods[method].get("scored", {}).get(name)
+            if value is not None and scored is not None and scored != methods[method]["images"]:
+                text += f" (n={scored})"  # a mean over fewer images than the row's
             cells.append(text)
         lines.append(f"| {method} | " + " | ".join(cells) + f" | {methods[method]['images']} |")
     return "\n".join(lines) + "\n"
@@ -306,12 +314,26 @@ def write_evaluation(
     return result
 
 
+def _target_text(result: dict[str, Any]) -> str:
+    target = str(result.get("target", "pred"))
+    if target == "annotated":
+        if not result.get("annotated"):
+            return "the top-1 prediction (no image has boxes)"
+        return "per image, its annotated class the model rates highest (the top-1 without boxes)"
+    return {"pred": "the top-1 prediction", "label": "the class folder"}.get(target, target)
+
+
 def _markdown(result: dict[str, Any]) -> str:
+    interrupted = (
+        " The run was interrupted: these are the images done so far."
+        if result.get("status") == "interrupted"
+        else ""
+    )
     parts = [
         f"# Which map to trust: {result.get('model', 'the model')}\n",
         f"{result['images']} image(s) evaluated, {result['annotated']} with annotations; "
-        f"target: {result.get('target', 'pred')}. Arrows: ↑ higher is better, ↓ lower is "
-        "better; the best of each column is in bold.\n",
+        f"class explained: {_target_text(result)}. Arrows: ↑ higher is better, ↓ lower is "
+        f"better; the best of each column is in bold; (n=K): a mean over K images.{interrupted}\n",
         leaderboard(result),
     ]
     if result["sanity"]:
@@ -380,7 +402,7 @@ def evaluation_page(result: dict[str, Any], index_link: bool) -> str:
         "</head><body data-page='evaluation'><header>",
         f"<h1>Which map to trust: {escape(str(result.get('model', '')))}</h1>",
         f"<p id='summary'>{result['images']} image(s) evaluated, {result['annotated']} with "
-        f"annotations; target: {escape(str(result.get('target', '')))}. ↑ higher is better, "
+        f"annotations; class explained: {escape(_target_text(result))}. ↑ higher is better, "
         "↓ lower is better; the best of each column is marked.</p>",
         "<p><a href='index.html'>All images</a></p>" if index_link else "",
         "</header><main>",
@@ -409,7 +431,7 @@ def evaluation_page(result: dict[str, Any], index_link: bool) -> str:
         if key in result.get("pictures", {}):
             source = escape("../" + result["pictures"][key])
             parts.append(
-                f"<figure id='{key}'><img src='{source}' alt='{escape(title)}'>"
+                f"<figure id='figure-{key}'><img src='{source}' alt='{escape(title)}'>"
                 f"<figcaption>{escape(title)}</figcaption></figure>"
             )
     parts.append("</main></body></html>\n")

@@ -96,8 +96,11 @@ def evaluate_payload(
     model: LoadedModel, settings: Settings, options: EvaluateOptions, annotations: Annotations
 ) -> dict[str, Any]:
     """Everything that shapes an evaluation's records; its digest decides what is redone."""
+    payload = settings_payload(model, settings)
+    if options.annotated:
+        payload["target"] = {"mode": "annotated", "index": None}
     return {
-        **settings_payload(model, settings),
+        **payload,
         "command": "evaluate",
         "evaluate": {
             "metrics": list(options.metrics),
@@ -152,8 +155,21 @@ def run_evaluate(
             "scores": record["scores"],
         }
 
+    def still_valid(item: ImageItem, record: dict[str, Any]) -> bool:
+        """A record counts only while its image's annotation is the one it was scored on."""
+        annotation = record.get("annotation") or {}
+        return annotation.get("digest") == annotations.digest(item.relative)
+
     return run_batches(
-        items, model, settings, reporter, settings_key(payload), start, index_entry, stop
+        items,
+        model,
+        settings,
+        reporter,
+        settings_key(payload),
+        start,
+        index_entry,
+        stop,
+        still_valid=still_valid,
     )
 
 
@@ -331,7 +347,11 @@ class _EvaluateWork:
                 columns = [("original", {m: original[m][j] for m in maps})] + [
                     (name, {m: stage_maps[m][j] for m in maps}) for name, stage_maps in staged
                 ]
-                jobs.append((path, _sheet_png(columns, list(maps), settings.png_level)))
+                photo = _photo(inputs[j], self.model)
+                caption = self.model.classes.name(int(chosen_list[j]))
+                jobs.append(
+                    (path, _sheet_png(columns, list(maps), photo, caption, settings.png_level))
+                )
                 files["sanity"] = {"sheet": path.name}
             record = {
                 "image": str(item.relative),
@@ -409,7 +429,10 @@ class _EvaluateWork:
             "objects": None if objects is None else len(objects),
             "target_boxes": None if objects is None else len(boxes),
             "mask": None if mask is None else int(mask.sum()),
+            "digest": self.annotations.digest(item.relative),
         }
+        if mask is not None and not mask.any():
+            mask = None  # an empty mask marks no object: nothing to localise against
         box_region = region_of(height, width, boxes, tolerance=self.options.tolerance)
         mask_region = (
             region_of(height, width, mask=mask, tolerance=self.options.tolerance)
@@ -463,7 +486,22 @@ def _label(item: ImageItem, index: int | None, model: LoadedModel) -> dict[str, 
     }
 
 
+def _photo(image: torch.Tensor, model: LoadedModel) -> np.ndarray:
+    """The model's input as a picture ``(S, S, 3)`` uint8 (the normalisation undone)."""
+    prep = model.preprocessing
+    mean = torch.tensor(prep.mean, device=image.device).view(-1, 1, 1)
+    std = torch.tensor(prep.std, device=image.device).view(-1, 1, 1)
+    values = (image.detach().float() * std + mean).clamp(0, 1).mul(255).round().byte()
+    if values.shape[0] == 1:
+        values = values.expand(3, -1, -1)
+    return values[:3].permute(1, 2, 0).contiguous().cpu().numpy()
+
+
 def _sheet_png(
-    columns: list[tuple[str, dict[str, np.ndarray]]], methods: list[str], level: int | None
+    columns: list[tuple[str, dict[str, np.ndarray]]],
+    methods: list[str],
+    photo: np.ndarray,
+    caption: str,
+    level: int | None,
 ) -> Callable[[], bytes]:
-    return lambda: encode_png(sanity_sheet(columns, methods), level)
+    return lambda: encode_png(sanity_sheet(columns, methods, photo=photo, caption=caption), level)

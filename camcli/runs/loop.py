@@ -199,6 +199,7 @@ def run_batches(
     stop: threading.Event | None = None,
     write_files: WriteFiles = write_image_files,
     max_pending_bytes: int = MAX_PENDING_BYTES,
+    still_valid: Callable[[ImageItem, dict[str, Any]], bool] | None = None,
 ) -> RunSummary:
     """Run a command's batch work over every image; write files, the index and records.
 
@@ -217,6 +218,8 @@ def run_batches(
         stop: set it (from a signal handler) to end the run early and cleanly.
         write_files: writes one image's files and record (in a writer thread).
         max_pending_bytes: bytes of pictures that may wait to be written.
+        still_valid: a command's own check of an up-to-date record (``evaluate``: the
+            image's annotation has not changed); a record it rejects is redone.
 
     Returns:
         Counts and failures; ``status`` is ``complete`` or ``interrupted``.
@@ -271,7 +274,9 @@ def run_batches(
                     f"its outputs would overwrite those of {first}, listed earlier under the "
                     "same output path: pass --root DIR so the two differ",
                 )
-            elif (record := reusable[position]) is not None:
+            elif (record := reusable[position]) is not None and (
+                still_valid is None or still_valid(item, record)
+            ):
                 summary.skipped += 1
                 reporter.record({**record, "reused": True})
                 index.add({**index_entry(item, record), "reused": True})
