@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from camcli import __version__
+from camcli.io.discover import natural_key
 from camcli.io.write import atomic_write_bytes
 from camcli.pictures.plots import curve_plot, sanity_plot
 
@@ -131,7 +132,8 @@ class EvaluationTotals:
         if sheet and record_file is not None:
             folder = record_file.rsplit("/", 1)[0] + "/" if "/" in record_file else ""
             candidate = (str(record["image"]), folder + sheet)
-            if self.first_sheet is None or _natural(candidate[0]) < _natural(self.first_sheet[0]):
+            first = self.first_sheet
+            if first is None or natural_key(candidate[0]) < natural_key(first[0]):
                 self.first_sheet = candidate
 
     def result(self) -> dict[str, Any]:
@@ -176,12 +178,6 @@ class EvaluationTotals:
             "curves": curves,
             "higher_is_better": dict(HIGHER_IS_BETTER),
         }
-
-
-def _natural(text: str) -> list[Any]:
-    import re
-
-    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", text)]
 
 
 def _number(value: float | None) -> str:

@@ -335,6 +335,7 @@ class _EvaluateWork:
             sanity: dict[str, list[dict[str, Any]]] = {}
             jobs: list[FileJob] = []
             files: dict[str, dict[str, str]] = {}
+            held = 0  # bytes the sheet's job holds until it is written (bounds the writes)
             if staged:
                 for method in maps:
                     sanity[method] = []
@@ -348,6 +349,7 @@ class _EvaluateWork:
                     (name, {m: stage_maps[m][j] for m in maps}) for name, stage_maps in staged
                 ]
                 photo = _photo(inputs[j], self.model)
+                held = photo.nbytes + sum(a.nbytes for _, m in columns for a in m.values())
                 caption = self.model.classes.name(int(chosen_list[j]))
                 jobs.append(
                     (path, _sheet_png(columns, list(maps), photo, caption, settings.png_level))
@@ -385,7 +387,7 @@ class _EvaluateWork:
                 "sanity": sanity,
                 "files": files,
             }
-            launched.outputs.append(ImageOutput(record, jobs, 0))
+            launched.outputs.append(ImageOutput(record, jobs, held))
         return launched
 
     def finish(self, launched: _Launched) -> list[ImageOutput]:
