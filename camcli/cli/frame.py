@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import datetime
 import difflib
+import importlib.util
 import json
 import os
 import sys
@@ -37,7 +38,7 @@ import click
 import torch
 from tqdm import tqdm
 
-from camcli.cli.options import CommonOptions, ModelOptions
+from camcli.cli.options import CommonOptions, ModelOptions, RuntimeOptions
 from camcli.io.discover import (
     ImageItem,
     NoImagesFound,
@@ -60,6 +61,7 @@ from camcli.models.own import (
 )
 from camcli.models.registry import available_models, load_model
 from camcli.runs.explain import RunSummary, WriteFailed
+from camcli.runs.on_ray import RayUnavailable
 from camcli.runs.runtime import (
     Rank,
     StopRequest,
@@ -114,6 +116,8 @@ class PreparedRun:
         force: redo up-to-date images.
         png_level: zlib level, or ``None`` for the fast encoder.
         max_pixels: refuse larger images.
+        engine: ``local`` or ``ray``.
+        ray_address: the Ray cluster of ``--engine ray`` (``None``: RAY_ADDRESS or local).
 
     """
 
@@ -134,6 +138,8 @@ class PreparedRun:
     force: bool
     png_level: int | None
     max_pixels: int
+    engine: str = "local"
+    ray_address: str | None = None
 
     def common_fields(self) -> dict[str, Any]:
         """The :class:`Settings` fields the common options decide (all but the output's)."""
@@ -149,6 +155,8 @@ class PreparedRun:
             "force": self.force,
             "max_pixels": self.max_pixels,
             "name_suffix": self.name_suffix,
+            "engine": self.engine,
+            "ray_address": self.ray_address,
         }
 
     def settings(self, **fields: Any) -> Settings:
@@ -197,11 +205,21 @@ def check_model_name(model_name: str) -> None:
         raise click.BadParameter(f"unknown model {model_name!r}{hint}", param_hint="'--model'")
 
 
-def resolve_device_option(device: str) -> torch.device:
-    """``--device`` as a torch device (click.BadParameter naming the option)."""
+def resolve_device_option(device: str, check_here: bool = True) -> torch.device:
+    """``--device`` as a torch device (click.BadParameter naming the option).
+
+    Args:
+        device: the option's text.
+        check_here: check that a CUDA device exists on this machine (``False`` for the Ray
+            engine, whose actors run elsewhere: ``auto`` is then CUDA when this machine has
+            it, and ``cuda`` is taken as asked).
+
+    """
     try:
+        if not check_here and device.strip().lower().startswith("cuda"):
+            return torch.device(device.strip().lower())
         return resolve_device(device)
-    except ValueError as exc:
+    except (ValueError, RuntimeError) as exc:
         raise click.BadParameter(str(exc), param_hint="'--device'") from None
 
 
@@ -245,7 +263,16 @@ def prepare_run(common: CommonOptions) -> PreparedRun:
 
     """
     inputs, wanted, runtime, output = common.inputs, common.model, common.runtime, common.output
-    torch_device = resolve_device_option(runtime.device)
+    if runtime.engine == "ray":
+        check_ray_option(runtime)
+        # The actors hold the model: on a GPU cluster the driver itself may have no GPU.
+        torch_device = resolve_device_option(runtime.device, check_here=False)
+    else:
+        if runtime.ray_address is not None:
+            raise click.BadParameter(
+                "--ray-address needs --engine ray", param_hint="'--ray-address'"
+            )
+        torch_device = resolve_device_option(runtime.device)
     check_model_name(wanted.model_name)
     output_dir = output.output_dir.expanduser()
     try:
@@ -293,7 +320,28 @@ def prepare_run(common: CommonOptions) -> PreparedRun:
         force=output.force,
         png_level=None if output.png_level == "fast" else int(output.png_level),
         max_pixels=inputs.max_pixels,
+        engine=runtime.engine,
+        ray_address=runtime.ray_address,
     )
+
+
+def check_ray_option(runtime: RuntimeOptions) -> None:
+    """``--engine ray`` needs Ray installed and no option that only the local engine has.
+
+    Raises:
+        click.BadParameter: naming the option (exit 2).
+
+    """
+    if importlib.util.find_spec("ray") is None or importlib.util.find_spec("ray.data") is None:
+        raise click.BadParameter(
+            "the Ray engine needs Ray Data, which is not installed: pip install 'camcli[ray]'",
+            param_hint="'--engine'",
+        )
+    if current_rank() is not None:
+        raise click.BadParameter(
+            "--engine ray schedules its own workers: run it once, not under torchrun",
+            param_hint="'--engine'",
+        )
 
 
 def load_checked_model(wanted: ModelOptions) -> LoadedModel:
@@ -459,7 +507,7 @@ def _run_body(
     reporter = Reporter(run.jsonl, len(run.items))
     try:
         summary = body(reporter, stop)
-    except WriteFailed as exc:
+    except (WriteFailed, RayUnavailable) as exc:
         raise click.ClickException(str(exc)) from None
     except BrokenPipeError:
         # stdout closed by the reader (| head): stop quietly; the files written are valid.

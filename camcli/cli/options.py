@@ -202,6 +202,22 @@ runtime_options = _group(
         "everywhere; halves the decoding CPU per image). 'auto': device on CUDA, loader "
         "elsewhere.",
     ),
+    click.option(
+        "--engine",
+        type=click.Choice(["local", "ray"]),
+        default="local",
+        show_default=True,
+        help="local: this process (loader workers, the device, writer threads); ray: a Ray "
+        "Data pipeline on a Ray cluster (decoding tasks, an actor pool holding the model, "
+        "writing tasks); needs pip install 'camcli[ray]'. Same files and records.",
+    ),
+    click.option(
+        "--ray-address",
+        metavar="ADDR",
+        default=None,
+        help="The Ray cluster to join with --engine ray (host:port or ray://host:port) "
+        "[default: RAY_ADDRESS, else a local Ray started for the run].",
+    ),
 )
 
 output_options = _group(
@@ -445,7 +461,7 @@ class ModelOptions:
 
 @dataclass(frozen=True)
 class RuntimeOptions:
-    """How to run: batch size, decoding processes, device, precision, layout, resizing."""
+    """How to run: batch size, decoding processes, device, precision, layout, resizing, engine."""
 
     batch_size: int | None = None
     workers: int | None = None
@@ -453,6 +469,8 @@ class RuntimeOptions:
     precision: str = "fp32"
     channels_last: bool | None = None
     resize_on: str = "auto"
+    engine: str = "local"
+    ray_address: str | None = None
 
 
 @dataclass(frozen=True)

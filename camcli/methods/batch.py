@@ -25,7 +25,6 @@ from camcli.methods.activation import (
 from camcli.methods.forward import Explanation, explain_batch, normalise_maps
 from camcli.methods.gradient import gradcam, gradcam_plus_plus, hirescam, layercam, xgradcam
 from camcli.methods.integrated import adaptive_integrated_gradients, ig_baseline
-from camcli.methods.lrp import lrp, lrp_canonizers
 from camcli.methods.metrics import faithfulness, pixel_order_saliency
 from camcli.methods.names import (
     MAP_METHODS,
@@ -294,6 +293,9 @@ def _attribution_methods(
         )
         result.maps["rise"] = {RISE_LAYER: maps}
     if "lrp" in wanted:
+        # Imported here: zennit imports torchvision (a second at every run's start).
+        from camcli.methods.lrp import lrp, lrp_canonizers
+
         result.lrp_canonizers = [type(c).__name__ for c in lrp_canonizers(model)]
         relevance, logits = lrp(model, inputs, chosen, options.chunk_size)
         result.images["lrp"] = relevance

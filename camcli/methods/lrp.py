@@ -33,6 +33,7 @@ from zennit.layer import Sum
 from zennit.torchvision import ResNetCanonizer
 
 from camcli.methods.activation import CamNotApplicable
+from camcli.methods.names import LRP_COMPOSITE
 from camcli.methods.stopping import check_stop
 from camcli.models.hooks import frozen_eval
 
@@ -45,7 +46,6 @@ __all__ = [
     "lrp_canonizers",
 ]
 
-LRP_COMPOSITE = "EpsilonPlusFlat"
 _OTHERS = "gradcam, guided, smoothgrad, ig or rise"
 
 

@@ -23,7 +23,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-import torchvision.transforms.functional as TF
 from torch import nn
 
 from camcli.methods.forward import autocast, class_probabilities
@@ -54,6 +53,10 @@ def blurred(inputs: torch.Tensor) -> torch.Tensor:
     kernel = min(int(4 * sigma) | 1, (size - 1) | 1 if size % 2 == 0 else size - 2)
     if kernel < 3:
         return inputs.clone()
+    # Imported here: torchvision's import costs a second (its ops pull in torch's compiler),
+    # on every start of a run, and only insertion and IG's blur baseline blur.
+    import torchvision.transforms.functional as TF
+
     return TF.gaussian_blur(inputs, [kernel, kernel], [sigma, sigma])
 
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+LRP_COMPOSITE = "EpsilonPlusFlat"  # the zennit composite of --method lrp
+
 __all__ = [
     "ALL_METHODS",
     "DEFAULT_METHODS",

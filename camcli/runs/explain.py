@@ -31,8 +31,8 @@ from camcli.io.write import artifact_path, atomic_write_bytes, encode_npy, encod
 from camcli.methods.batch import BatchMethods, compute_methods
 from camcli.methods.forward import class_probabilities, normalise_maps, top_predictions
 from camcli.methods.guided import GUIDED_RULE
-from camcli.methods.lrp import LRP_COMPOSITE
 from camcli.methods.metrics import FaithfulnessAverages
+from camcli.methods.names import LRP_COMPOSITE
 from camcli.models.loaded import LoadedModel
 from camcli.pictures.render import (
     PendingRender,

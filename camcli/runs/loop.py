@@ -17,137 +17,57 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 
-from camcli.io.decode import Batch, make_loader, model_inputs_on_device, unpack_pixels
+from camcli.io.decode import Batch, make_loader
 from camcli.io.discover import ImageItem
 from camcli.io.resume import input_stat, up_to_date
-from camcli.io.write import IndexWriter, atomic_write_bytes, record_path, write_json
+from camcli.io.write import IndexWriter, atomic_write_bytes, record_path
 from camcli.methods.stopping import Stopped, stop_between_chunks
 from camcli.models.loaded import LoadedModel
 from camcli.runs.settings import Settings
+from camcli.runs.work import (
+    MAX_PENDING_BYTES,
+    BatchWork,
+    EngineRun,
+    FileJob,
+    ImageOutput,
+    Reporter,
+    RunSummary,
+    WriteFailed,
+    WriteFiles,
+    backend_settings,
+    complete_record,
+    device_inputs,
+    module_on_device,
+    normalisation,
+    write_image_files,
+)
 
 __all__ = [
     "MAX_PENDING_BYTES",
     "BatchWork",
+    "EngineRun",
     "FileJob",
     "ImageOutput",
     "Reporter",
     "RunSummary",
     "WriteFailed",
     "backend_settings",
+    "complete_record",
+    "device_inputs",
+    "module_on_device",
+    "normalisation",
     "reusable_records",
     "run_batches",
     "write_image_files",
 ]
-
-
-class WriteFailed(RuntimeError):
-    """An output file could not be written (disk full, permissions); the run stops."""
-
-
-class Reporter(Protocol):
-    """Receives what a run produces, as it happens."""
-
-    def record(self, record: dict[str, Any]) -> None:
-        """An image was explained and its files written, or it failed (``status`` says)."""
-
-    def advance(self, count: int) -> None:
-        """``count`` more images are finished."""
-
-
-@dataclass
-class RunSummary:
-    """Counts of a finished run."""
-
-    total: int
-    explained: int = 0
-    skipped: int = 0
-    failed: int = 0
-    status: str = "complete"
-    failures: list[tuple[str, str]] = field(default_factory=list)
-    seconds: float = 0.0
-    extra: dict[str, Any] = field(default_factory=dict)  # more fields for run.json
-
-
-# One file to write: its path and a function producing its bytes (run in a writer thread).
-FileJob = tuple[Path, Callable[[], bytes]]
-# Writes one image's files and then its record: (jobs, record file, record).
-WriteFiles = Callable[[list[FileJob], Path, dict[str, Any]], None]
-
-MAX_PENDING_BYTES = 2 << 30  # pictures waiting to be written: large photos wait sooner
-
-
-def write_image_files(
-    jobs: list[FileJob],
-    record_file: Path,
-    record: dict[str, Any],
-    write: Callable[[Path, bytes], None] = atomic_write_bytes,
-) -> None:
-    """Encode and write one image's files; the JSON record last, so it marks completion.
-
-    An older record is removed first: while its files are being replaced it must not
-    vouch for them.
-
-    Args:
-        jobs: the files, each a path and a function making its bytes.
-        record_file: where the JSON record goes.
-        record: the record.
-        write: writes one file's bytes (atomically).
-
-    """
-    record_file.unlink(missing_ok=True)
-    for path, produce in jobs:
-        write(path, produce())
-    write_json(record_file, record)
-
-
-@dataclass
-class ImageOutput:
-    """What a command made for one image of a batch.
-
-    Attributes:
-        record: the image's JSON record (the loop adds ``settings_key`` and ``input``); a
-            record with ``"status": "error"`` and an ``error`` message reports the image as
-            failed instead (nothing is written).
-        jobs: its files.
-        size: bytes of pictures the jobs hold (bounds the writes in flight).
-        after: files derived from the outputs, written after the record (the report's
-            thumbnail, which must be newer than the record to count as up to date); one that
-            cannot be written is left to the report, which makes it again.
-
-    """
-
-    record: dict[str, Any]
-    jobs: list[FileJob]
-    size: int
-    after: list[FileJob] = field(default_factory=list)
-
-
-class BatchWork(Protocol):
-    """A command's device work on a batch, in two steps so batches can overlap."""
-
-    def launch(
-        self, part: Batch, positions: list[int], pixels: list[torch.Tensor], inputs: torch.Tensor
-    ) -> Any:
-        """Queue the batch's device work and its copies back; return what ``finish`` needs.
-
-        Args:
-            part: the decoded batch.
-            positions: each image's position in the run's item list.
-            pixels: the original photos on the device, ``(H, W, 3)`` uint8 each.
-            inputs: the normalised model inputs on the device, ``(N, 3, S, S)``.
-
-        """
-
-    def finish(self, launched: Any) -> list[ImageOutput]:
-        """Once the copies have landed: one output per image, in batch order."""
 
 
 @dataclass
@@ -163,29 +83,6 @@ class _Launched:
     part: Batch
     positions: list[int]
     work: Any
-
-
-@contextlib.contextmanager
-def backend_settings(settings: Settings) -> Iterator[None]:
-    """TF32 and cuDNN autotuning for the run, restored afterwards."""
-    cuda = settings.device.type == "cuda"
-    saved = (
-        torch.backends.cuda.matmul.allow_tf32,
-        torch.backends.cudnn.allow_tf32,
-        torch.backends.cudnn.benchmark,
-    )
-    try:
-        tf32 = settings.precision == "tf32"
-        torch.backends.cuda.matmul.allow_tf32 = tf32
-        torch.backends.cudnn.allow_tf32 = tf32
-        torch.backends.cudnn.benchmark = cuda  # fixed input size: autotuned kernels pay off
-        yield
-    finally:
-        (
-            torch.backends.cuda.matmul.allow_tf32,
-            torch.backends.cudnn.allow_tf32,
-            torch.backends.cudnn.benchmark,
-        ) = saved
 
 
 def run_batches(
@@ -230,9 +127,6 @@ def run_batches(
     """
     start = time.perf_counter()
     device = settings.device
-    module = model.module.to(device)
-    if settings.channels_last:
-        module = module.to(memory_format=torch.channels_last)
     summary = RunSummary(total=len(items))
     index = IndexWriter(settings.output_dir, settings.index_name)
     stats = _input_stats(items)
@@ -287,12 +181,22 @@ def run_batches(
             on_device = (
                 torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
             )
-            with backend_settings(settings), on_device:
-                loop = _Loop(
-                    todo, items, model, settings, key, stats, summary, reporter, index, pool,
-                    fail, write_files, max_pending_bytes, index_entry,
+            if settings.engine == "ray":
+                from camcli.runs.on_ray import run_on_ray
+
+                run_on_ray(
+                    EngineRun(todo, items, model, settings, key, stats, summary, reporter, index,
+                           fail, write_files, index_entry, start_work),
+                    stop,
                 )  # fmt: skip
-                loop.run(start_work(module), stop)
+            else:
+                module = module_on_device(model, settings)
+                with backend_settings(settings), on_device:
+                    loop = _Loop(
+                    todo, items, model, settings, key, stats, summary, reporter, index, pool,
+                        fail, write_files, max_pending_bytes, index_entry,
+                    )  # fmt: skip
+                    loop.run(start_work(module), stop)
         completed = True
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
@@ -354,8 +258,7 @@ class _Loop:
         device = settings.device
         prep = self.model.preprocessing
         self.work = work
-        self.mean = torch.tensor(prep.mean, device=device).view(1, -1, 1, 1)
-        self.std = torch.tensor(prep.std, device=device).view(1, -1, 1, 1)
+        self.mean, self.std = normalisation(prep, device)
         self.largest_ok = settings.batch_size
         loader = make_loader(
             [self.items[p].path for p in self.todo],
@@ -407,17 +310,8 @@ class _Loop:
         self.reporter.advance(1)
 
     def _launch(self, part: Batch) -> _Launched:
-        settings, device = self.settings, self.settings.device
         positions = [self.todo[i] for i in part.indices]
-        pixels = unpack_pixels(part.pixel_data.to(device, non_blocking=True), part.shapes)
-        if settings.resize_on_device:
-            inputs = model_inputs_on_device(pixels, self.model.preprocessing, settings.crop)
-            inputs = inputs.div_(255.0)
-        else:
-            inputs = part.inputs.to(device, non_blocking=True).float().div_(255.0)
-        inputs = (inputs - self.mean) / self.std
-        if settings.channels_last:
-            inputs = inputs.contiguous(memory_format=torch.channels_last)
+        pixels, inputs = device_inputs(part, self.model, self.settings, self.mean, self.std)
         return _Launched(part, positions, self.work.launch(part, positions, pixels, inputs))
 
     def _finish_part(self, done: _Launched) -> None:
@@ -429,8 +323,7 @@ class _Loop:
             if record.get("status") == "error":
                 self.fail(item, str(record.get("error")))
                 continue
-            record["settings_key"] = self.key
-            record["input"] = {**(self.stats[position] or {}), "sha256": done.part.sha256[j]}
+            complete_record(record, self.key, self.stats[position], done.part.sha256[j])
             future = self.pool.submit(
                 self._write_image,
                 output,

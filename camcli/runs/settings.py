@@ -109,6 +109,11 @@ class Settings:
         kind: the run kind (``explain``, ``features``, ``compare``): it names the records,
             the index and the summary (:func:`camcli.io.write.record_suffix`), so that one
             command never replaces another's results in the same output directory.
+        engine: ``local`` (this process: loader workers, the device, writer threads) or
+            ``ray`` (a Ray Data pipeline: decoding tasks, an actor pool holding the model,
+            writing tasks; see :mod:`camcli.runs.on_ray`).
+        ray_address: the Ray cluster to join with ``engine="ray"`` (``None``: ``RAY_ADDRESS``,
+            else a local Ray started for the run).
 
     """
 
@@ -135,6 +140,8 @@ class Settings:
     name_suffix: str = ""
     kind: str = "explain"
     thumbnails: bool = False
+    engine: str = "local"
+    ray_address: str | None = None
 
     @property
     def index_name(self) -> str:
