@@ -1,0 +1,234 @@
+"""``--engine ray``: the same files, records, index and exit codes as the local engine.
+
+A local Ray with two CPUs is started once for the module (Ray's start-up stays out of the
+other tests). The runs use the embedded model on the sample photos plus a corrupt file, in
+batches of two, so that the pipeline carries several batches and a per-image failure.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from camcli.cli import main
+from tests.conftest import SAMPLES
+
+ray = pytest.importorskip("ray")
+psutil = pytest.importorskip("psutil")
+
+ENGINE_RAY = ["--engine", "ray"]
+
+
+@pytest.fixture(scope="module")
+def local_ray() -> Iterator[None]:
+    """One local Ray (2 CPUs) for the module, shut down afterwards."""
+    os.environ.setdefault("RAY_DISABLE_USAGE_STATS", "1")
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        object_store_memory=400 * 1024 * 1024,
+    )
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The sample photos in their class folders, and a corrupt JPEG among them."""
+    folder = tmp_path_factory.mktemp("photos") / "in"
+    shutil.copytree(SAMPLES, folder, ignore=shutil.ignore_patterns("*.md"))
+    (folder / "tripod" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    return folder
+
+
+def explain(photos: Path, out: Path, *extra: str) -> Any:
+    return CliRunner().invoke(
+        main, ["explain", str(photos), "-o", str(out), "-b", "2", "--jsonl", *extra]
+    )
+
+
+def outputs(out: Path) -> dict[str, bytes]:
+    """Every file of a run by relative path, but run.json (timings) and the lock."""
+    return {
+        str(p.relative_to(out)): p.read_bytes()
+        for p in sorted(out.rglob("*"))
+        if p.is_file() and p.name != "run.json" and not p.name.startswith(".camcli")
+    }
+
+
+@pytest.fixture(scope="module")
+def both(local_ray: None, photos: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """The local engine's and the Ray engine's run of the same photos and options."""
+    base = tmp_path_factory.mktemp("engines")
+    local = explain(photos, base / "local")
+    on_ray = explain(photos, base / "ray", *ENGINE_RAY)
+    return base / "local", local, base / "ray", on_ray
+
+
+def test_ray_writes_the_local_engines_files_records_and_index(both: Any) -> None:
+    local_out, local, ray_out, on_ray = both
+    assert local.exit_code == on_ray.exit_code == 1, on_ray.output  # the corrupt file
+    mine, theirs = outputs(local_out), outputs(ray_out)
+    assert sorted(mine) == sorted(theirs)
+    assert (
+        len([name for name in mine if name.endswith(".png.json") or name.endswith(".jpg.json")])
+        == 5
+    )
+    # every picture and record byte for byte (records carry no timings)
+    for name in mine:
+        if name != "index.jsonl":
+            assert mine[name] == theirs[name], name
+    # the index: the same lines (the Ray engine writes them in input order)
+    local_index = sorted(mine["index.jsonl"].decode().splitlines())
+    assert local_index == sorted(theirs["index.jsonl"].decode().splitlines())
+    assert sum('"status": "error"' in line for line in local_index) == 1
+    # --jsonl on stdout: the same records
+    assert sorted(local.stdout.splitlines()) == sorted(on_ray.stdout.splitlines())
+    assert "broken.jpg" in on_ray.stderr
+
+
+def test_ray_run_json_names_the_engine_and_counts_like_the_local_one(both: Any) -> None:
+    local_out, _, ray_out, _ = both
+    local = json.loads((local_out / "run.json").read_text())
+    on_ray = json.loads((ray_out / "run.json").read_text())
+    assert (
+        on_ray["counts"]
+        == local["counts"]
+        == {
+            "total": 6,
+            "explained": 5,
+            "skipped": 0,
+            "failed": 1,
+        }
+    )
+    assert on_ray["exit_code"] == local["exit_code"] == 1
+    assert on_ray["engine"]["name"] == "ray"
+    assert on_ray["engine"]["resources"]["CPU"] == 2
+    assert "engine" not in local
+
+
+def test_ray_resumes_from_the_local_engines_records_and_force_redoes_them(
+    both: Any, tmp_path: Path, photos: Path
+) -> None:
+    local_out, *_ = both
+    out = tmp_path / "out"
+    shutil.copytree(local_out, out)
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*.png")}
+    again = explain(photos, out, *ENGINE_RAY)
+    assert again.exit_code == 1, again.output  # the corrupt file fails again
+    summary = json.loads((out / "run.json").read_text())["counts"]
+    assert summary["skipped"] == 5 and summary["explained"] == 0
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*.png")} == before
+    forced = explain(photos, out, *ENGINE_RAY, "--force")
+    assert json.loads((out / "run.json").read_text())["counts"]["explained"] == 5, forced.output
+    redone, expected = outputs(out), outputs(local_out)
+    assert redone.keys() == expected.keys()
+    for name in expected:
+        if name != "index.jsonl":
+            assert redone[name] == expected[name], name
+
+
+def _kill_the_model_actor() -> int:
+    for process in psutil.process_iter(["pid", "cmdline"]):
+        if "MapBatches(_ExplainActor)" in " ".join(process.info["cmdline"] or []):
+            os.kill(process.info["pid"], signal.SIGKILL)
+            return int(process.info["pid"])
+    return 0
+
+
+def test_a_killed_actor_is_restarted_and_nothing_is_lost_or_counted_twice(
+    both: Any, tmp_path: Path, photos: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    local_out, *_ = both
+    from camcli.cli import frame
+
+    killed: list[int] = []
+    record = frame.Reporter.record
+
+    def kill_after_the_first(self: Any, entry: dict[str, Any]) -> None:
+        record(self, entry)
+        if entry.get("status") != "error" and not killed:
+            killed.append(_kill_the_model_actor())
+
+    monkeypatch.setattr(frame.Reporter, "record", kill_after_the_first)
+    out = tmp_path / "out"
+    result = explain(photos, out, *ENGINE_RAY)
+    assert killed and killed[0] > 0, "no model actor was found to kill"
+    assert result.exit_code == 1, result.output
+    counts = json.loads((out / "run.json").read_text())["counts"]
+    assert counts == {"total": 6, "explained": 5, "skipped": 0, "failed": 1}
+    index = (out / "index.jsonl").read_text().splitlines()
+    images = [json.loads(line)["image"] for line in index]
+    assert len(images) == len(set(images)) == 6
+    assert outputs(out).keys() == outputs(local_out).keys()
+    for name, data in outputs(out).items():
+        if name != "index.jsonl":
+            assert data == outputs(local_out)[name], name
+
+
+def test_ray_address_needs_the_ray_engine(photos: Path, tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        main, ["explain", str(photos), "-o", str(tmp_path), "--ray-address", "127.0.0.1:1"]
+    )
+    assert result.exit_code == 2
+    assert "--ray-address needs --engine ray" in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_the_ray_engine_without_ray_installed_is_a_usage_error(
+    photos: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name.split(".")[0] == "ray" else real(name, *a),
+    )
+    result = CliRunner().invoke(main, ["explain", str(photos), "-o", str(tmp_path), *ENGINE_RAY])
+    assert result.exit_code == 2
+    assert "pip install 'camcli[ray]'" in result.stderr
+    assert "'--engine'" in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_a_stop_request_ends_a_ray_run_with_nothing_half_written(
+    local_ray: None, tmp_path: Path, photos: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from camcli.cli import frame
+
+    record = frame.Reporter.record
+
+    def stop_after_the_first(self: Any, entry: dict[str, Any]) -> None:
+        record(self, entry)
+        if entry.get("status") != "error":
+            threading.Timer(0, os.kill, (os.getpid(), signal.SIGTERM)).start()
+
+    monkeypatch.setattr(frame.Reporter, "record", stop_after_the_first)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(
+        main, ["explain", str(photos), "-o", str(out), "-b", "1", *ENGINE_RAY]
+    )
+    assert result.exit_code == 143, result.output
+    summary = json.loads((out / "run.json").read_text())
+    assert summary["status"] == "interrupted"
+    assert summary["counts"]["explained"] < 5
+    # every record written vouches for complete files (the next run reuses them)
+    monkeypatch.undo()
+    again = explain(photos, out, *ENGINE_RAY)
+    counts = json.loads((out / "run.json").read_text())["counts"]
+    assert again.exit_code == 1 and counts["explained"] + counts["skipped"] == 5
+    assert not list(out.rglob("*.tmp*")) and not list(out.rglob("*.partial"))
