@@ -27,8 +27,9 @@ from PIL import Image
 from torch import nn
 
 from camcli.io.decode import ViewGeometry, load_rgb, model_input
-from camcli.io.discover import ImageItem, discover_images
+from camcli.io.discover import ImageItem, discover_images, discover_remote_images
 from camcli.io.lock import run_lock
+from camcli.io.storage import is_uri, local_lock_path, output_location
 from camcli.methods.batch import MethodOptions, compute_methods
 from camcli.methods.forward import top_predictions
 from camcli.methods.names import DEFAULT_METHODS, parse_methods
@@ -241,18 +242,29 @@ class Explainer:
         line with the same model and options; the output directory is locked for the run.
         No ``run.json`` is written (that is the command line's summary of a process).
         ``thumbnails``: also write the HTML report's thumbnails (as ``--report`` does).
+        Either path may be a URI of object storage (``s3://bucket/prefix``), as on the
+        command line.
 
         Returns:
             The run's counts.
 
+        Raises:
+            StorageError: a URI's bucket is missing or cannot be read.
+
         """
-        output = Path(output_dir).expanduser()
-        items = discover_images(Path(input_path), exclude=output)
+        remote_out = isinstance(output_dir, str) and is_uri(output_dir)
+        output = output_location(str(output_dir)) if remote_out else Path(output_dir).expanduser()
+        if isinstance(input_path, str) and is_uri(input_path):
+            items = discover_remote_images(input_path)
+        else:
+            local = output if isinstance(output, Path) else None
+            items = discover_images(Path(input_path), exclude=local)
         settings = self.settings(
             output, force=force, alpha=alpha, save_raw=save_raw, thumbnails=thumbnails
         )
-        output.mkdir(parents=True, exist_ok=True)
-        with run_lock(output / settings.lock_name):
+        if not remote_out:
+            output.mkdir(parents=True, exist_ok=True)
+        with run_lock(local_lock_path(output, settings.lock_name)):
             return self.run(items, settings)
 
     def settings(self, output_dir: Path, **fields: Any) -> Settings:

@@ -13,6 +13,7 @@ from camcli.cli.options import (
     CONTEXT,
     CommonOptions,
     MethodSettingOptions,
+    check_report_location,
     config_option,
     input_options,
     method_setting_options,
@@ -150,6 +151,7 @@ def evaluate(ctx: click.Context, **options: Any) -> None:
     common = CommonOptions.take(options)
     method_settings = MethodSettingOptions.take(options)
     own = EvaluateCommandOptions(**options)
+    check_report_location(own.report, common.output.output_dir)
 
     from camcli.cli.frame import Reporter, prepare_run, run_in_frame
     from camcli.io.annotations import AnnotationError, load_annotations

@@ -13,6 +13,7 @@ from camcli.cli.options import (
     CommonOptions,
     MethodSettingOptions,
     alpha_option,
+    check_report_location,
     config_option,
     crop_option,
     input_options,
@@ -134,6 +135,7 @@ def explain(ctx: click.Context, **options: Any) -> None:
         raise click.BadParameter(str(exc), param_hint="'--metrics'") from None
     common = CommonOptions.take(options)
     own = ExplainOptions(method_settings=MethodSettingOptions.take(options), **options)
+    check_report_location(own.report, common.output.output_dir)
 
     from camcli.cli.frame import Reporter, prepare_run, run_in_frame
     from camcli.cli.report import report_after_run

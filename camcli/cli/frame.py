@@ -43,11 +43,13 @@ from camcli.io.discover import (
     ImageItem,
     NoImagesFound,
     discover_images,
+    discover_remote_images,
     images_from_list,
     in_shard,
     read_path_list,
 )
 from camcli.io.lock import LockHeld, run_lock
+from camcli.io.storage import StorageError, local_lock_path, output_location
 from camcli.io.write import fast_deflate_available, index_name, remove_leftovers, summary_name
 from camcli.models.hooks import UnknownLayer, resolve_layer
 from camcli.models.loaded import LoadedModel, ModelUnavailable
@@ -224,15 +226,30 @@ def resolve_device_option(device: str, check_here: bool = True) -> torch.device:
 
 
 def discover_inputs(
-    input_path: Path, null: bool, root: Path | None, exclude: Path
+    input_path: Path | str, null: bool, root: Path | None, exclude: Path
 ) -> list[ImageItem]:
-    """The images INPUT names: a folder, one file, or ``-`` for a path list on stdin."""
+    """The images INPUT names: a folder, one file, ``-`` for a path list on stdin, or a URI.
+
+    Raises:
+        click.BadParameter: a URI whose bucket is missing or cannot be read (exit 2).
+        click.ClickException: no images (exit 1).
+
+    """
     try:
+        if isinstance(input_path, str):
+            try:
+                return discover_remote_images(input_path)
+            except StorageError as exc:
+                raise click.BadParameter(str(exc), param_hint="'INPUT'") from None
         if str(input_path) == "-":
             data = sys.stdin.buffer.read()
             items = images_from_list(read_path_list(data, null), root)
-            outputs = exclude.resolve()
-            kept = [i for i in items if not i.path.resolve().is_relative_to(outputs)]
+            outputs = exclude.resolve() if isinstance(exclude, Path) else None
+            kept = [
+                i
+                for i in items
+                if outputs is None or not Path(i.path).resolve().is_relative_to(outputs)
+            ]
             if len(kept) < len(items):
                 click.echo(
                     f"camcli: ignored {len(items) - len(kept)} listed path(s) inside the "
@@ -249,7 +266,7 @@ def discover_inputs(
                     err=True,
                 )
             return items
-        return discover_images(input_path, exclude=exclude)
+        return discover_images(input_path, exclude=exclude if isinstance(exclude, Path) else None)
     except NoImagesFound as exc:
         raise click.ClickException(str(exc)) from None
 
@@ -274,7 +291,13 @@ def prepare_run(common: CommonOptions) -> PreparedRun:
             )
         torch_device = resolve_device_option(runtime.device)
     check_model_name(wanted.model_name)
-    output_dir = output.output_dir.expanduser()
+    if isinstance(output.output_dir, str):
+        try:
+            output_dir = output_location(output.output_dir)
+        except StorageError as exc:
+            raise click.BadParameter(str(exc), param_hint="'--output-dir'") from None
+    else:
+        output_dir = output.output_dir.expanduser()
     try:
         shard_k, shard_n = parse_shard(inputs.shard) if inputs.shard else (0, 1)
     except ValueError as exc:
@@ -454,7 +477,8 @@ def run_in_frame(
     if run.rank is not None:
         init_group(run.rank)
     try:
-        with run_lock(output_dir / f".camcli{run.name_suffix}.lock"), stop_on_signals() as stop:
+        lock = local_lock_path(output_dir, f".camcli{run.name_suffix}.lock")
+        with run_lock(lock), stop_on_signals() as stop:
             sweep = not run.name_suffix  # not sharded: no other run writes here
             if removed := remove_leftovers(output_dir, index_name(kind, run.name_suffix), sweep):
                 click.echo(

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from camcli.io import DEFAULT_MAX_PIXELS
+from camcli.io.storage import is_uri
 from camcli.methods.names import IG_BASELINES, IG_RULES
 from camcli.models import EMBEDDED_MODEL
 
@@ -57,13 +58,31 @@ def _group(*decorators: Decorator) -> Decorator:
     return apply
 
 
+class Location(click.ParamType):
+    """A local path, checked as ``click.Path`` checks it, or a URI of object storage (text).
+
+    URIs (``s3://bucket/prefix``) are checked when the run starts (:mod:`camcli.io.storage`).
+    """
+
+    name = "path"
+
+    def __init__(self, local: click.Path) -> None:
+        self.local = local
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        """The URI as given, or the local path as ``click.Path`` converts it."""
+        if isinstance(value, str) and is_uri(value):
+            return value
+        return self.local.convert(value, param, ctx)
+
+
 # --- option groups ----------------------------------------------------------------------
 
 input_options = _group(
     click.argument(
         "input_path",
         metavar="INPUT",
-        type=click.Path(exists=True, allow_dash=True, path_type=Path),
+        type=Location(click.Path(exists=True, allow_dash=True, path_type=Path)),
     ),
     click.option(
         "--null",
@@ -224,10 +243,12 @@ output_options = _group(
     click.option(
         "-o",
         "--output-dir",
-        type=click.Path(file_okay=False, path_type=Path),
+        type=Location(click.Path(file_okay=False, path_type=Path)),
         default=Path("camcli-out"),
         show_default=True,
-        help="Where outputs go; the input tree is mirrored under it.",
+        help="Where outputs go; the input tree is mirrored under it. A folder, or a URI of "
+        "object storage (s3://bucket/prefix, gs://..., anything fsspec opens; pip install "
+        "'camcli[storage]'). INPUT may be a URI too.",
     ),
     click.option(
         "--jsonl", is_flag=True, help="Print each image's record as one JSON line on stdout."
@@ -437,7 +458,7 @@ config_option = click.option(
 class InputOptions:
     """What to read: ``INPUT``, ``--null``, ``--root``, ``--shard``, ``--max-pixels``."""
 
-    input_path: Path
+    input_path: Path | str  # str: a URI of object storage
     null: bool = False
     root: Path | None = None
     shard: str | None = None
@@ -477,10 +498,21 @@ class RuntimeOptions:
 class OutputOptions:
     """Where and how results go: ``--output-dir``, ``--jsonl``, ``--force``, ``--png-level``."""
 
-    output_dir: Path = Path("camcli-out")
+    output_dir: Path | str = Path("camcli-out")  # str: a URI of object storage
     jsonl: bool = False
     force: bool = False
     png_level: str = "fast"
+
+
+def check_report_location(report: bool, output_dir: Path | str) -> None:
+    """``--report`` writes a folder of HTML on this machine: refuse it for a URI (exit 2)."""
+    if report and isinstance(output_dir, str):
+        raise click.BadParameter(
+            "the HTML report is written into a local output directory, not into object "
+            f"storage ({output_dir}): drop --report, or copy the outputs to a folder and run "
+            "'camcli report' there",
+            param_hint="'--report'",
+        )
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from camcli.io import DEFAULT_MAX_PIXELS
 from camcli.io.lock import release_inherited_locks
+from camcli.io.storage import Source, read_source
 from camcli.io.transfer import to_device
 from camcli.models.loaded import Preprocessing
 
@@ -278,7 +279,7 @@ class ImageDataset(Dataset[DecodedImage | DecodeFailure]):
 
     def __init__(
         self,
-        paths: Sequence[Path],
+        paths: Sequence[Source],
         prep: Preprocessing,
         crop: bool,
         max_pixels: int = DEFAULT_MAX_PIXELS,
@@ -295,7 +296,7 @@ class ImageDataset(Dataset[DecodedImage | DecodeFailure]):
 
     def __getitem__(self, index: int) -> DecodedImage | DecodeFailure:
         try:
-            data = self.paths[index].read_bytes()
+            data = read_source(self.paths[index])
         except OSError as exc:
             return DecodeFailure(index, f"cannot read file: {exc.strerror or exc}")
         try:
@@ -426,7 +427,7 @@ def _leave_signals_to_the_main_process(_worker_id: int) -> None:
 
 
 def make_loader(
-    paths: Sequence[Path],
+    paths: Sequence[Source],
     prep: Preprocessing,
     crop: bool,
     batch_size: int,

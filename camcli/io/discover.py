@@ -9,11 +9,14 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from camcli.io.storage import Source, list_remote_images
+
 __all__ = [
     "IMAGE_EXTENSIONS",
     "ImageItem",
     "NoImagesFound",
     "discover_images",
+    "discover_remote_images",
     "images_from_list",
     "in_shard",
     "natural_key",
@@ -32,7 +35,7 @@ class ImageItem:
     """One image to explain.
 
     Attributes:
-        path: the file to read.
+        path: the file to read (a URI for an object in storage, see :mod:`camcli.io.storage`).
         relative: its path relative to the input root; outputs mirror it.
         label: the ImageFolder class, i.e. the name of the top-level sub-folder the file is
             under (``None`` for files directly in the root or a single-file input).
@@ -41,7 +44,7 @@ class ImageItem:
 
     """
 
-    path: Path
+    path: Source
     relative: PurePosixPath
     label: str | None
     mirrored: bool = False
@@ -112,6 +115,30 @@ def discover_images(input_path: Path, exclude: Path | None = None) -> list[Image
         raise NoImagesFound(
             f"no images found in {input_path} (looked for {', '.join(IMAGE_EXTENSIONS)}, "
             "in any letter case, in all sub-folders)"
+        )
+    items.sort(key=lambda item: tuple(natural_key(part) for part in item.relative.parts))
+    return items
+
+
+def discover_remote_images(uri: str) -> list[ImageItem]:
+    """List the images in object storage under ``uri``, sorted in natural order.
+
+    The prefix plays the input folder's part: relative paths, class folders and outputs are
+    those a local copy of the prefix would give.
+
+    Raises:
+        NoImagesFound: when no object with an image extension is there.
+        StorageError: the bucket is missing or cannot be read.
+
+    """
+    items = []
+    for source, relative in list_remote_images(uri, IMAGE_EXTENSIONS):
+        label = relative.parts[0] if len(relative.parts) > 1 else None
+        items.append(ImageItem(source, relative, label))
+    if not items:
+        raise NoImagesFound(
+            f"no images found in {uri} (looked for {', '.join(IMAGE_EXTENSIONS)}, in any "
+            "letter case, under the whole prefix)"
         )
     items.sort(key=lambda item: tuple(natural_key(part) for part in item.relative.parts))
     return items

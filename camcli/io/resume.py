@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any
+
+from camcli.io.storage import Source, read_source, source_stat
 
 __all__ = ["file_sha256", "input_stat", "settings_key", "up_to_date"]
 
@@ -23,17 +24,18 @@ def settings_key(payload: dict[str, Any]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:32]
 
 
-def input_stat(path: Path) -> dict[str, int] | None:
+def input_stat(path: Source) -> dict[str, int] | None:
     """Size and modification time of an input, or ``None`` when it cannot be read."""
-    try:
-        stat = os.stat(path)
-    except OSError:
-        return None
-    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    return source_stat(path)
 
 
-def file_sha256(path: Path) -> str | None:
-    """SHA-256 of a file's bytes, or ``None`` when it cannot be read."""
+def file_sha256(path: Source) -> str | None:
+    """SHA-256 of a file's (or an object's) bytes, or ``None`` when it cannot be read."""
+    if not isinstance(path, Path):
+        try:
+            return hashlib.sha256(read_source(path)).hexdigest()
+        except OSError:
+            return None
     digest = hashlib.sha256()
     try:
         with path.open("rb") as handle:
@@ -44,7 +46,7 @@ def file_sha256(path: Path) -> str | None:
     return digest.hexdigest()
 
 
-def up_to_date(record_file: Path, source: Path, key: str) -> dict[str, Any] | None:
+def up_to_date(record_file: Path, source: Source, key: str) -> dict[str, Any] | None:
     """The stored record when the image needs no work, else ``None``.
 
     Args:

@@ -54,7 +54,14 @@ _FILE_MODE = _file_mode()
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same directory and a rename."""
+    """Write ``data`` to ``path`` via a temporary file in the same directory and a rename.
+
+    In object storage (a ``UPath``, see :mod:`camcli.io.storage`), which has no rename, the
+    object is written with one upload: it appears whole or not at all.
+    """
+    if not isinstance(path, Path):
+        path.write_bytes(data)
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}{TEMP_MARK}", suffix=".tmp", dir=path.parent)
     try:
@@ -228,12 +235,20 @@ class IndexWriter:
 
     Lines go to ``index.jsonl.partial`` as the run proceeds, flushed per line; :meth:`close`
     renames it to ``index.jsonl``, so a complete index is only ever under the final name.
+    For an output directory in object storage the partial index is a local temporary file,
+    uploaded once under the final name when the run finishes.
     """
 
     def __init__(self, output_dir: Path, name: str = INDEX_NAME) -> None:
-        output_dir.mkdir(parents=True, exist_ok=True)
         self.path = output_dir / name
-        self.partial = output_dir / f"{name}.partial"
+        self.remote = not isinstance(output_dir, Path)
+        if self.remote:
+            fd, partial = tempfile.mkstemp(prefix="camcli-index-", suffix=".jsonl.partial")
+            os.close(fd)
+            self.partial = Path(partial)
+        else:
+            output_dir.mkdir(parents=True, exist_ok=True)
+            self.partial = output_dir / f"{name}.partial"
         self._handle = self.partial.open("w", encoding="utf-8")
 
     def add(self, entry: dict[str, Any]) -> None:
@@ -245,5 +260,11 @@ class IndexWriter:
         """Close the index; move it to its final name only when the run finished."""
         if not self._handle.closed:
             self._handle.close()
-            if complete:
+            if self.remote:
+                try:
+                    if complete:
+                        atomic_write_bytes(self.path, self.partial.read_bytes())
+                finally:
+                    self.partial.unlink(missing_ok=True)
+            elif complete:
                 os.replace(self.partial, self.path)

@@ -26,6 +26,7 @@ from camcli import __version__
 from camcli.io.decode import Batch
 from camcli.io.discover import ImageItem
 from camcli.io.resume import settings_key
+from camcli.io.storage import is_uri
 from camcli.io.transfer import HostCopy
 from camcli.io.write import artifact_path, atomic_write_bytes, encode_npy, encode_png, record_path
 from camcli.methods.batch import BatchMethods, compute_methods
@@ -93,8 +94,10 @@ def resolved_source(path: Path | str) -> str:
     """The absolute path of an input with symbolic links resolved, as ``Path.resolve``.
 
     Directories are resolved once and remembered (a run reads many files per folder): one
-    ``lstat`` per file instead of one per path component.
+    ``lstat`` per file instead of one per path component. A URI is its own name.
     """
+    if isinstance(path, str) and is_uri(path):
+        return path
     if ".." in Path(path).parts:  # a ".." after a linked directory must follow the link
         return os.path.realpath(path)
     text = os.path.abspath(path)

@@ -28,6 +28,7 @@ import torch
 from camcli.io.decode import Batch, make_loader
 from camcli.io.discover import ImageItem
 from camcli.io.resume import input_stat, up_to_date
+from camcli.io.storage import Source
 from camcli.io.write import IndexWriter, atomic_write_bytes, record_path
 from camcli.methods.stopping import Stopped, stop_between_chunks
 from camcli.models.loaded import LoadedModel
@@ -151,7 +152,7 @@ def run_batches(
     try:
         todo = []
         reusable = reusable_records(items, settings, key)
-        claimed: dict[str, Path] = {}  # output path -> the input that writes it
+        claimed: dict[str, Source] = {}  # output path -> the input that writes it
         for position, item in enumerate(items):
             first = claimed.setdefault(str(item.relative), item.path)
             if ".." in item.relative.parts or item.relative.is_absolute():

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from camcli.io.decode import Batch, DecodedImage, ImageDataset
+from camcli.io.storage import STORAGE_ENV, Source, is_uri, location
 from camcli.io.write import record_path
 from camcli.runs.settings import Settings
 from camcli.runs.work import (
@@ -58,7 +59,8 @@ class RayUnavailable(RuntimeError):
 def connect(address: str | None) -> bool:
     """Join the Ray cluster at ``address`` (``None``: ``RAY_ADDRESS``, else start a local one).
 
-    A Ray already initialised in this process (a notebook, a test) is used as it is.
+    A Ray already initialised in this process (a notebook, a test) is used as it is. The
+    variables of :data:`~camcli.io.storage.STORAGE_ENV` set here are passed to the workers.
 
     Returns:
         Whether this call started Ray (and the run should shut it down).
@@ -73,12 +75,16 @@ def connect(address: str | None) -> bool:
         raise RayUnavailable("--engine ray needs Ray: pip install 'camcli[ray]'") from None
     if ray.is_initialized():
         return False
+    # The storage clients' settings (credentials, endpoint) of this shell reach the workers,
+    # which read and write object storage themselves.
+    env = {name: os.environ[name] for name in STORAGE_ENV if name in os.environ}
     try:
         ray.init(
             address=address,
             include_dashboard=False,
             log_to_driver=False,
             logging_level=logging.ERROR,
+            runtime_env={"env_vars": env} if env else None,
         )
     except (ConnectionError, RuntimeError, ValueError) as exc:
         where = address or os.environ.get("RAY_ADDRESS") or "a local cluster"
@@ -91,7 +97,7 @@ def _decode_rows(
     rows: dict[str, np.ndarray], prep: Any, crop: bool, max_pixels: int, resize: bool
 ) -> dict[str, np.ndarray]:
     """Decode a batch of listed files into fixed-shape columns (failures keep their reason)."""
-    paths = [Path(str(p)) for p in rows["path"]]
+    paths: list[Source] = [str(p) if is_uri(str(p)) else Path(str(p)) for p in rows["path"]]
     dataset = ImageDataset(paths, prep, crop, max_pixels, resize)
     count = len(paths)
     size, channels = prep.size, prep.channels
@@ -224,7 +230,7 @@ def _write_rows(rows: dict[str, np.ndarray], writer: bytes) -> dict[str, np.ndar
             continue
         record_file, jobs, after = cloudpickle.loads(payload)
         try:
-            write_files(jobs, Path(record_file), json.loads(str(rows["record"][i])))
+            write_files(jobs, location(record_file), json.loads(str(rows["record"][i])))
         except OSError as exc:
             status[i], errors[i] = "write_error", str(exc)
             continue
