@@ -146,3 +146,18 @@ def test_help_and_version_import_no_torch(args: list[str]):
     assert verdict["code"] in (0, 2, None)
     if "--help" in args or "--version" in args:
         assert done.stdout.strip()
+
+
+def test_the_ray_engines_cpu_tasks_and_the_readers_import_no_torch():
+    """Ray's decoding and writing workers import these modules: they must start fast."""
+    code = (
+        "import sys, json\n"
+        "import camcli.runs.ray_tasks, camcli.io.images, camcli.io.storage, camcli.io.write\n"
+        "import camcli.models.preprocessing\n"
+        "print(json.dumps([m for m in ('torch', 'torchvision', 'timm', 'zennit', 'ray') "
+        "if m in sys.modules]))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert json.loads(done.stdout) == []

@@ -89,7 +89,7 @@ def test_pictures_waiting_to_be_written_are_bounded_in_bytes(
     """With no byte allowance, a batch's writes finish before the batch after next starts."""
     root = image_folder({f"c/img{i}.jpg": (30, 20) for i in range(6)})
     written: list[str] = []
-    write = pipeline._write_files
+    write = pipeline.write_image_files
 
     def slow_write(jobs: Any, record_file: Path, record: dict[str, Any]) -> None:
         time.sleep(0.05)
@@ -103,7 +103,7 @@ def test_pictures_waiting_to_be_written_are_bounded_in_bytes(
         done_at_launch.append(len(written))
         return launch(*args, **kwargs)
 
-    monkeypatch.setattr(pipeline, "_write_files", slow_write)
+    monkeypatch.setattr(pipeline, "write_image_files", slow_write)
     monkeypatch.setattr(pipeline, "launch_render", counting_launch)
     monkeypatch.setattr(pipeline, "MAX_PENDING_BYTES", 0)
     _run(root, tmp_path / "out", 2, write_threads=1)

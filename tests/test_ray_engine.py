@@ -232,3 +232,39 @@ def test_a_stop_request_ends_a_ray_run_with_nothing_half_written(
     counts = json.loads((out / "run.json").read_text())["counts"]
     assert again.exit_code == 1 and counts["explained"] + counts["skipped"] == 5
     assert not list(out.rglob("*.tmp*")) and not list(out.rglob("*.partial"))
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["features"], ["evaluate", "--method", "gradcam,guided"]],
+    ids=["features", "evaluate"],
+)
+def test_the_other_batch_commands_run_on_ray_with_the_same_files(
+    local_ray: None, photos: Path, tmp_path: Path, command: list[str]
+) -> None:
+    def run(out: Path, *extra: str) -> Any:
+        return CliRunner().invoke(
+            main, [command[0], str(photos), "-o", str(out), "-b", "2", *command[1:], *extra]
+        )
+
+    local, on_ray = run(tmp_path / "local"), run(tmp_path / "ray", *ENGINE_RAY)
+    assert local.exit_code == on_ray.exit_code == 1, on_ray.output  # the corrupt file
+    kind = command[0]
+
+    def files(out: Path) -> dict[str, bytes]:
+        return {
+            str(p.relative_to(out)): p.read_bytes()
+            for p in sorted(out.rglob("*"))
+            if p.is_file() and not p.name.startswith(".camcli")
+            and p.name not in (f"{kind}.run.json", f"{kind}.index.jsonl")
+        }  # fmt: skip
+
+    mine, theirs = files(tmp_path / "local"), files(tmp_path / "ray")
+    assert sorted(mine) == sorted(theirs)
+    assert len([name for name in mine if name.endswith(f".{kind}.json")]) == 5
+    for name, data in mine.items():
+        assert theirs[name] == data, name
+    index = [f"{kind}.index.jsonl"]
+    assert sorted((tmp_path / "local").joinpath(*index).read_text().splitlines()) == sorted(
+        (tmp_path / "ray").joinpath(*index).read_text().splitlines()
+    )

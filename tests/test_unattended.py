@@ -18,6 +18,7 @@ import torchvision
 from click.testing import CliRunner
 from PIL import Image
 
+import camcli.io.write
 from camcli.cli import main
 from camcli.runs import explain as pipeline
 
@@ -219,7 +220,7 @@ def test_out_of_memory_halves_the_batch_and_loses_nothing(
 def test_disk_full_stops_with_one_sentence_and_the_next_run_resumes(
     folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
-    real = pipeline.atomic_write_bytes
+    real = camcli.io.write.atomic_write_bytes
     calls = []
 
     def filling(path, data):
@@ -228,7 +229,7 @@ def test_disk_full_stops_with_one_sentence_and_the_next_run_resumes(
             raise OSError(errno.ENOSPC, "No space left on device")
         return real(path, data)
 
-    monkeypatch.setattr(pipeline, "atomic_write_bytes", filling)
+    monkeypatch.setattr(camcli.io.write, "atomic_write_bytes", filling)
     out = tmp_path / "out"
     result = explain(folder, out, "-b", "2")
     assert result.exit_code == 1
@@ -239,7 +240,7 @@ def test_disk_full_stops_with_one_sentence_and_the_next_run_resumes(
     done = records(out)
     assert 1 <= len(done) < 6
     assert_outputs_valid(out)
-    monkeypatch.setattr(pipeline, "atomic_write_bytes", real)
+    monkeypatch.setattr(camcli.io.write, "atomic_write_bytes", real)
     resumed = explain(folder, out)
     assert resumed.exit_code == 0
     assert f"{len(done)} up to date (reused)" in resumed.stderr

@@ -14,6 +14,7 @@ import os
 import struct
 import tempfile
 import zlib
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -34,6 +35,7 @@ __all__ = [
     "record_path",
     "record_suffix",
     "summary_name",
+    "write_image_files",
     "write_json",
 ]
 
@@ -164,6 +166,32 @@ def encode_npy(array: np.ndarray) -> bytes:
 def write_json(path: Path, record: dict[str, Any]) -> None:
     """Write a JSON document atomically (UTF-8, indented, trailing newline)."""
     atomic_write_bytes(path, (json.dumps(record, indent=2, ensure_ascii=False) + "\n").encode())
+
+
+def write_image_files(
+    jobs: list[tuple[Path, Callable[[], bytes]]],
+    record_file: Path,
+    record: dict[str, Any],
+    write: Callable[[Path, bytes], None] | None = None,
+) -> None:
+    """Encode and write one image's files; the JSON record last, so it marks completion.
+
+    An older record is removed first: while its files are being replaced it must not
+    vouch for them.
+
+    Args:
+        jobs: the files, each a path and a function making its bytes.
+        record_file: where the JSON record goes.
+        record: the record.
+        write: writes one file's bytes (default: :func:`atomic_write_bytes`, looked up
+            when called).
+
+    """
+    put = write or atomic_write_bytes
+    record_file.unlink(missing_ok=True)
+    for path, produce in jobs:
+        put(path, produce())
+    write_json(record_file, record)
 
 
 # The kinds of run that write into an output directory. Each has its own record suffix,

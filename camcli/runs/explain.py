@@ -28,7 +28,7 @@ from camcli.io.discover import ImageItem
 from camcli.io.resume import settings_key
 from camcli.io.storage import is_uri
 from camcli.io.transfer import HostCopy
-from camcli.io.write import artifact_path, atomic_write_bytes, encode_npy, encode_png, record_path
+from camcli.io.write import artifact_path, encode_npy, encode_png, record_path
 from camcli.methods.batch import BatchMethods, compute_methods
 from camcli.methods.forward import class_probabilities, normalise_maps, top_predictions
 from camcli.methods.guided import GUIDED_RULE
@@ -78,11 +78,6 @@ __all__ = [
     "run_explain",
     "settings_payload",
 ]
-
-
-def _write_files(jobs: list[FileJob], record_file: Path, record: dict[str, Any]) -> None:
-    """Encode and write one image's files, the JSON record last (see ``write_image_files``)."""
-    write_image_files(jobs, record_file, record, atomic_write_bytes)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -178,7 +173,7 @@ def run_explain(
         lambda module: _explain_work(items, model, module, settings, label_indices),
         lambda item, record: _index_entry(item, record, settings.output_dir),
         stop,
-        write_files=lambda jobs, record_file, record: _write_files(jobs, record_file, record),
+        write_files=write_image_files,  # looked up here: a test slows it down
         max_pending_bytes=MAX_PENDING_BYTES,
     )
     if averages.counts:

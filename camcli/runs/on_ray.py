@@ -29,18 +29,19 @@ import logging
 import os
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from camcli.io.decode import Batch, DecodedImage, ImageDataset
-from camcli.io.storage import STORAGE_ENV, Source, is_uri, location
+from camcli.io.decode import Batch
+from camcli.io.storage import STORAGE_ENV
 from camcli.io.write import record_path
+from camcli.runs.ray_tasks import decode_rows, write_rows
 from camcli.runs.settings import Settings
 from camcli.runs.work import (
     EngineRun,
+    ImageOutput,
     WriteFailed,
     backend_settings,
     complete_record,
@@ -91,47 +92,6 @@ def connect(address: str | None) -> bool:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise RayUnavailable(f"cannot start or join Ray at {where}: {first}") from None
     return True
-
-
-def _decode_rows(
-    rows: dict[str, np.ndarray], prep: Any, crop: bool, max_pixels: int, resize: bool
-) -> dict[str, np.ndarray]:
-    """Decode a batch of listed files into fixed-shape columns (failures keep their reason)."""
-    paths: list[Source] = [str(p) if is_uri(str(p)) else Path(str(p)) for p in rows["path"]]
-    dataset = ImageDataset(paths, prep, crop, max_pixels, resize)
-    count = len(paths)
-    size, channels = prep.size, prep.channels
-    inputs = np.zeros((count, channels, size, size) if resize else (count, 1), np.uint8)
-    thetas = np.zeros((count, 2, 3), np.float32)
-    heights = np.zeros(count, np.int64)
-    widths = np.zeros(count, np.int64)
-    pixels: list[bytes] = []
-    digests: list[str] = []
-    errors: list[str] = []
-    for i in range(count):
-        decoded = dataset[i]
-        if isinstance(decoded, DecodedImage):
-            if resize:
-                inputs[i] = decoded.model_input.numpy()
-            thetas[i] = decoded.theta.numpy()
-            heights[i], widths[i] = decoded.pixels.shape[:2]
-            pixels.append(decoded.pixels.numpy().tobytes())
-            digests.append(decoded.sha256)
-            errors.append("")
-        else:
-            pixels.append(b"")
-            digests.append("")
-            errors.append(decoded.message)
-    return {
-        "position": rows["position"],
-        "inputs": inputs,
-        "theta": thetas,
-        "height": heights,
-        "width": widths,
-        "pixels": np.array(pixels, dtype=object),
-        "sha256": np.array(digests, dtype=object),
-        "error": np.array(errors, dtype=object),
-    }
 
 
 class _ExplainActor:
@@ -194,7 +154,9 @@ class _ExplainActor:
             "jobs": np.array(jobs, dtype=object),
         }
 
-    def _explain(self, part: Batch, rows: dict[str, np.ndarray]) -> Iterator[tuple[int, Any]]:
+    def _explain(
+        self, part: Batch, rows: dict[str, np.ndarray]
+    ) -> Iterator[tuple[int, ImageOutput]]:
         """The batch's outputs by row, in halves when the device runs out of memory."""
         try:
             with backend_settings(self.settings):
@@ -208,41 +170,12 @@ class _ExplainActor:
             return
         if self.settings.device.type == "cuda":
             torch.cuda.empty_cache()
-        if len(part) == 1:
-            raise RuntimeError("out of memory even as a batch of one image")
+        if len(part) == 1:  # as the local engine: this image fails, the run goes on
+            failed = {"status": "error", "error": "out of memory even as a batch of one image"}
+            yield part.indices[0], ImageOutput(failed, [], 0)
+            return
         for half in part.split(max(1, len(part) // 2)):
             yield from self._explain(half, rows)
-
-
-def _write_rows(rows: dict[str, np.ndarray], writer: bytes) -> dict[str, np.ndarray]:
-    """Encode and write each explained image's files, the record last (the command's writer)."""
-    import contextlib
-
-    from ray import cloudpickle
-
-    from camcli.io.write import atomic_write_bytes
-
-    write_files = cloudpickle.loads(writer)
-    status = [str(s) for s in rows["status"]]
-    errors = [str(e) for e in rows["error"]]
-    for i, payload in enumerate(rows["jobs"]):
-        if status[i] != "ok":
-            continue
-        record_file, jobs, after = cloudpickle.loads(payload)
-        try:
-            write_files(jobs, location(record_file), json.loads(str(rows["record"][i])))
-        except OSError as exc:
-            status[i], errors[i] = "write_error", str(exc)
-            continue
-        for path, produce in after:
-            with contextlib.suppress(OSError):
-                atomic_write_bytes(path, produce())
-    return {
-        "position": rows["position"],
-        "status": np.array(status, dtype=object),
-        "error": np.array(errors, dtype=object),
-        "record": rows["record"],
-    }
 
 
 def _actor_count(settings: Settings) -> tuple[int, int]:
@@ -293,8 +226,12 @@ def _pipeline(run: EngineRun, stop: threading.Event | None) -> None:
     settings = run.settings
     context = ray.data.DataContext.get_current()
     context.execution_options.preserve_order = True  # records arrive in input order
-    context.enable_progress_bars = False
+    context.enable_progress_bars = False  # camcli's own bar counts the images
     context.print_on_execution_start = False
+    # Ray Data's notes on each execution (start, plan, "finished in") would fill stderr,
+    # where camcli reports skipped images; its warnings and errors still show.
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    logging.getLogger("ray.data._internal.execution.streaming_executor").setLevel(logging.ERROR)
     cuda = settings.device.type == "cuda"
     payload = cloudpickle.dumps(
         {
@@ -317,7 +254,7 @@ def _pipeline(run: EngineRun, stop: threading.Event | None) -> None:
         ray.data.from_items(rows, override_num_blocks=max(1, -(-len(rows) // batch)))
         .map_batches(
             functools.partial(
-                _decode_rows,
+                decode_rows,
                 prep=run.model.preprocessing,
                 crop=settings.crop,
                 max_pixels=settings.max_pixels,
@@ -339,7 +276,7 @@ def _pipeline(run: EngineRun, stop: threading.Event | None) -> None:
             num_cpus=1,
         )
         .map_batches(
-            functools.partial(_write_rows, writer=cloudpickle.dumps(run.write_files)),
+            functools.partial(write_rows, writer=cloudpickle.dumps(run.write_files)),
             batch_size=batch,
             batch_format="numpy",
             num_cpus=0.5,

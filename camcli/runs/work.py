@@ -18,7 +18,7 @@ import torch
 
 from camcli.io.decode import Batch, model_inputs_on_device, unpack_pixels
 from camcli.io.discover import ImageItem
-from camcli.io.write import IndexWriter, atomic_write_bytes, write_json
+from camcli.io.write import IndexWriter, write_image_files
 from camcli.models.loaded import LoadedModel, Preprocessing
 from camcli.runs.settings import Settings
 
@@ -75,30 +75,6 @@ FileJob = tuple[Path, Callable[[], bytes]]
 WriteFiles = Callable[[list[FileJob], Path, dict[str, Any]], None]
 
 MAX_PENDING_BYTES = 2 << 30  # pictures waiting to be written: large photos wait sooner
-
-
-def write_image_files(
-    jobs: list[FileJob],
-    record_file: Path,
-    record: dict[str, Any],
-    write: Callable[[Path, bytes], None] = atomic_write_bytes,
-) -> None:
-    """Encode and write one image's files; the JSON record last, so it marks completion.
-
-    An older record is removed first: while its files are being replaced it must not
-    vouch for them.
-
-    Args:
-        jobs: the files, each a path and a function making its bytes.
-        record_file: where the JSON record goes.
-        record: the record.
-        write: writes one file's bytes (atomically).
-
-    """
-    record_file.unlink(missing_ok=True)
-    for path, produce in jobs:
-        write(path, produce())
-    write_json(record_file, record)
 
 
 @dataclass
