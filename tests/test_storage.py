@@ -234,3 +234,24 @@ def test_the_library_explains_a_prefix_into_a_prefix(endpoint: dict[str, str]) -
     assert summary.explained == 5
     written = objects(f"{BUCKET}/lib")
     assert len([name for name in written if name.endswith(".gradcam.png")]) == 5
+
+
+def test_the_readmes_object_storage_example_runs_as_written(endpoint: dict[str, str]) -> None:
+    """The README's block, against a bucket named as it names it (``bucket``)."""
+    import re
+    import shlex
+
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    section = text.split("#### Object storage", 1)[1]
+    block = re.search(r"```\n(.*?)```", section, re.S)
+    assert block is not None
+    commands = [line for line in block.group(1).splitlines() if line.startswith("camcli ")]
+    assert commands, "the README's object storage block has a command to run here"
+    fs = s3()
+    fs.mkdir("bucket")
+    fs.put(str(SAMPLES) + "/", "bucket/photos/", recursive=True)
+    for command in commands:
+        result = CliRunner().invoke(main, shlex.split(command)[1:])
+        assert result.exit_code == 0, (command, result.output)
+    written = objects("bucket/camcli-out")
+    assert len([name for name in written if name.endswith((".png.json", ".jpg.json"))]) == 5
