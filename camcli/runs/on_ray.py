@@ -97,7 +97,7 @@ def connect(address: str | None) -> bool:
 class _ExplainActor:
     """Holds the model on its device and runs the command's batch work on each batch."""
 
-    def __init__(self, payload: Any, threads: int) -> None:
+    def __init__(self, payload: Any) -> None:
         import ray
         from ray import cloudpickle
 
@@ -108,8 +108,10 @@ class _ExplainActor:
         self.key: str = job["key"]
         self.stats: dict[int, dict[str, int] | None] = job["stats"]
         self.record_files: dict[int, str] = job["record_files"]
-        if self.settings.device.type == "cpu" and threads > 0:
-            torch.set_num_threads(threads)  # Ray gives each worker one thread by default
+        if self.settings.device.type == "cpu":
+            # Ray gives each worker one thread by default: the model gets this node's cores.
+            cores = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else ()
+            torch.set_num_threads(max(1, len(cores) or (os.cpu_count() or 1)))
         self.module = module_on_device(self.model, self.settings)
         self.work = job["start_work"](self.module)
         self.mean, self.std = normalisation(self.model.preprocessing, self.settings.device)
@@ -249,7 +251,6 @@ def _pipeline(run: EngineRun, stop: threading.Event | None) -> None:
     batch = settings.batch_size
     rows = [{"position": p, "path": str(run.items[p].path)} for p in run.todo]
     low, high = _actor_count(settings)
-    threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
     dataset = (
         ray.data.from_items(rows, override_num_blocks=max(1, -(-len(rows) // batch)))
         .map_batches(
@@ -270,7 +271,7 @@ def _pipeline(run: EngineRun, stop: threading.Event | None) -> None:
             _ExplainActor,
             batch_size=batch,
             batch_format="numpy",
-            fn_constructor_args=(ray.put(payload), 0 if cuda else threads),
+            fn_constructor_args=(ray.put(payload),),
             compute=ray.data.ActorPoolStrategy(min_size=low, max_size=high),
             num_gpus=1 if cuda else 0,
             num_cpus=1,
