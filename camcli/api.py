@@ -46,9 +46,9 @@ from camcli.pictures.render import (
     picture_to_unit,
     sample_on_original,
 )
-from camcli.runs.loop import Reporter, RunSummary
 from camcli.runs.settings import Settings, parse_target, resolve_device
 from camcli.runs.targets import parse_targets
+from camcli.runs.work import Reporter, RunSummary
 
 __all__ = ["ExplainResult", "Explainer", "Prediction"]
 

@@ -120,8 +120,8 @@ def compare(ctx: click.Context, **options: Any) -> None:
     from camcli.models.loaded import LoadedModel, ModelUnavailable
     from camcli.models.registry import load_model
     from camcli.runs.compare import CompareOptions, compare_payload, run_compare
-    from camcli.runs.loop import RunSummary
     from camcli.runs.runtime import StopRequest
+    from camcli.runs.work import RunSummary
 
     _check_weights(names, offline)
     run = prepare_run(common)

@@ -158,8 +158,8 @@ def evaluate(ctx: click.Context, **options: Any) -> None:
     from camcli.methods.activation import CamNotApplicable
     from camcli.models.hooks import LayerUnusable
     from camcli.runs.evaluate import EvaluateOptions, evaluate_payload, run_evaluate
-    from camcli.runs.loop import RunSummary
     from camcli.runs.runtime import StopRequest
+    from camcli.runs.work import RunSummary
 
     run = prepare_run(common)
     settings = evaluate_settings(run, own, methods, method_settings)

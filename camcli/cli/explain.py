@@ -142,8 +142,8 @@ def explain(ctx: click.Context, **options: Any) -> None:
     from camcli.methods.activation import CamNotApplicable
     from camcli.models.hooks import LayerUnusable
     from camcli.runs.explain import settings_payload
-    from camcli.runs.loop import RunSummary
     from camcli.runs.runtime import StopRequest
+    from camcli.runs.work import RunSummary
 
     run = prepare_run(common)
     explainer, settings = explain_settings(run, own, chosen_methods, metrics)

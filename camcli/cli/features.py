@@ -94,8 +94,8 @@ def features(ctx: click.Context, **options: Any) -> None:
     from camcli.cli.frame import Reporter, prepare_run, run_in_frame
     from camcli.models.hooks import LayerUnusable
     from camcli.runs.features import FeatureOptions, features_payload, run_features
-    from camcli.runs.loop import RunSummary
     from camcli.runs.runtime import StopRequest
+    from camcli.runs.work import RunSummary
 
     run = prepare_run(common)
     settings = features_settings(run, own)

@@ -106,15 +106,28 @@ def discover_images(input_path: Path, exclude: Path | None = None) -> list[Image
                 f"{input_path} is not an image file (expected one of {', '.join(IMAGE_EXTENSIONS)})"
             )
         return [ImageItem(input_path, PurePosixPath(input_path.name), None)]
+    found = (
+        (path, PurePosixPath(path.relative_to(input_path).as_posix()))
+        for path in _walk(input_path, exclude)
+    )
+    return _tree(found, f"{input_path}", "in all sub-folders")
+
+
+def _tree(found: Iterable[tuple[Source, PurePosixPath]], where: str, scope: str) -> list[ImageItem]:
+    """Items of the images of a tree, labelled by their top folder, in natural order.
+
+    Raises:
+        NoImagesFound: when there is none.
+
+    """
     items = []
-    for path in _walk(input_path, exclude):
-        relative = PurePosixPath(path.relative_to(input_path).as_posix())
+    for source, relative in found:
         label = relative.parts[0] if len(relative.parts) > 1 else None
-        items.append(ImageItem(path, relative, label))
+        items.append(ImageItem(source, relative, label))
     if not items:
         raise NoImagesFound(
-            f"no images found in {input_path} (looked for {', '.join(IMAGE_EXTENSIONS)}, "
-            "in any letter case, in all sub-folders)"
+            f"no images found in {where} (looked for {', '.join(IMAGE_EXTENSIONS)}, "
+            f"in any letter case, {scope})"
         )
     items.sort(key=lambda item: tuple(natural_key(part) for part in item.relative.parts))
     return items
@@ -131,17 +144,7 @@ def discover_remote_images(uri: str) -> list[ImageItem]:
         StorageError: the bucket is missing or cannot be read.
 
     """
-    items = []
-    for source, relative in list_remote_images(uri, IMAGE_EXTENSIONS):
-        label = relative.parts[0] if len(relative.parts) > 1 else None
-        items.append(ImageItem(source, relative, label))
-    if not items:
-        raise NoImagesFound(
-            f"no images found in {uri} (looked for {', '.join(IMAGE_EXTENSIONS)}, in any "
-            "letter case, under the whole prefix)"
-        )
-    items.sort(key=lambda item: tuple(natural_key(part) for part in item.relative.parts))
-    return items
+    return _tree(list_remote_images(uri, IMAGE_EXTENSIONS), uri, "under the whole prefix")
 
 
 def read_path_list(data: bytes, null_separated: bool) -> list[str]:

@@ -199,8 +199,13 @@ def output_location(text: str) -> Path:
     """
     fs, root = _filesystem(text)
     _check_bucket(fs, root.rstrip("/"), text)
-    from upath import UPath
-
+    try:
+        from upath import UPath
+    except ImportError:
+        raise StorageError(
+            f"{text} is a URI, and writing to object storage needs universal-pathlib: "
+            "pip install 'camcli[storage]'"
+        ) from None
     return cast(Path, UPath(text.rstrip("/")))
 
 

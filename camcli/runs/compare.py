@@ -38,8 +38,9 @@ from camcli.models.loaded import LoadedModel
 from camcli.pictures.render import jet_lut
 from camcli.pictures.sheet import SheetLayout, compose_sheet, label_sheet, sheet_layout
 from camcli.runs.explain import image_seed, resolved_source
-from camcli.runs.loop import ImageOutput, Reporter, RunSummary, reusable_records, run_batches
+from camcli.runs.loop import reusable_records, run_batches
 from camcli.runs.settings import Settings
+from camcli.runs.work import ImageOutput, Reporter, RunSummary
 
 __all__ = ["CompareOptions", "compare_payload", "run_compare"]
 

@@ -45,9 +45,10 @@ from camcli.models.loaded import LoadedModel
 from camcli.pictures.render import original_grid, sample_on_original
 from camcli.pictures.sheet import sanity_sheet
 from camcli.runs.explain import image_seed, resolved_source, settings_payload
-from camcli.runs.loop import FileJob, ImageOutput, Reporter, RunSummary, run_batches
+from camcli.runs.loop import run_batches
 from camcli.runs.settings import Settings
 from camcli.runs.targets import target_indices
+from camcli.runs.work import FileJob, ImageOutput, Reporter, RunSummary
 
 __all__ = [
     "LOCALISATION_SCORES",

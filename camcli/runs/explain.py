@@ -28,7 +28,7 @@ from camcli.io.discover import ImageItem
 from camcli.io.resume import settings_key
 from camcli.io.storage import is_uri
 from camcli.io.transfer import HostCopy
-from camcli.io.write import artifact_path, encode_npy, encode_png, record_path
+from camcli.io.write import artifact_path, encode_npy, encode_png, record_path, write_image_files
 from camcli.methods.batch import BatchMethods, compute_methods
 from camcli.methods.forward import class_probabilities, normalise_maps, top_predictions
 from camcli.methods.guided import GUIDED_RULE
@@ -48,17 +48,7 @@ from camcli.report.build import (
     thumbnail_size,
     thumbnail_source,
 )
-from camcli.runs.loop import (
-    MAX_PENDING_BYTES,
-    BatchWork,
-    FileJob,
-    ImageOutput,
-    Reporter,
-    RunSummary,
-    WriteFailed,
-    run_batches,
-    write_image_files,
-)
+from camcli.runs.loop import run_batches
 from camcli.runs.settings import Settings
 from camcli.runs.targets import (
     ExtraTargets,
@@ -67,6 +57,15 @@ from camcli.runs.targets import (
     compute_for_targets,
     launch_extra_targets,
     target_indices,
+)
+from camcli.runs.work import (
+    MAX_PENDING_BYTES,
+    BatchWork,
+    FileJob,
+    ImageOutput,
+    Reporter,
+    RunSummary,
+    WriteFailed,
 )
 
 __all__ = [

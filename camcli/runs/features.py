@@ -33,8 +33,9 @@ from camcli.pictures.grids import (
     viridis_lut,
 )
 from camcli.runs.explain import resolved_source, settings_payload
-from camcli.runs.loop import FileJob, ImageOutput, Reporter, RunSummary, run_batches
+from camcli.runs.loop import run_batches
 from camcli.runs.settings import Settings
+from camcli.runs.work import FileJob, ImageOutput, Reporter, RunSummary
 
 __all__ = ["FeatureOptions", "features_payload", "run_features"]
 

@@ -37,7 +37,6 @@ from camcli.runs.work import (
     MAX_PENDING_BYTES,
     BatchWork,
     EngineRun,
-    FileJob,
     ImageOutput,
     Reporter,
     RunSummary,
@@ -51,24 +50,7 @@ from camcli.runs.work import (
     write_image_files,
 )
 
-__all__ = [
-    "MAX_PENDING_BYTES",
-    "BatchWork",
-    "EngineRun",
-    "FileJob",
-    "ImageOutput",
-    "Reporter",
-    "RunSummary",
-    "WriteFailed",
-    "backend_settings",
-    "complete_record",
-    "device_inputs",
-    "module_on_device",
-    "normalisation",
-    "reusable_records",
-    "run_batches",
-    "write_image_files",
-]
+__all__ = ["reusable_records", "run_batches"]
 
 
 @dataclass

@@ -25,8 +25,8 @@ from camcli.methods.batch import GRADIENT_MAPS, BatchMethods, MethodOptions, com
 from camcli.methods.forward import class_probabilities, explain_targets
 from camcli.models.loaded import LoadedModel
 from camcli.pictures.render import PendingRender, RenderedImage, launch_render, picture_to_unit
-from camcli.runs.loop import FileJob
 from camcli.runs.settings import Settings, TargetSpec
+from camcli.runs.work import FileJob
 
 __all__ = [
     "ExtraTargets",
