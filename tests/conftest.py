@@ -94,6 +94,21 @@ def _bright_loader(weights: Path | None, offline: bool) -> LoadedModel:
     )
 
 
+@pytest.fixture(scope="module")
+def actor_threads() -> Iterator[int]:
+    """Torch on as many threads as a CPU model actor of the Ray engine, for one module.
+
+    The same maths on another number of threads can round differently in the last bit, so a
+    local run that is compared byte for byte with the Ray engine's actors uses as many.
+    """
+    from camcli.runs.on_ray import CPU_ACTOR_THREADS
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(CPU_ACTOR_THREADS)
+    yield CPU_ACTOR_THREADS
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def tiny_models() -> Iterator[None]:
     register_model(TINY)(_tiny_loader)

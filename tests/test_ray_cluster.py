@@ -42,7 +42,7 @@ def two_nodes() -> Iterator[str]:
 
 
 def test_a_run_on_two_nodes_writes_what_the_local_engine_writes(
-    two_nodes: str, tmp_path: Path
+    two_nodes: str, actor_threads: int, tmp_path: Path
 ) -> None:
     photos = tmp_path / "in"
     shutil.copytree(SAMPLES, photos, ignore=shutil.ignore_patterns("*.md"))

@@ -1,8 +1,9 @@
 """``--engine ray``: the same files, records, index and exit codes as the local engine.
 
 A local Ray with two CPUs is started once for the module (Ray's start-up stays out of the
-other tests). The runs use the embedded model on the sample photos plus a corrupt file, in
-batches of two, so that the pipeline carries several batches and a per-image failure.
+other tests); the module's local runs use the torch threads of one CPU actor (one). The runs
+use the embedded model on the sample photos plus a corrupt file, in batches of two, so that
+the pipeline carries several batches and a per-image failure.
 """
 
 from __future__ import annotations
@@ -69,8 +70,13 @@ def outputs(out: Path) -> dict[str, bytes]:
 
 
 @pytest.fixture(scope="module")
-def both(local_ray: None, photos: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
-    """The local engine's and the Ray engine's run of the same photos and options."""
+def both(
+    local_ray: None, actor_threads: int, photos: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Any:
+    """The local engine's and the Ray engine's run of the same photos and options.
+
+    The local run uses the actors' torch threads: the bytes are then the same.
+    """
     base = tmp_path_factory.mktemp("engines")
     local = explain(photos, base / "local")
     on_ray = explain(photos, base / "ray", *ENGINE_RAY)
@@ -176,6 +182,17 @@ def test_a_killed_actor_is_restarted_and_nothing_is_lost_or_counted_twice(
     for name, data in outputs(out).items():
         if name != "index.jsonl":
             assert data == outputs(local_out)[name], name
+
+
+def test_actor_plan_one_per_gpu_or_one_thread_per_cpu() -> None:
+    from camcli.runs.on_ray import CPU_ACTOR_SHARE, TASK_CPUS, ActorPlan, actor_plan
+
+    assert actor_plan("cuda", {"CPU": 16.0, "GPU": 4.0}) == ActorPlan(1, 4, 1, 1)
+    assert actor_plan("cuda", {"CPU": 16.0}) == ActorPlan(1, 1, 1, 1)  # GPUs yet to join
+    assert actor_plan("cpu", {"CPU": 2.0}) == ActorPlan(2, 2, CPU_ACTOR_SHARE, 0)
+    assert actor_plan("cpu", {"CPU": 0.5}) == ActorPlan(1, 1, CPU_ACTOR_SHARE, 0)
+    # every node keeps room for a decoding or writing task next to its actors
+    assert CPU_ACTOR_SHARE + TASK_CPUS <= 1
 
 
 def test_ray_address_needs_the_ray_engine(photos: Path, tmp_path: Path) -> None:

@@ -90,7 +90,7 @@ def same_outputs(remote: dict[str, bytes], local: dict[str, bytes]) -> None:
 
 
 @pytest.fixture(scope="module")
-def local_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def local_run(tmp_path_factory: pytest.TempPathFactory, actor_threads: int) -> Path:
     out = tmp_path_factory.mktemp("local") / "out"
     result = CliRunner().invoke(main, ["explain", str(SAMPLES), "-o", str(out)])
     assert result.exit_code == 0, result.output
