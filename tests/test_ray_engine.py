@@ -184,6 +184,56 @@ def test_a_killed_actor_is_restarted_and_nothing_is_lost_or_counted_twice(
             assert data == outputs(local_out)[name], name
 
 
+class _DiesOnce:
+    """A command's writer whose worker is SIGKILLed after an image's first file, once."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __call__(self, jobs: list[Any], record_file: Path, record: dict[str, Any]) -> None:
+        from camcli.io.write import atomic_write_bytes, write_image_files
+
+        if not self.marker.exists():
+            self.marker.write_text(str(os.getpid()))
+            path, produce = jobs[0]
+            atomic_write_bytes(path, produce())  # one picture written, the record not
+            os.kill(os.getpid(), signal.SIGKILL)
+        write_image_files(jobs, record_file, record)
+
+
+def test_a_killed_writing_task_is_retried_and_nothing_is_lost_or_counted_twice(
+    both: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, photos: Path
+) -> None:
+    """The worker of a writing task dies mid-image; Ray runs the task again."""
+    import sys
+
+    from ray import cloudpickle
+
+    from camcli.runs import explain as explain_run
+
+    local_out, *_ = both
+    marker = tmp_path / "killed"
+    # The writer travels to Ray's workers by value (they cannot import the tests).
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    monkeypatch.setattr(explain_run, "write_image_files", _DiesOnce(marker))
+    try:
+        out = tmp_path / "out"
+        result = explain(photos, out, *ENGINE_RAY)
+    finally:
+        cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+    assert marker.exists(), "the writer was never called"
+    assert int(marker.read_text()) != os.getpid()  # it died in a worker, not here
+    assert result.exit_code == 1, result.output
+    counts = json.loads((out / "run.json").read_text())["counts"]
+    assert counts == {"total": 6, "explained": 5, "skipped": 0, "failed": 1}
+    images = [json.loads(line)["image"] for line in (out / "index.jsonl").read_text().splitlines()]
+    assert len(images) == len(set(images)) == 6
+    assert outputs(out).keys() == outputs(local_out).keys()  # no partial file left behind
+    for name, data in outputs(out).items():
+        if name != "index.jsonl":
+            assert data == outputs(local_out)[name], name
+
+
 def test_actor_plan_one_per_gpu_or_one_thread_per_cpu() -> None:
     from camcli.runs.on_ray import CPU_ACTOR_SHARE, TASK_CPUS, ActorPlan, actor_plan
 
