@@ -245,6 +245,38 @@ def test_actor_plan_one_per_gpu_or_one_thread_per_cpu() -> None:
     assert CPU_ACTOR_SHARE + TASK_CPUS <= 1
 
 
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.mark.parametrize("how", ["option", "environment"])
+def test_an_unreachable_ray_address_is_one_sentence_at_once(
+    how: str, photos: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nothing listens there: exit 1 within seconds (Ray's own client retries for minutes)."""
+    import time
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)  # as in a fresh process
+    address = f"127.0.0.1:{_closed_port()}"
+    extra = [*ENGINE_RAY, "--ray-address", address] if how == "option" else ENGINE_RAY
+    if how == "environment":
+        monkeypatch.setenv("RAY_ADDRESS", address)
+    started = time.monotonic()
+    result = explain(photos, tmp_path / "out", *extra)
+    assert time.monotonic() - started < 60
+    assert result.exit_code == 1, result.output
+    option = "--ray-address" if how == "option" else "RAY_ADDRESS"
+    assert f"cannot reach Ray at {address} ({option}): connection refused" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "Traceback" not in result.output
+    assert result.stdout == ""
+    assert not (tmp_path / "out" / "index.jsonl").exists()
+
+
 def test_ray_address_needs_the_ray_engine(photos: Path, tmp_path: Path) -> None:
     result = CliRunner().invoke(
         main, ["explain", str(photos), "-o", str(tmp_path), "--ray-address", "127.0.0.1:1"]

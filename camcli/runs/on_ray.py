@@ -27,6 +27,7 @@ import functools
 import json
 import logging
 import os
+import socket
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -77,6 +78,9 @@ def connect(address: str | None) -> bool:
         raise RayUnavailable("--engine ray needs Ray: pip install 'camcli[ray]'") from None
     if ray.is_initialized():
         return False
+    target = address or os.environ.get("RAY_ADDRESS")
+    if target:
+        _check_reachable(target, "--ray-address" if address else "RAY_ADDRESS")
     # The storage clients' settings (credentials, endpoint) of this shell reach the workers,
     # which read and write object storage themselves.
     env = {name: os.environ[name] for name in STORAGE_ENV if name in os.environ}
@@ -93,6 +97,28 @@ def connect(address: str | None) -> bool:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise RayUnavailable(f"cannot start or join Ray at {where}: {first}") from None
     return True
+
+
+def _check_reachable(address: str, option: str, timeout: float = 5.0) -> None:
+    """Fail at once when nothing listens at a ``HOST:PORT`` Ray address.
+
+    Ray's own client retries an unreachable head for minutes before it gives up. Addresses
+    without a port (``auto``, ``local``) are left to Ray.
+
+    Raises:
+        RayUnavailable: the address refuses or does not answer a TCP connection.
+
+    """
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as exc:
+        reason = exc.strerror or str(exc) or type(exc).__name__
+        raise RayUnavailable(
+            f"cannot reach Ray at {address} ({option}): {reason.lower()}; is its head running?"
+        ) from None
 
 
 class _ExplainActor:
