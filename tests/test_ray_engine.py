@@ -335,11 +335,15 @@ def test_a_stop_request_ends_a_ray_run_with_nothing_half_written(
 
 @pytest.mark.parametrize(
     "command",
-    [["features"], ["evaluate", "--method", "gradcam,guided"]],
-    ids=["features", "evaluate"],
+    [
+        ["features"],
+        ["evaluate", "--method", "gradcam,guided"],
+        ["compare", "-m", "efficientnet_lite0"],  # a maps pass, then a sheets pass, on Ray
+    ],
+    ids=["features", "evaluate", "compare"],
 )
 def test_the_other_batch_commands_run_on_ray_with_the_same_files(
-    local_ray: None, photos: Path, tmp_path: Path, command: list[str]
+    local_ray: None, actor_threads: int, photos: Path, tmp_path: Path, command: list[str]
 ) -> None:
     def run(out: Path, *extra: str) -> Any:
         return CliRunner().invoke(
