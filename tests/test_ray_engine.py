@@ -237,10 +237,13 @@ def test_a_killed_writing_task_is_retried_and_nothing_is_lost_or_counted_twice(
 def test_actor_plan_one_per_gpu_or_one_thread_per_cpu() -> None:
     from camcli.runs.on_ray import CPU_ACTOR_SHARE, TASK_CPUS, ActorPlan, actor_plan
 
-    assert actor_plan("cuda", {"CPU": 16.0, "GPU": 4.0}) == ActorPlan(1, 4, 1, 1)
-    assert actor_plan("cuda", {"CPU": 16.0}) == ActorPlan(1, 1, 1, 1)  # GPUs yet to join
-    assert actor_plan("cpu", {"CPU": 2.0}) == ActorPlan(2, 2, CPU_ACTOR_SHARE, 0)
-    assert actor_plan("cpu", {"CPU": 0.5}) == ActorPlan(1, 1, CPU_ACTOR_SHARE, 0)
+    assert actor_plan("cuda", {"CPU": 16.0, "GPU": 4.0}, 100) == ActorPlan(1, 4, 1, 1)
+    assert actor_plan("cuda", {"CPU": 16.0}, 100) == ActorPlan(1, 1, 1, 1)  # GPUs yet to join
+    assert actor_plan("cpu", {"CPU": 2.0}, 100) == ActorPlan(2, 2, CPU_ACTOR_SHARE, 0)
+    assert actor_plan("cpu", {"CPU": 0.5}, 100) == ActorPlan(1, 1, CPU_ACTOR_SHARE, 0)
+    # never more actors (each loading the model) than batches to give them
+    assert actor_plan("cpu", {"CPU": 64.0}, 3) == ActorPlan(3, 3, CPU_ACTOR_SHARE, 0)
+    assert actor_plan("cuda", {"CPU": 64.0, "GPU": 8.0}, 2) == ActorPlan(1, 2, 1, 1)
     # every node keeps room for a decoding or writing task next to its actors
     assert CPU_ACTOR_SHARE + TASK_CPUS <= 1
 

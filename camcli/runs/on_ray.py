@@ -235,8 +235,11 @@ class ActorPlan:
     num_gpus: float
 
 
-def actor_plan(device_type: str, resources: dict[str, float]) -> ActorPlan:
+def actor_plan(device_type: str, resources: dict[str, float], batches: int) -> ActorPlan:
     """The model actors for a cluster's ``resources`` (``ray.cluster_resources()``).
+
+    Never more actors than the run has ``batches``: each actor loads the model, and one
+    without a batch would load it for nothing.
 
     On CUDA, one actor per GPU, started as work arrives (from one). On CPUs, one actor per
     CPU with one torch thread each (Ray's convention: a worker's threads are the CPUs it
@@ -245,8 +248,9 @@ def actor_plan(device_type: str, resources: dict[str, float]) -> ActorPlan:
     one thread 0.65-1.0 s: about 1.3 x the images per second.
     """
     if device_type == "cuda":
-        return ActorPlan(1, max(1, int(resources.get("GPU", 1))), num_cpus=1, num_gpus=1)
-    size = max(1, int(resources.get("CPU", 1)))
+        gpus = min(int(resources.get("GPU", 1)), batches)
+        return ActorPlan(1, max(1, gpus), num_cpus=1, num_gpus=1)
+    size = max(1, min(int(resources.get("CPU", 1)), batches))
     return ActorPlan(size, size, num_cpus=CPU_ACTOR_SHARE, num_gpus=0)
 
 
@@ -303,9 +307,10 @@ def _pipeline(run: EngineRun, stop: threading.Event | None) -> None:
     )
     batch = settings.batch_size
     rows = [{"position": p, "path": str(run.items[p].path)} for p in run.todo]
-    plan = actor_plan(settings.device.type, ray.cluster_resources())
+    batches = max(1, -(-len(rows) // batch))
+    plan = actor_plan(settings.device.type, ray.cluster_resources(), batches)
     dataset = (
-        ray.data.from_items(rows, override_num_blocks=max(1, -(-len(rows) // batch)))
+        ray.data.from_items(rows, override_num_blocks=batches)
         .map_batches(
             functools.partial(
                 decode_rows,
