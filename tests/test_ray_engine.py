@@ -146,6 +146,30 @@ def test_ray_resumes_from_the_local_engines_records_and_force_redoes_them(
             assert redone[name] == expected[name], name
 
 
+def test_relative_input_and_output_paths_mean_the_drivers_directory(
+    both: Any, photos: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ray's workers run in another directory: the files still land where the user said."""
+    local_out, *_ = both
+    here = photos.parent
+    workers_cwd = Path(ray.get(ray.remote(lambda: os.getcwd()).remote()))
+    assert workers_cwd != here  # else this test could not fail
+    monkeypatch.chdir(here)
+    relative = CliRunner().invoke(
+        main, ["explain", "in", "-o", "relative-out", "-b", "2", "--jsonl", *ENGINE_RAY]
+    )
+    assert relative.exit_code == 1, relative.output  # the corrupt file
+    assert not (workers_cwd / "relative-out").exists()
+    written, expected = outputs(here / "relative-out"), outputs(local_out)
+    assert written.keys() == expected.keys()
+    for name in expected:  # the records' sources too: the same resolved photos
+        if name != "index.jsonl":
+            assert written[name] == expected[name], name
+    assert sorted(written["index.jsonl"].splitlines()) == sorted(
+        expected["index.jsonl"].splitlines()
+    )
+
+
 def _kill_the_model_actor() -> int:
     for process in psutil.process_iter(["pid", "cmdline"]):
         if "MapBatches(_ExplainActor)" in " ".join(process.info["cmdline"] or []):

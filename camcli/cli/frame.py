@@ -30,7 +30,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -298,6 +298,9 @@ def prepare_run(common: CommonOptions) -> PreparedRun:
             raise click.BadParameter(str(exc), param_hint="'--output-dir'") from None
     else:
         output_dir = output.output_dir.expanduser()
+        if runtime.engine == "ray":
+            # Ray's workers do not run in this directory: they get absolute paths.
+            output_dir = output_dir.absolute()
     try:
         shard_k, shard_n = parse_shard(inputs.shard) if inputs.shard else (0, 1)
     except ValueError as exc:
@@ -309,6 +312,10 @@ def prepare_run(common: CommonOptions) -> PreparedRun:
     items = [i for i in items if in_shard(i, shard_k, shard_n)]
     if rank is not None:
         items = [i for i in items if in_shard(i, rank.rank, rank.world_size, salt="rank")]
+    if runtime.engine == "ray":
+        items = [
+            replace(i, path=i.path.absolute()) if isinstance(i.path, Path) else i for i in items
+        ]
     loaded = load_checked_model(wanted)
 
     suffix = f".shard-{shard_k}-of-{shard_n}" if shard_n > 1 else ""
