@@ -292,6 +292,8 @@ def _pipeline(run: EngineRun, stop: threading.Event | None) -> None:
     # where camcli reports skipped images; its warnings and errors still show.
     logging.getLogger("ray.data").setLevel(logging.WARNING)
     logging.getLogger("ray.data._internal.execution.streaming_executor").setLevel(logging.ERROR)
+    # ... and its note that progress bars are off (camcli's own bar counts the images).
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
     payload = cloudpickle.dumps(
         {
             "model": run.model,
