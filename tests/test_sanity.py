@@ -12,7 +12,7 @@ from torch import nn
 
 from camcli.methods.batch import MethodOptions, compute_methods
 from camcli.methods.metrics import pixel_order_saliency
-from camcli.methods.sanity import SanityStages, _groups, similarity, stage_units
+from camcli.methods.sanity import SanityStages, _groups, rank_levels, similarity, stage_units
 from tests.conftest import TinyNet
 
 
@@ -61,8 +61,26 @@ def test_similarity_is_spearman_of_magnitudes_and_ssim():
     assert similarity(a, -a)[0] == pytest.approx(1.0)
     b = rng.normal(size=(24, 24))
     rho, _ = similarity(a, b)
-    assert rho == pytest.approx(spearmanr(np.abs(a).ravel(), np.abs(b).ravel()).statistic)
+    levels_a, levels_b = rank_levels(np.abs(a)), rank_levels(np.abs(b))
+    assert rho == pytest.approx(spearmanr(levels_a.ravel(), levels_b.ravel()).statistic)
+    # The grid is fine: it moves the correlation of raw magnitudes by less than 1e-4.
+    assert rho == pytest.approx(spearmanr(np.abs(a).ravel(), np.abs(b).ravel()).statistic, abs=1e-4)
     assert similarity(a, np.zeros((24, 24)))[0] == 0.0  # a constant map has no ranking
+
+
+def test_float_rounding_does_not_reorder_near_ties():
+    """An upsampled map has blocks of equal values; rounding noise must not rank them."""
+    rng = np.random.default_rng(3)
+    coarse = rng.random((4, 4))
+    blocky = np.kron(coarse, np.ones((6, 6)))  # 24 x 24, ties in blocks of 36
+    other = rng.random((24, 24))
+    # Rounding noise far under the grid (a group that straddles a grid line can still split).
+    noisy = blocky * (1 + 1e-8 * rng.standard_normal(blocky.shape))
+    exact, _ = similarity(blocky, other)
+    assert similarity(noisy, other)[0] == exact
+    # Ranked as they come, the near-ties would have moved the correlation.
+    raw = spearmanr(noisy.ravel(), other.ravel()).statistic
+    assert abs(raw - spearmanr(blocky.ravel(), other.ravel()).statistic) > 1e-3
 
 
 def test_gradients_decorrelate_under_randomisation_and_match_quantus_spearman():
@@ -86,8 +104,9 @@ def test_gradients_decorrelate_under_randomisation_and_match_quantus_spearman():
         a = pixel_order_saliency("gradcam", before.unit_map("gradcam"), 32)
         b = pixel_order_saliency("gradcam", after.unit_map("gradcam"), 32)
         ours.append([similarity(a[i].numpy(), b[i].numpy())[0] for i in range(3)])
+        # On the magnitudes as camcli ranks them (float rounding makes no order).
         theirs = quantus.similarity_func.correlation_spearman(
-            np.abs(a[0].numpy()).ravel(), np.abs(b[0].numpy()).ravel()
+            rank_levels(np.abs(a[0].numpy())).ravel(), rank_levels(np.abs(b[0].numpy())).ravel()
         )
         assert ours[-1][0] == pytest.approx(theirs, abs=1e-9)
     # Once the whole model is random, the maps no longer rank pixels like the original.

@@ -148,10 +148,39 @@ def _randomise(module: nn.Module, seed: int, recurse: bool) -> None:
                 parameter.normal_(0.0, std if std > 0 else 1.0)
 
 
+RANK_RESOLUTION = 1e-5
+"""Magnitudes closer than this share of a map's largest one rank as ties in :func:`similarity`.
+
+The batch size, the memory layout and the CPU's kernels change a map by float rounding (about
+1e-7 of its range), and an upsampled Grad-CAM map is full of values that are equal but for that
+rounding: ranked as they come, such near-ties alone moved a Spearman correlation by 0.015
+between a run of batch 1 and one of batch 3 (the test of that is in ``tests/test_evaluate.py``).
+"""
+
+
+def rank_levels(magnitudes: np.ndarray) -> np.ndarray:
+    """A map's magnitudes on the grid that :func:`similarity` ranks them on.
+
+    Values are scaled by the map's largest and rounded to :data:`RANK_RESOLUTION`: a monotone
+    map, so a ranking changes only where values were closer than the resolution (now ties).
+    Values equal but for rounding fall on one level unless they straddle a grid line, which
+    noise far under the resolution makes rare.
+
+    Args:
+        magnitudes: a non-negative map (any shape).
+
+    """
+    top = float(magnitudes.max()) if magnitudes.size else 0.0
+    if top <= 0:
+        return magnitudes
+    return np.round(magnitudes / (top * RANK_RESOLUTION))
+
+
 def similarity(original: np.ndarray, randomised: np.ndarray) -> tuple[float, float]:
     """Spearman rank correlation of the absolute maps, and SSIM of them scaled to [0, 1].
 
-    A constant map has no ranking: its correlation counts as 0.
+    A constant map has no ranking: its correlation counts as 0. Magnitudes closer than
+    :data:`RANK_RESOLUTION` of a map's largest rank as ties (float rounding decides nothing).
 
     Args:
         original: ``(H, W)`` map of the trained model.
@@ -166,7 +195,7 @@ def similarity(original: np.ndarray, randomised: np.ndarray) -> tuple[float, flo
     if np.ptp(a) == 0 or np.ptp(b) == 0:
         rho = 0.0
     else:
-        rho = float(spearmanr(a.ravel(), b.ravel()).statistic)
+        rho = float(spearmanr(rank_levels(a).ravel(), rank_levels(b).ravel()).statistic)
     a_unit = a / a.max() if a.max() > 0 else a
     b_unit = b / b.max() if b.max() > 0 else b
     ssim = float(structural_similarity(a_unit, b_unit, data_range=1.0))
