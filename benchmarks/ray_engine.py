@@ -118,7 +118,7 @@ class CpuByRole:
             return "model actors"
         if command.startswith("ray::") and not command.startswith(("ray::_", "ray::Actor")):
             return "Ray tasks"
-        if "ray" in command and ("site-packages/ray" in command or command.startswith("ray::")):
+        if command.startswith("ray::") or "site-packages/ray/" in command:
             return "Ray's own"
         return None
 

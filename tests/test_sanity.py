@@ -109,6 +109,11 @@ def test_gradients_decorrelate_under_randomisation_and_match_quantus_spearman():
             rank_levels(np.abs(a[0].numpy())).ravel(), rank_levels(np.abs(b[0].numpy())).ravel()
         )
         assert ours[-1][0] == pytest.approx(theirs, abs=1e-9)
+        # ... and within 1e-4 of Quantus on the magnitudes as they come.
+        raw = quantus.similarity_func.correlation_spearman(
+            np.abs(a[0].numpy()).ravel(), np.abs(b[0].numpy()).ravel()
+        )
+        assert ours[-1][0] == pytest.approx(raw, abs=1e-4)
     # Once the whole model is random, the maps no longer rank pixels like the original.
     assert np.mean(ours[-1]) < 0.9
 
