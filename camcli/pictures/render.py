@@ -6,7 +6,7 @@ function here is a pure tensor function; only uint8 pictures leave the device.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 import cv2
@@ -18,6 +18,7 @@ from PIL import ImageFont
 from camcli.io.transfer import HostCopy, to_device
 
 __all__ = [
+    "SUMMARY_GRID",
     "PendingRender",
     "RenderedImage",
     "colorize",
@@ -167,6 +168,10 @@ def picture_to_unit(method: str, gradients: torch.Tensor) -> torch.Tensor:
     return guided_to_unit(gradients)
 
 
+SUMMARY_GRID = 32
+"""Side of the small copy of each map kept in the record (``camcli summarize`` reads it)."""
+
+
 @dataclass
 class RenderedImage:
     """The pictures of one image, uint8 at its original size, on the CPU.
@@ -175,12 +180,15 @@ class RenderedImage:
         heatmaps: coloured map per key, ``(H, W, 3)`` RGB.
         overlays: photo blended with the coloured map, per key, ``(H, W, 3)`` RGB.
         pictures: gradient pictures per key, ``(H, W, 3)`` RGB or ``(H, W)`` grey.
+        grids: per map key, the heatmap's values averaged over a
+            ``SUMMARY_GRID x SUMMARY_GRID`` grid of the image frame, uint8 (``255 * map``).
 
     """
 
     heatmaps: dict[str, np.ndarray]
     overlays: dict[str, np.ndarray]
     pictures: dict[str, np.ndarray]
+    grids: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def _covers_whole_image(theta: np.ndarray, height: int, width: int) -> bool:
@@ -237,7 +245,7 @@ class PendingRender:
     def collect(self) -> tuple[list[RenderedImage], dict[str, list[tuple[int, int]]]]:
         """Wait for the copies; the pictures per image and each map's peak pixel."""
         arrays = self.copy.wait()
-        rendered = [RenderedImage({}, {}, {}) for _ in self.widths]
+        rendered = [RenderedImage({}, {}, {}, {}) for _ in self.widths]
         for block, (part, kind, key) in zip(arrays[: len(self.layout)], self.layout, strict=True):
             for j, i in enumerate(part):
                 getattr(rendered[i], kind)[key] = block[j]
@@ -333,8 +341,14 @@ def launch_render(
                 blended = overlay(photos, heat, alpha)
                 if inside is not None:
                     blended = torch.where(inside[:, 0, :, :, None], blended, photos)
-                tensors += [heat, blended]
-                layout += [(part, "heatmaps", key), (part, "overlays", key)]
+                # The small copy: the heatmap's values averaged over cells of the image frame.
+                small = F.adaptive_avg_pool2d(cams[:, None], (SUMMARY_GRID, SUMMARY_GRID))[:, 0]
+                tensors += [heat, blended, _to_uint8(small.clamp(0, 1))]
+                layout += [
+                    (part, "heatmaps", key),
+                    (part, "overlays", key),
+                    (part, "grids", key),
+                ]
             for key, batch_pictures in pictures.items():
                 rows = (
                     batch_pictures[index]

@@ -25,6 +25,7 @@ from PIL import Image
 from camcli import __version__
 from camcli.io.decode import Batch
 from camcli.io.discover import ImageItem
+from camcli.io.mapgrid import encode_grid
 from camcli.io.resume import settings_key
 from camcli.io.storage import is_uri
 from camcli.io.transfer import HostCopy
@@ -291,6 +292,7 @@ def _explain_work(
                 width,
                 height,
                 done.meta,
+                rendered[j].grids,
             )
             size = sum(
                 a.nbytes
@@ -577,6 +579,7 @@ def _record(
     width: int,
     height: int,
     meta: _BatchMeta,
+    grids: dict[str, np.ndarray] | None = None,
 ) -> dict[str, Any]:
     classes = model.classes
     predictions = [
@@ -616,7 +619,7 @@ def _record(
             "probability": round(numbers["target_p"][j], 6),
             "logit": round(numbers["target_l"][j], 4),
         },
-        "maps": _maps_entry(meta, settings, numbers, j),
+        "maps": _maps_entry(meta, settings, numbers, j, grids or {}),
     }
     if meta.guided or ("smoothgrad" in meta.images and settings.method_options.smooth_guided):
         record["guided_backprop"] = {
@@ -692,11 +695,17 @@ def _point(xy: tuple[int, int]) -> dict[str, int]:
 
 
 def _maps_entry(
-    meta: _BatchMeta, settings: Settings, numbers: dict[str, Any], j: int
+    meta: _BatchMeta,
+    settings: Settings,
+    numbers: dict[str, Any],
+    j: int,
+    grids: dict[str, np.ndarray],
 ) -> dict[str, Any]:
     entries: dict[str, Any] = {}
     for method, per_layer in meta.map_layers.items():
         entry: dict[str, Any] = {"peak": _point(numbers["peaks"][method][j])}
+        if method in grids:  # the small copy camcli summarize reads (camcli.io.mapgrid)
+            entry["grid"] = encode_grid(grids[method])
         if len(per_layer) == 1:
             (layer,) = per_layer
             entry["layer"] = layer
