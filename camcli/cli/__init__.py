@@ -27,6 +27,7 @@ COMMANDS = {
     "features": "camcli.cli.features",
     "compare": "camcli.cli.compare",
     "evaluate": "camcli.cli.evaluate",
+    "summarize": "camcli.cli.summarize",
     "report": "camcli.cli.report",
 }
 

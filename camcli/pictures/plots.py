@@ -9,12 +9,13 @@ from __future__ import annotations
 import io
 from collections.abc import Sequence
 
-__all__ = ["curve_plot", "sanity_plot"]
+__all__ = ["DPI", "curve_plot", "figure_png", "sanity_plot"]
 
 DPI = 110
 
 
-def _png(figure: object) -> bytes:
+def figure_png(figure: object) -> bytes:
+    """A matplotlib figure drawn off-screen (the Agg canvas) as PNG bytes."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     canvas = FigureCanvasAgg(figure)  # type: ignore[arg-type]
@@ -56,7 +57,7 @@ def sanity_plot(stages: Sequence[str], curves: dict[str, dict[str, list[float]]]
     axes[0].set_ylabel("similarity to the original map")
     axes[1].legend(fontsize=8, loc="upper right")
     figure.suptitle("Cascading model randomisation (Adebayo et al. 2018)", fontsize=11)
-    return _png(figure)
+    return figure_png(figure)
 
 
 def curve_plot(
@@ -85,4 +86,4 @@ def curve_plot(
         axis.grid(alpha=0.3)
     axes[0].set_ylabel("probability of the explained class")
     axes[-1].legend(fontsize=8)
-    return _png(figure)
+    return figure_png(figure)

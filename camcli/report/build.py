@@ -39,6 +39,7 @@ from camcli.io.discover import natural_key
 from camcli.io.write import RUN_KINDS, atomic_write_bytes, record_suffix
 from camcli.report import REPORT_DIR, THUMB_SIZE
 from camcli.report.evaluation import EVALUATION_PAGE, write_evaluation_page
+from camcli.report.summary import SUMMARY_PAGE, write_summary_page
 
 __all__ = [
     "DETAIL_CHUNK",
@@ -570,6 +571,8 @@ def write_report(
     }
     if write_evaluation_page(output_dir, report_dir, index_link=True) is not None:
         data["evaluation"] = EVALUATION_PAGE  # camcli evaluate's results: a link to its page
+    if write_summary_page(output_dir, report_dir, index_link=True) is not None:
+        data["summary"] = SUMMARY_PAGE  # camcli summarize's results: a link to its page
     details_dir = report_dir / "details"
     details_dir.mkdir(exist_ok=True)
     chunks = (len(entries) + DETAIL_CHUNK - 1) // DETAIL_CHUNK

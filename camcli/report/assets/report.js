@@ -260,6 +260,15 @@
       line.appendChild(link);
       document.querySelector("header").appendChild(line);
     }
+    if (DATA.summary) {
+      // camcli summarize wrote its results here: link its page (per class, the clusters).
+      var summaryLink = element("a", null, "Summary: what the model relies on, per class");
+      summaryLink.href = DATA.summary;
+      summaryLink.id = "summary-link";
+      var summaryLine = element("p", null, "");
+      summaryLine.appendChild(summaryLink);
+      document.querySelector("header").appendChild(summaryLine);
+    }
     var notice = runNotice();
     if (notice) {
       var node = document.getElementById("run-state");

@@ -1,0 +1,460 @@
+"""``camcli summarize``: SpRAy's pieces against scikit-learn, and a shortcut found end to end.
+
+The end-to-end test trains a small CNN here on two classes of our own making: "horse"
+images hold a red blob, "other" images a blue one, and a third of the horses hold a grey
+blob with a small white mark in the top-left corner instead (the only evidence of their
+class: a shortcut, like the copyright tag of Lapuschkin et al.'s horses). After ``explain``
+and ``summarize``, the marked horses must form the horse class's most suspicious cluster,
+with its peak on the mark.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner, Result
+
+from camcli.cli import main
+from camcli.methods.spray import (
+    affinity,
+    cluster_maps,
+    eigengap,
+    normalise,
+    spray_features,
+    suspicion,
+)
+
+from .synthetic import import_file, save_png, train, write_factory
+
+SHORTCUT_CNN_SOURCE = '''
+import torch
+from torch import nn
+
+
+class ShortcutNet(nn.Module):
+    """Convolutions, global average pooling, one linear layer: two classes."""
+
+    def __init__(self, width=16):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, width, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(width, width, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(width, width, 3, padding=1),
+            nn.ReLU(inplace=True),
+        )
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(width, 2)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(self.pool(self.features(x)), 1))
+
+
+def build():
+    return ShortcutNet()
+'''
+
+SIZE = 32
+MARK = (1, 6)  # the mark's first and last pixel row and column (top-left corner)
+SCALE = 2  # the held-out photos are saved at twice the training size
+
+
+def run(*args: str | Path) -> Result:
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def _blobs(positions: np.ndarray, colours: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Noise images with a blob of the given colour at each position (away from the mark)."""
+    count = len(positions)
+    images = rng.uniform(0.0, 0.3, size=(count, 3, SIZE, SIZE)).astype(np.float32)
+    yy, xx = np.mgrid[0:SIZE, 0:SIZE].astype(np.float32)
+    for i, (cx, cy) in enumerate(positions):
+        blob = np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * 2.5**2))
+        images[i] += 0.8 * colours[i][:, None, None].astype(np.float32) * blob
+    return np.clip(images, 0, 1)
+
+
+def shortcut_data(
+    count: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Images, labels (1 horse, 0 other) and which images carry the mark."""
+    labels = rng.integers(0, 2, count)
+    marked = (labels == 1) & (rng.uniform(size=count) < 1 / 3)
+    grey = marked | ((labels == 0) & (rng.uniform(size=count) < 1 / 3))
+    colours = np.where(labels[:, None] == 1, [[1.0, 0.1, 0.1]], [[0.1, 0.1, 1.0]])
+    colours = np.where(grey[:, None], [[0.6, 0.6, 0.6]], colours)
+    positions = rng.uniform(12, SIZE - 6, size=(count, 2))
+    images = _blobs(positions, colours, rng)
+    first, last = MARK
+    images[marked, :, first : last + 1, first : last + 1] = 1.0
+    return images, labels, marked
+
+
+@pytest.fixture(scope="module")
+def shortcut_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The shortcut model trained, its held-out photos explained with Grad-CAM."""
+    folder = tmp_path_factory.mktemp("shortcut")
+    factory = write_factory(folder, "shortcutnet", SHORTCUT_CNN_SOURCE)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # deterministic, and the fastest on a shared 2-core machine
+    try:
+        images, labels, _ = shortcut_data(1200, np.random.default_rng(0))
+        torch.manual_seed(0)
+        model = import_file(factory).build()
+        accuracy = train(model, images, labels, steps=250, binary=False, lr=5e-3)
+    finally:
+        torch.set_num_threads(threads)
+    assert accuracy >= 0.95, accuracy
+    weights = folder / "shortcutnet.pt"
+    torch.save(model.state_dict(), weights)
+    held_images, held_labels, held_marked = shortcut_data(48, np.random.default_rng(1))
+    names, marked = [], set()
+    for i, (image, label) in enumerate(zip(held_images, held_labels, strict=True)):
+        name = f"{'horse' if label else 'other'}/{i:02d}.png"
+        save_png(folder / "photos" / name, image, SCALE)
+        names.append(name)
+        if held_marked[i]:
+            marked.add(name)
+    classes = folder / "classes.txt"
+    classes.write_text("other\nhorse\n", encoding="utf-8")
+    out = folder / "out"
+    result = run(
+        "explain", folder / "photos", "--model", f"{factory}:build", "--weights", weights,
+        "--classes", classes, "--input-size", SIZE, "--mean", "0.5", "--std", "0.5",
+        "--method", "gradcam", "--device", "cpu", "-j", "0", "-o", out,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    return {"out": out, "names": names, "marked": marked, "folder": folder}
+
+
+def _tree(folder: Path) -> dict[str, str]:
+    """Every file under ``folder`` (but the summary's) by relative path: its SHA-256."""
+    found = {}
+    for path in sorted(folder.rglob("*")):
+        relative = path.relative_to(folder).as_posix()
+        if path.is_file() and not relative.startswith(("summary", "report/")):
+            found[relative] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return found
+
+
+def test_the_shortcut_cluster_is_found_first_with_its_peak_on_the_mark(
+    shortcut_run: dict[str, Any],
+) -> None:
+    out: Path = shortcut_run["out"]
+    before = _tree(out)
+    result = run("summarize", out)
+    assert result.exit_code == 0, result.output
+    line = json.loads(result.stdout)
+    assert line["summary"] == str(out / "summary.json") and line["images"] == 48
+    assert _tree(out) == before  # explain's files byte for byte
+    summary = json.loads((out / "summary.json").read_text())
+    # The fixed keys.
+    assert {"method", "group_by", "images", "classes", "confusions"} <= set(summary)
+    assert summary["method"] == "gradcam" and summary["group_by"] == "target"
+    assert set(summary["classes"]) == {"horse", "other"}
+    horse = summary["classes"]["horse"]
+    assert {"images", "correct", "mean_map", "clusters"} <= set(horse)
+    for cluster in horse["clusters"]:
+        assert {"rank", "size", "score", "peak", "images", "mean_map"} <= set(cluster)
+        assert (out / cluster["mean_map"]).is_file()
+    assert [c["rank"] for c in horse["clusters"]] == list(range(1, len(horse["clusters"]) + 1))
+    scores = [c["score"] for c in horse["clusters"]]
+    assert scores == sorted(scores, reverse=True)
+    marked: set[str] = shortcut_run["marked"]
+    first = horse["clusters"][0]
+    members = set(first["images"])
+    # The marked horses, and only they, make the most suspicious cluster.
+    assert len(members & marked) >= 0.8 * len(marked), (members, marked)
+    assert len(members - marked) <= 0.2 * len(members), (members, marked)
+    # Its peak is on the mark (fractions of the frame; the mark spans 1/32 to 7/32).
+    low, high = MARK[0] / SIZE, (MARK[1] + 1) / SIZE
+    margin = 1 / 32
+    assert low - margin <= first["peak"]["x"] <= high + margin, first["peak"]
+    assert low - margin <= first["peak"]["y"] <= high + margin, first["peak"]
+    assert first["parts"]["edge"] > 0.2 and first["parts"]["distinct"] > 0.2
+    assert first["parts"]["tight"] > 0.9 and first["parts"]["concentrated"] > 0.5
+    # The pictures and the tables for people.
+    assert (out / horse["mean_map"]).is_file() and (out / horse["embedding"]).is_file()
+    assert "## horse" in (out / "summary.md").read_text()
+    # Every image once in its class's clusters; images are the records' own paths.
+    for entry in summary["classes"].values():
+        listed = [i for c in entry["clusters"] for i in c["images"]]
+        assert len(listed) == len(set(listed)) == entry["images"]
+        assert set(listed) <= set(shortcut_run["names"])
+
+
+def test_grouping_by_label_counts_the_right_answers_and_the_confusions(
+    shortcut_run: dict[str, Any],
+) -> None:
+    out: Path = shortcut_run["out"]
+    result = run("summarize", out, "--group", "label", "--clusters", "2")
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["group_by"] == "label"
+    records = [json.loads(p.read_text()) for p in out.rglob("*.png.json")]
+    for name in ("horse", "other"):
+        mine = [r for r in records if r["label"]["name"] == name]
+        entry = summary["classes"][name]
+        assert entry["images"] == len(mine)
+        assert entry["correct"] == sum(r["correct"] for r in mine)
+        assert len(entry["clusters"]) == 2
+        assert entry["clusters_chosen_by"] == "--clusters"
+    wrong = [r for r in records if not r["correct"]]
+    assert sum(c["count"] for c in summary["confusions"]) == len(wrong)
+    for pair in summary["confusions"]:
+        assert {"label", "predicted", "count", "images"} <= set(pair)
+        assert pair["count"] == len(pair["images"])
+
+
+def test_boxes_add_the_share_outside_the_objects(shortcut_run: dict[str, Any]) -> None:
+    """With boxes around the blobs only, the marked cluster's maps lie outside them."""
+    out: Path = shortcut_run["out"]
+    boxes = shortcut_run["folder"] / "boxes"
+    for name in shortcut_run["names"]:
+        side = SIZE * SCALE
+        xml = (
+            f"<annotation><size><width>{side}</width><height>{side}</height></size>"
+            f"<object><name>{name.split('/')[0]}</name><bndbox><xmin>{20}</xmin>"
+            f"<ymin>20</ymin><xmax>{side - 1}</xmax><ymax>{side - 1}</ymax></bndbox>"
+            "</object></annotation>"
+        )
+        path = boxes / name.replace(".png", ".xml")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(xml, encoding="utf-8")
+    result = run("summarize", out, "--boxes", boxes)
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    first = summary["classes"]["horse"]["clusters"][0]
+    assert first["parts"]["outside"] is not None and first["parts"]["outside"] > 0.5
+    assert set(first["images"]) & shortcut_run["marked"]
+
+
+# --- SpRAy's pieces -----------------------------------------------------------------------
+
+
+def _blob_maps(groups: list[tuple[float, float, int]], seed: int, sigma: float = 3.0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:32, 0:32]
+    maps = []
+    for cx, cy, count in groups:
+        for _ in range(count):
+            x, y = cx + rng.normal(0, 1), cy + rng.normal(0, 1)
+            blob = np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * sigma**2))
+            maps.append(blob + rng.uniform(0, 0.05, (32, 32)))
+    return np.array(maps)
+
+
+def test_normalisation_ignores_brightness_and_floor() -> None:
+    maps = _blob_maps([(8, 8, 3), (20, 20, 3)], seed=0)
+    brighter = maps * 7.0 + 3.0  # a stronger map with a floor, as RISE's
+    assert np.allclose(spray_features(maps), spray_features(brighter))
+    assert np.allclose(normalise(maps), normalise(brighter))
+    assert np.allclose(normalise(maps).sum(axis=(1, 2)), 1.0)
+    flat = normalise(np.zeros((1, 4, 4)))
+    assert np.allclose(flat, 1 / 16)  # a flat map points nowhere: uniform, not NaN
+    assert np.allclose(np.linalg.norm(spray_features(maps), axis=1), 1.0)
+
+
+def test_affinity_and_clusters_equal_scikit_learns_spectral_clustering() -> None:
+    """On a connected graph, SpRAy here is SpectralClustering(affinity="nearest_neighbors")."""
+    from sklearn.cluster import SpectralClustering
+    from sklearn.metrics import adjusted_rand_score
+
+    # Maps whose peaks lie along a line: one connected graph, split in two by position.
+    steps = np.linspace(6, 26, 80)
+    maps = _blob_maps([(x, x, 1) for x in steps], seed=1, sigma=4.0)
+    features = spray_features(maps)
+    reference = SpectralClustering(
+        n_clusters=2, affinity="nearest_neighbors", n_neighbors=10, random_state=0
+    ).fit(features)
+    graph, k, components = affinity(features, 10)
+    assert k == 10 and components == 1
+    assert abs(graph - reference.affinity_matrix_).max() == 0  # the same matrix
+    ours = cluster_maps(features, clusters=2)
+    assert adjusted_rand_score(ours.labels, reference.labels_) == 1.0
+    assert ours.forced and ours.count == 2
+
+
+@pytest.mark.parametrize("groups", [2, 3, 4])
+def test_the_eigengap_counts_groups_of_maps_that_point_at_different_places(groups: int) -> None:
+    places = [(5, 5, 20), (26, 8, 30), (16, 26, 25), (26, 26, 15)][:groups]
+    maps = _blob_maps(places, seed=groups)
+    truth = np.concatenate([[i] * count for i, (_, _, count) in enumerate(places)])
+    clustering = cluster_maps(spray_features(maps))
+    assert clustering.count == groups and not clustering.forced
+    from sklearn.metrics import adjusted_rand_score
+
+    assert adjusted_rand_score(truth, clustering.labels) == 1.0
+    # The graph's groups were separate components: joined, one zero eigenvalue remains.
+    graph, _, components = affinity(spray_features(maps))
+    from scipy.sparse.csgraph import connected_components
+
+    assert components == groups and connected_components(graph, directed=False)[0] == 1
+    _, values = eigengap(graph, 8)
+    assert values[0] == pytest.approx(0.0, abs=1e-9)
+    assert (values[:groups] < 1e-3).all() and values[groups] > 0.1  # one near 0 per group
+
+
+def test_the_eigengap_counts_groups_in_a_connected_graph() -> None:
+    """Two groups of maps that share neighbours: the eigengap, not the components, decides."""
+    from scipy.sparse.csgraph import laplacian
+
+    # A graph by hand: two cliques of 6 joined by one edge; the eigengap says 2.
+    block = np.ones((6, 6))
+    matrix = np.zeros((12, 12))
+    matrix[:6, :6] = matrix[6:, 6:] = block
+    matrix[5, 6] = matrix[6, 5] = 1.0
+    from scipy.sparse import csr_matrix
+
+    count, values = eigengap(csr_matrix(matrix), 4)
+    reference = np.linalg.eigvalsh(laplacian(matrix, normed=True))[:5]
+    assert np.allclose(values, reference, atol=1e-9)
+    assert count == 2
+
+
+def test_suspicion_parts_by_hand() -> None:
+    """A tight corner spot unlike its class scores high; the class's own centre scores 0."""
+    spot = np.zeros((4, 4))
+    spot[0, 0] = 1.0
+    centre = np.zeros((4, 4))
+    centre[1:3, 1:3] = 0.25
+    members = np.stack([spot, spot])
+    class_mean = (2 * spot + 6 * centre) / 8
+    score = suspicion(members, class_mean)
+    cosine = float((spot * class_mean).sum() / np.linalg.norm(spot) / np.linalg.norm(class_mean))
+    assert score.distinct == pytest.approx(1 - cosine)
+    assert score.tight == pytest.approx(1.0)
+    assert score.concentrated == pytest.approx(1.0)  # all the mass in the top cell
+    assert score.edge == pytest.approx(1 - (0.125 / 0.2))  # peak cell centre at 1/8
+    assert score.score == pytest.approx(score.distinct * (1.0 + 1.0 + score.edge) / 3)
+    same = suspicion(np.stack([class_mean, class_mean]), class_mean)
+    assert same.distinct == pytest.approx(0.0, abs=1e-9) and same.score == pytest.approx(0.0)
+    alone = suspicion(spot[None], class_mean, outside=np.array([0.9]))
+    assert alone.tight == 0.0 and alone.outside == pytest.approx(0.9)
+
+
+# --- bad input, old runs, interruptions ---------------------------------------------------
+
+
+def test_a_directory_without_explain_records_is_a_usage_error(tmp_path: Path) -> None:
+    result = run("summarize", tmp_path)
+    assert result.exit_code == 2
+    assert "holds no record of camcli explain" in result.output
+    assert "camcli explain" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "summary.json").exists()
+    missing = run("summarize", tmp_path / "nope")
+    assert missing.exit_code == 2 and "is not a directory" in missing.output
+
+
+def _explain_tiny(out: Path, photos: Path, *extra: str) -> None:
+    result = run("explain", photos, "--model", "tiny-test", "-o", out, "--device", "cpu", *extra)
+    assert result.exit_code == 0, result.output
+
+
+def test_records_without_the_methods_map_name_what_to_run(
+    tmp_path: Path, image_folder: Any
+) -> None:
+    photos = image_folder({f"cls/{i}.png": (40, 32) for i in range(4)})
+    out = tmp_path / "out"
+    _explain_tiny(out, photos, "--method", "guided")
+    result = run("summarize", out)
+    assert result.exit_code == 2 and "--method gradcam" in result.output
+    _explain_tiny(out, photos, "--method", "gradcam")
+    wrong = run("summarize", out, "--method", "layercam")
+    assert wrong.exit_code == 2
+    assert "has a layercam map" in wrong.output and "--method layercam" in wrong.output
+
+
+def test_small_classes_are_listed_not_clustered(tmp_path: Path, image_folder: Any) -> None:
+    photos = image_folder({f"cls/{i}.png": (40, 32) for i in range(2)})
+    out = tmp_path / "out"
+    _explain_tiny(out, photos, "--target", "3")
+    result = run("summarize", out)
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    (entry,) = summary["classes"].values()
+    assert entry["clusters"] == [] and entry["clustered"] is False
+    assert "too few to cluster" in entry["note"]
+    assert sorted(entry["members"]) == ["cls/0.png", "cls/1.png"]
+    assert "Not clustered" in (out / "summary.md").read_text()
+
+
+def test_records_of_two_models_are_refused_unless_one_is_picked(
+    tmp_path: Path, image_folder: Any
+) -> None:
+    photos = image_folder({f"cls/{i}.png": (40, 32) for i in range(4)})
+    out = tmp_path / "out"
+    _explain_tiny(out, photos)
+    other = tmp_path / "other"
+    result = run("explain", photos, "--model", "bright-test", "-o", other, "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    for record in other.rglob("*.png.json"):  # one directory, two models' records
+        target = out / "more" / record.relative_to(other)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        data = json.loads(record.read_text())
+        data["image"] = "more/" + data["image"]
+        target.write_text(json.dumps(data))
+    refused = run("summarize", out)
+    assert refused.exit_code == 2
+    assert "bright-test" in refused.output and "tiny-test" in refused.output
+    assert "--model" in refused.output
+    picked = run("summarize", out, "--model", "tiny-test")
+    assert picked.exit_code == 0, picked.output
+    assert json.loads(picked.stdout)["images"] == 4
+
+
+def test_records_without_the_small_map_are_read_from_their_heatmaps(
+    tmp_path: Path, image_folder: Any
+) -> None:
+    """A run made before records kept a small map: the heatmap PNGs give the same maps."""
+    photos = image_folder({f"cls/{i}.png": (64, 48) for i in range(5)})
+    out = tmp_path / "out"
+    _explain_tiny(out, photos, "--target", "7")
+    assert run("summarize", out).exit_code == 0
+    new = json.loads((out / "summary.json").read_text())
+    for path in out.rglob("*.png.json"):
+        record = json.loads(path.read_text())
+        record["maps"]["gradcam"].pop("grid")
+        path.write_text(json.dumps(record))
+    result = run("summarize", out)
+    assert result.exit_code == 0, result.output
+    old = json.loads((out / "summary.json").read_text())
+    assert old["read_from_heatmaps"] == 5 and new["read_from_heatmaps"] == 0
+    (a,), (b,) = new["classes"].values(), old["classes"].values()
+    assert a["peak"] == pytest.approx(b["peak"], abs=1 / 16)
+
+
+def test_an_interrupted_summary_keeps_the_previous_one_whole(
+    tmp_path: Path, image_folder: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    photos = image_folder({f"cls/{i}.png": (40, 32) for i in range(4)})
+    out = tmp_path / "out"
+    _explain_tiny(out, photos, "--target", "3")
+    assert run("summarize", out).exit_code == 0
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+    from camcli.runs import summarize as module
+
+    original = module.read_maps
+
+    def read_then_sigterm(*args: Any, **kwargs: Any) -> Any:
+        found = original(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGTERM)  # as a service manager stopping the job
+        return found
+
+    monkeypatch.setattr(module, "read_maps", read_then_sigterm)
+    result = run("summarize", out, "--clusters", "2")
+    assert result.exit_code == 143, result.output
+    assert "stopped" in result.output
+    after = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert after == before  # the previous summary whole, nothing half-written, no leftovers
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]
