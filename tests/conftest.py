@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -159,3 +160,11 @@ def reference_copy(model: nn.Module) -> nn.Module:
         if isinstance(module, nn.ReLU):
             module.inplace = False
     return ref
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """Debian's chromium, headless, through Playwright (skipped where it is missing)."""
+    from .browser import launch_browser
+
+    yield from launch_browser()

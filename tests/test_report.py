@@ -26,6 +26,7 @@ from camcli.models.loaded import LoadedModel, Preprocessing
 from camcli.models.registry import register_model, unregister_model
 from camcli.report.build import collect_entries, write_report
 
+from .browser import Page
 from .conftest import save_image
 
 SORTER = "report-sorter-test"
@@ -443,83 +444,6 @@ def test_report_usage_and_empty_directory(tmp_path: Path):
 
 # --- in a real browser -------------------------------------------------------------------
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-    "--disable-sync",
-]
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    if not CHROMIUM.exists():
-        pytest.skip("Debian's chromium is not installed at /usr/bin/chromium (.ci/run installs it)")
-    sync_api = pytest.importorskip(
-        "playwright.sync_api", reason="the playwright package is missing"
-    )
-    with sync_api.sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield launched
-        launched.close()
-
-
-class Page:
-    """A browser page that records console errors, script errors and failed requests."""
-
-    def __init__(self, browser: Any, height: int = 900) -> None:
-        self.page = browser.new_page(viewport={"width": 1200, "height": height})
-        self.problems: list[str] = []
-        self.page.on(
-            "console",
-            lambda m: self.problems.append(f"console: {m.text}") if m.type == "error" else None,
-        )
-        self.page.on("pageerror", lambda e: self.problems.append(f"page error: {e}"))
-        self.page.on("requestfailed", lambda r: self.problems.append(f"failed: {r.url}"))
-
-    def open(self, path: Path, query: str = "") -> Any:
-        self.page.goto(path.as_uri() + query)
-        self.page.wait_for_load_state("load")
-        if path.name == "index.html":
-            self.wait_drawn()
-        return self.page
-
-    def wait_drawn(self, *parts: str) -> None:
-        """Wait until the grid shows the address's state and the address holds every part.
-
-        The page sets the hash before it draws the grid (hashchange fires later), so a test
-        that reads the cards right after the hash changed can see the previous state's cards.
-        The page marks the state it drew in ``#grid[data-drawn]``.
-        """
-        self.page.wait_for_function(
-            """parts => {
-                const grid = document.getElementById('grid');
-                const hash = location.hash.replace(/^#/, '');
-                return grid && grid.dataset.drawn === hash && parts.every(p => hash.includes(p));
-            }""",
-            arg=list(parts),
-        )
-
-    def cards(self) -> list[str]:
-        return self.page.eval_on_selector_all("#grid .card", "cs => cs.map(c => c.dataset.image)")
-
-    def images_resolve(self) -> list[tuple[str, int]]:
-        """Load every image now (lazy ones too); return each one's src and natural width."""
-        self.page.evaluate(
-            "() => document.querySelectorAll('img').forEach(i => i.loading = 'eager')"
-        )
-        self.page.wait_for_function(
-            "() => [...document.images].every(i => i.complete)", timeout=15000
-        )
-        return self.page.eval_on_selector_all("img", "is => is.map(i => [i.src, i.naturalWidth])")
-
-    def close(self) -> None:
-        self.page.close()
-
 
 def test_browser_index_loads_clean_every_image_resolves_and_screenshot(
     browser: Any, sorted_run: Path, tmp_path: Path
@@ -548,15 +472,18 @@ def test_browser_filters_show_exactly_the_matching_images(browser: Any, sorted_r
     assert sorted(page.cards()) == sorted(MISCLASSIFIED)
     assert "filtered from 9" in tab.inner_text("#count")
     tab.click("#f-reset")
+    page.wait_drawn()  # the reset is drawn before the next filter is set
     tab.select_option("#f-pred", "goldfish")
     page.wait_drawn("pred=goldfish")
     goldfish = {n for n, r in ok.items() if r["predictions"][0]["name"] == "goldfish"}
     assert sorted(page.cards()) == sorted(goldfish) and goldfish
     tab.click("#f-reset")
+    page.wait_drawn()  # the reset is drawn before the next filter is set
     tab.select_option("#f-label", "tench")
     page.wait_drawn("label=tench")
     assert sorted(page.cards()) == sorted(n for n in LABELLED if n.startswith("tench/"))
     tab.click("#f-reset")
+    page.wait_drawn()  # the reset is drawn before the next filter is set
     probabilities = sorted(r["predictions"][0]["probability"] for r in ok.values())
     middle = round((probabilities[3] + probabilities[4]) / 2, 6)
     tab.fill("#f-min", str(middle))
@@ -565,6 +492,7 @@ def test_browser_filters_show_exactly_the_matching_images(browser: Any, sorted_r
     high = {n for n, r in ok.items() if r["predictions"][0]["probability"] >= middle}
     assert sorted(page.cards()) == sorted(high) and 0 < len(high) < len(ok)
     tab.click("#f-reset")
+    page.wait_drawn()  # the reset is drawn before the next filter is set
     tab.select_option("#f-status", "error")
     page.wait_drawn("status=error")
     assert page.cards() == ["goldfish/broken.jpg"]

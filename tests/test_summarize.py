@@ -32,6 +32,7 @@ from camcli.methods.spray import (
     suspicion,
 )
 
+from .browser import Page
 from .synthetic import import_file, save_png, train, write_factory
 
 SHORTCUT_CNN_SOURCE = '''
@@ -458,3 +459,37 @@ def test_an_interrupted_summary_keeps_the_previous_one_whole(
     after = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
     assert after == before  # the previous summary whole, nothing half-written, no leftovers
     assert not [p for p in out.iterdir() if p.name.startswith(".")]
+
+
+# --- the report's summary page, in a real browser -----------------------------------------
+
+
+def test_browser_summary_page_from_the_grid(browser: Any, shortcut_run: dict[str, Any]) -> None:
+    """summarize --report: the grid links the summary page; its tables and pictures load."""
+    from urllib.parse import unquote
+
+    out: Path = shortcut_run["out"]
+    result = run("summarize", out, "--report")
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    page = Page(browser)
+    tab = page.open(out / "report" / "index.html")
+    tab.click("#summary-link")
+    tab.wait_for_load_state("load")
+    assert tab.url.endswith("/report/summary.html")
+    shown = tab.eval_on_selector_all("#classes tbody tr", "rows => rows.map(r => r.dataset.class)")
+    assert shown == list(summary["classes"])
+    horse = summary["classes"]["horse"]
+    ranks = tab.eval_on_selector_all(
+        "section#class-" + str(list(summary["classes"]).index("horse")) + " figure.cluster",
+        "fs => fs.map(f => [Number(f.dataset.rank), Number(f.dataset.score)])",
+    )
+    assert ranks == [[c["rank"], c["score"]] for c in horse["clusters"]]
+    pictures = page.images_resolve()
+    prefix = out.as_uri() + "/"
+    names = {unquote(src).removeprefix(prefix) for src, _ in pictures}
+    expected = {horse["mean_map"], horse["embedding"]} | {c["mean_map"] for c in horse["clusters"]}
+    assert expected <= names, (expected, names)
+    assert all(width > 0 for _src, width in pictures), pictures
+    assert page.problems == []
+    page.close()

@@ -14,7 +14,10 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["decode_grid", "encode_grid"]
+__all__ = ["SUMMARY_GRID", "decode_grid", "encode_grid"]
+
+SUMMARY_GRID = 32
+"""Side of the small copy of each map kept in the record (``camcli summarize`` reads it)."""
 
 
 def encode_grid(values: np.ndarray) -> dict[str, Any]:

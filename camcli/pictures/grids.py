@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
-from camcli.pictures.render import label_font
+from camcli.pictures.style import label_font
 
 __all__ = [
     "GridLayout",

@@ -7,24 +7,21 @@ function here is a pure tensor function; only uint8 pictures leave the device.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import lru_cache
 
-import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import ImageFont
 
+from camcli.io.mapgrid import SUMMARY_GRID
 from camcli.io.transfer import HostCopy, to_device
+from camcli.pictures.style import jet_rgb
 
 __all__ = [
-    "SUMMARY_GRID",
     "PendingRender",
     "RenderedImage",
     "colorize",
     "guided_to_unit",
     "jet_lut",
-    "label_font",
     "launch_render",
     "original_grid",
     "overlay",
@@ -36,16 +33,9 @@ __all__ = [
 ]
 
 
-@lru_cache(maxsize=1)
-def _jet_rgb() -> np.ndarray:
-    ramp = np.arange(256, dtype=np.uint8).reshape(256, 1)
-    bgr = cv2.applyColorMap(ramp, cv2.COLORMAP_JET).reshape(256, 3)
-    return np.ascontiguousarray(bgr[:, ::-1])
-
-
 def jet_lut(device: torch.device | str = "cpu") -> torch.Tensor:
     """OpenCV's JET colour map as a ``(256, 3)`` uint8 table in **RGB** order."""
-    return torch.from_numpy(_jet_rgb().copy()).to(device)
+    return torch.from_numpy(jet_rgb().copy()).to(device)
 
 
 def colorize(unit_map: torch.Tensor, lut: torch.Tensor) -> torch.Tensor:
@@ -147,15 +137,6 @@ def saliency_to_unit(gradients: torch.Tensor, quantile: float = 0.99) -> torch.T
     return unit.clamp(0, 1)
 
 
-@lru_cache(maxsize=8)
-def label_font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
-    """Pillow's default font at ``size`` pixels, for the labels written on pictures."""
-    try:
-        return ImageFont.load_default(size=size)
-    except (TypeError, OSError):  # Pillow without FreeType: the fixed bitmap font
-        return ImageFont.load_default()
-
-
 # Gradient pictures shown as magnitudes (SmoothGrad, Integrated Gradients); the others
 # (guided backprop, guided Grad-CAM, LRP) as signed gradients around grey.
 MAGNITUDE_PICTURES = ("smoothgrad", "ig")
@@ -166,10 +147,6 @@ def picture_to_unit(method: str, gradients: torch.Tensor) -> torch.Tensor:
     if method in MAGNITUDE_PICTURES:
         return saliency_to_unit(gradients)
     return guided_to_unit(gradients)
-
-
-SUMMARY_GRID = 32
-"""Side of the small copy of each map kept in the record (``camcli summarize`` reads it)."""
 
 
 @dataclass

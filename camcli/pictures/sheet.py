@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
-from camcli.pictures.render import colorize, jet_lut, label_font, overlay
+from camcli.pictures.render import colorize, jet_lut, overlay
+from camcli.pictures.style import label_font
 
 __all__ = ["SheetLayout", "compose_sheet", "label_sheet", "sanity_sheet", "sheet_layout"]
 

@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 from PIL import Image, ImageDraw
 
-from camcli.pictures.render import jet_lut, label_font
+from camcli.pictures.style import jet_rgb, label_font
 
 __all__ = ["MAP_SIZE", "cluster_sheet", "embedding_picture", "map_picture"]
 
@@ -38,7 +38,7 @@ def map_picture(values: np.ndarray, size: int = MAP_SIZE) -> np.ndarray:
     unit = (array - low) / (high - low) if high - low > 1e-12 else np.zeros_like(array)
     big = cv2.resize(unit, (size, size), interpolation=cv2.INTER_CUBIC)
     index = np.clip(np.rint(big * 255.0), 0, 255).astype(np.intp)
-    return jet_lut().numpy()[index]
+    return jet_rgb()[index]
 
 
 def _fit(picture: np.ndarray | None, size: int) -> np.ndarray:

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from camcli.io.mapgrid import decode_grid
+from camcli.io.mapgrid import SUMMARY_GRID, decode_grid
 from camcli.io.storage import is_remote
 from camcli.io.write import RUN_KINDS, TEMP_MARK, atomic_write_bytes, encode_png, record_suffix
 from camcli.methods.spray import (
@@ -42,7 +42,6 @@ from camcli.methods.spray import (
     spray_features,
     suspicion,
 )
-from camcli.pictures.render import SUMMARY_GRID
 
 __all__ = [
     "EXAMPLES",
@@ -187,7 +186,7 @@ def _grid_from_heatmap(path: Path) -> np.ndarray | None:
     """A map read back from its heatmap PNG (JET colours to values), on the summary's grid."""
     import cv2
 
-    from camcli.pictures.render import jet_lut
+    from camcli.pictures.style import jet_rgb
 
     try:
         data = np.frombuffer(path.read_bytes(), np.uint8)
@@ -200,7 +199,7 @@ def _grid_from_heatmap(path: Path) -> np.ndarray | None:
     height, width = rgb.shape[:2]
     step = max(1, min(height, width) // (4 * SUMMARY_GRID))
     sampled = rgb[::step, ::step].reshape(-1, 3).astype(np.int32)
-    table = jet_lut().numpy().astype(np.int32)
+    table = jet_rgb().astype(np.int32)
     distance = ((sampled[:, None, :] - table[None, :, :]) ** 2).sum(axis=2)
     values = distance.argmin(axis=1).astype(np.float32) / 255.0
     small = values.reshape(rgb[::step, ::step].shape[:2])

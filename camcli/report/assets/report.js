@@ -197,6 +197,9 @@
   }
 
   function go(state) {
+    // The form shows the new state at once: hashchange (which redraws) fires later, and a
+    // change made before it (a quick click after "reset") must not read the old form.
+    setForm(state);
     var hash = writeState(state);
     if (location.hash.replace(/^#/, "") === hash) renderGrid();
     else location.hash = hash;
