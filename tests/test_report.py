@@ -262,18 +262,21 @@ def test_explain_report_keeps_stdout_pure_and_the_exit_code(tmp_path: Path):
 def test_explain_report_after_sigint_shows_what_was_explained(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
-    from camcli.cli import frame as common
+    from camcli.runs import loop
 
-    original = common.Reporter.record
-    seen: list[str] = []
+    original = loop._Loop._with_fallback
+    launched: list[int] = []
 
-    def record_then_interrupt(self: Any, record: dict[str, Any]) -> None:
-        original(self, record)
-        seen.append(record["image"])
-        if len(seen) == 2:
-            os.kill(os.getpid(), signal.SIGINT)  # as Ctrl-C: the run stops taking batches
+    def launch_then_interrupt(self: Any, part: Any) -> None:
+        original(self, part)
+        launched.append(len(part))
+        if len(launched) == 2:
+            # As Ctrl-C while the second batch runs: the run stops taking batches. (Sent at
+            # a record, it came too late on a busy machine: with -b 1 up to 8 images are in
+            # flight before the first record is reported.)
+            os.kill(os.getpid(), signal.SIGINT)
 
-    monkeypatch.setattr(common.Reporter, "record", record_then_interrupt)
+    monkeypatch.setattr(loop._Loop, "_with_fallback", launch_then_interrupt)
     out = tmp_path / "out"
     result = explain_run(make_images(tmp_path / "images", broken=False), out, "-b", "1", "--report")
     assert result.exit_code == 130, result.output
