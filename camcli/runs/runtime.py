@@ -13,12 +13,16 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from camcli import __version__
 from camcli.io.write import atomic_write_bytes
+
+if TYPE_CHECKING:
+    import torch
+
+# torch is imported where it is used: the signals and summaries here serve commands that
+# need no model (camcli summarize), whose start must not wait for torch.
 
 __all__ = [
     "Rank",
@@ -145,6 +149,8 @@ def merge_indexes(output_dir: Path, parts: Sequence[str], final: str) -> None:
 
 
 def _device_name(device: torch.device) -> str:
+    import torch
+
     if device.type == "cuda":
         return f"{device} ({torch.cuda.get_device_name(device)})"
     return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
@@ -164,6 +170,7 @@ def build_summary(
     processes: int = 1,
 ) -> dict[str, Any]:
     """The content of ``run.json``."""
+    import torch
     import torchvision
 
     explained = counts.get("explained", 0)
