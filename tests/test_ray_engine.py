@@ -398,3 +398,22 @@ def test_the_other_batch_commands_run_on_ray_with_the_same_files(
     assert sorted((tmp_path / "local").joinpath(*index).read_text().splitlines()) == sorted(
         (tmp_path / "ray").joinpath(*index).read_text().splitlines()
     )
+
+
+def test_summarize_reads_a_ray_run_as_the_local_one(both: Any) -> None:
+    """camcli summarize on the Ray engine's output: the local run's summary, file for file."""
+    local_out, _, ray_out, _ = both
+    made = {}
+    for out in (local_out, ray_out):
+        result = CliRunner().invoke(main, ["summarize", str(out), "--group", "label"])
+        assert result.exit_code == 0, result.output
+        summary = json.loads((out / "summary.json").read_text())
+        summary.pop("seconds")
+        pictures = {
+            str(p.relative_to(out)): p.read_bytes()
+            for p in sorted((out / "summary").rglob("*"))
+            if p.is_file()
+        }
+        made[out] = (summary, pictures)
+    assert made[local_out] == made[ray_out]
+    assert made[local_out][0]["images"] == 5

@@ -255,3 +255,32 @@ def test_the_readmes_object_storage_example_runs_as_written(endpoint: dict[str, 
         assert result.exit_code == 0, (command, result.output)
     written = objects("bucket/camcli-out")
     assert len([name for name in written if name.endswith((".png.json", ".jpg.json"))]) == 5
+
+
+def test_summarize_reads_and_writes_object_storage(
+    endpoint: dict[str, str], tmp_path: Path, image_folder: Any
+) -> None:
+    """An explain run into a bucket, summarised there: the local run's summary."""
+    photos = image_folder({f"cls/{i}.png": (40, 32) for i in range(6)})
+    local = tmp_path / "local"
+
+    for out in (str(local), f"s3://{BUCKET}/summarised"):
+        result = CliRunner().invoke(
+            main, ["explain", str(photos), "-o", out, "-m", "tiny-test", "--target", "3"]
+        )
+        assert result.exit_code == 0, result.output
+        result = CliRunner().invoke(main, ["summarize", out])
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.stdout)["summary"] == f"{out}/summary.json"
+    written = objects(f"{BUCKET}/summarised")
+    for name, data in written.items():
+        if name.startswith("summary/"):
+            assert data == (local / name).read_bytes(), name
+    remote = json.loads(written["summary.json"])
+    mine = json.loads((local / "summary.json").read_text())
+    for summary in (remote, mine):
+        summary.pop("seconds")
+    assert remote == mine and mine["images"] == 6
+    assert {n for n in written if n.startswith("summary/")} == {
+        p.relative_to(local).as_posix() for p in (local / "summary").rglob("*") if p.is_file()
+    }

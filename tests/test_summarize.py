@@ -13,13 +13,16 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shlex
+import shutil
 import signal
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-import torch
 from click.testing import CliRunner, Result
 
 from camcli.cli import main
@@ -33,108 +36,60 @@ from camcli.methods.spray import (
 )
 
 from .browser import Page
-from .synthetic import import_file, save_png, train, write_factory
-
-SHORTCUT_CNN_SOURCE = '''
-import torch
-from torch import nn
-
-
-class ShortcutNet(nn.Module):
-    """Convolutions, global average pooling, one linear layer: two classes."""
-
-    def __init__(self, width=16):
-        super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv2d(3, width, 3, padding=1),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(width, width, 3, padding=1),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(width, width, 3, padding=1),
-            nn.ReLU(inplace=True),
-        )
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(width, 2)
-
-    def forward(self, x):
-        return self.fc(torch.flatten(self.pool(self.features(x)), 1))
-
-
-def build():
-    return ShortcutNet()
-'''
-
-SIZE = 32
-MARK = (1, 6)  # the mark's first and last pixel row and column (top-left corner)
-SCALE = 2  # the held-out photos are saved at twice the training size
+from .conftest import REPO
 
 
 def run(*args: str | Path) -> Result:
     return CliRunner().invoke(main, [str(a) for a in args])
 
 
-def _blobs(positions: np.ndarray, colours: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Noise images with a blob of the given colour at each position (away from the mark)."""
-    count = len(positions)
-    images = rng.uniform(0.0, 0.3, size=(count, 3, SIZE, SIZE)).astype(np.float32)
-    yy, xx = np.mgrid[0:SIZE, 0:SIZE].astype(np.float32)
-    for i, (cx, cy) in enumerate(positions):
-        blob = np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * 2.5**2))
-        images[i] += 0.8 * colours[i][:, None, None].astype(np.float32) * blob
-    return np.clip(images, 0, 1)
+SIZE, SCALE, MARK = 32, 2, (1, 6)  # the demo's input, photo scale, its mark's first/last pixel
 
 
-def shortcut_data(
-    count: int, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Images, labels (1 horse, 0 other) and which images carry the mark."""
-    labels = rng.integers(0, 2, count)
-    marked = (labels == 1) & (rng.uniform(size=count) < 1 / 3)
-    grey = marked | ((labels == 0) & (rng.uniform(size=count) < 1 / 3))
-    colours = np.where(labels[:, None] == 1, [[1.0, 0.1, 0.1]], [[0.1, 0.1, 1.0]])
-    colours = np.where(grey[:, None], [[0.6, 0.6, 0.6]], colours)
-    positions = rng.uniform(12, SIZE - 6, size=(count, 2))
-    images = _blobs(positions, colours, rng)
-    first, last = MARK
-    images[marked, :, first : last + 1, first : last + 1] = 1.0
-    return images, labels, marked
+def readme_shortcut_commands() -> list[str]:
+    """The README's shortcut example: the code block that runs ``make_demo.py``."""
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    for block in text.split("```")[1::2]:
+        if "make_demo.py" in block:
+            return [line.strip() for line in block.splitlines() if line.strip()]
+    raise AssertionError("the README has no shortcut example")
 
 
 @pytest.fixture(scope="module")
 def shortcut_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """The shortcut model trained, its held-out photos explained with Grad-CAM."""
+    """The README's shortcut example run as written, in a folder of its own.
+
+    Its first line makes the photos and trains the demo's model (a few seconds); the
+    ``camcli`` lines run through the command line, in that folder. The summarize line is
+    kept for the tests to run with their own options.
+    """
     folder = tmp_path_factory.mktemp("shortcut")
-    factory = write_factory(folder, "shortcutnet", SHORTCUT_CNN_SOURCE)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # deterministic, and the fastest on a shared 2-core machine
+    shutil.copytree(REPO / "configs" / "shortcut", folder / "configs" / "shortcut")
+    commands = readme_shortcut_commands()
+    assert commands[0].startswith("python configs/shortcut/make_demo.py ")
+    assert [c.split()[:2] for c in commands[1:]] == [["camcli", "explain"], ["camcli", "summarize"]]
+    before = os.getcwd()
+    os.chdir(folder)
     try:
-        images, labels, _ = shortcut_data(1200, np.random.default_rng(0))
-        torch.manual_seed(0)
-        model = import_file(factory).build()
-        accuracy = train(model, images, labels, steps=250, binary=False, lr=5e-3)
+        made = subprocess.run(
+            [sys.executable, *shlex.split(commands[0])[1:]], capture_output=True, text=True
+        )
+        assert made.returncode == 0, made.stderr
+        result = CliRunner().invoke(main, [*shlex.split(commands[1])[1:], "--device", "cpu"])
+        assert result.exit_code == 0, result.output
     finally:
-        torch.set_num_threads(threads)
-    assert accuracy >= 0.95, accuracy
-    weights = folder / "shortcutnet.pt"
-    torch.save(model.state_dict(), weights)
-    held_images, held_labels, held_marked = shortcut_data(48, np.random.default_rng(1))
-    names, marked = [], set()
-    for i, (image, label) in enumerate(zip(held_images, held_labels, strict=True)):
-        name = f"{'horse' if label else 'other'}/{i:02d}.png"
-        save_png(folder / "photos" / name, image, SCALE)
-        names.append(name)
-        if held_marked[i]:
-            marked.add(name)
-    classes = folder / "classes.txt"
-    classes.write_text("other\nhorse\n", encoding="utf-8")
-    out = folder / "out"
-    result = run(
-        "explain", folder / "photos", "--model", f"{factory}:build", "--weights", weights,
-        "--classes", classes, "--input-size", SIZE, "--mean", "0.5", "--std", "0.5",
-        "--method", "gradcam", "--device", "cpu", "-j", "0", "-o", out,
-    )  # fmt: skip
-    assert result.exit_code == 0, result.output
-    return {"out": out, "names": names, "marked": marked, "folder": folder}
+        os.chdir(before)
+    demo = folder / shlex.split(commands[0])[2]
+    out = folder / shlex.split(commands[1])[shlex.split(commands[1]).index("-o") + 1]
+    names = sorted(p.relative_to(demo / "photos").as_posix() for p in demo.rglob("*.png"))
+    marked = set((demo / "marked.txt").read_text().split())
+    return {
+        "out": out,
+        "names": names,
+        "marked": marked,
+        "folder": folder,
+        "summarize": commands[2],
+    }
 
 
 def _tree(folder: Path) -> dict[str, str]:
@@ -148,14 +103,16 @@ def _tree(folder: Path) -> dict[str, str]:
 
 
 def test_the_shortcut_cluster_is_found_first_with_its_peak_on_the_mark(
-    shortcut_run: dict[str, Any],
+    shortcut_run: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The README's example as written: the marked horses are the first cluster."""
     out: Path = shortcut_run["out"]
     before = _tree(out)
-    result = run("summarize", out)
+    monkeypatch.chdir(shortcut_run["folder"])
+    result = CliRunner().invoke(main, shlex.split(shortcut_run["summarize"])[1:])
     assert result.exit_code == 0, result.output
     line = json.loads(result.stdout)
-    assert line["summary"] == str(out / "summary.json") and line["images"] == 48
+    assert line["summary"] == "shortcut-out/summary.json" and line["images"] == 48
     assert _tree(out) == before  # explain's files byte for byte
     summary = json.loads((out / "summary.json").read_text())
     # The fixed keys.
@@ -493,3 +450,20 @@ def test_browser_summary_page_from_the_grid(browser: Any, shortcut_run: dict[str
     assert all(width > 0 for _src, width in pictures), pictures
     assert page.problems == []
     page.close()
+
+
+def test_a_sharded_run_once_merged_summarises_as_one_run(tmp_path: Path, image_folder: Any) -> None:
+    photos = image_folder({f"cls/{i}.png": (40, 32) for i in range(8)})
+    whole, sharded = tmp_path / "whole", tmp_path / "sharded"
+    _explain_tiny(whole, photos, "--target", "3")
+    for shard in ("0/2", "1/2"):
+        _explain_tiny(sharded, photos, "--target", "3", "--shard", shard)
+    _explain_tiny(sharded, photos, "--target", "3")  # the merge: every shard's records reused
+    found = []
+    for out in (whole, sharded):
+        result = run("summarize", out)
+        assert result.exit_code == 0, result.output
+        summary = json.loads((out / "summary.json").read_text())
+        summary.pop("seconds")
+        found.append(summary)
+    assert found[0] == found[1] and found[0]["images"] == 8

@@ -33,6 +33,7 @@ __all__ = [
     "MAX_CLUSTERS",
     "NEAR_TIE",
     "NEIGHBOURS",
+    "PEAK_TIE",
     "SPRAY_GRID",
     "TOP_SHARE",
     "ClusterScore",
@@ -67,6 +68,9 @@ EDGE_BAND = 0.2
 
 NEAR_TIE = 0.1
 """Gaps within this fraction of the largest count as ties; the smallest number wins."""
+
+PEAK_TIE = 0.02
+"""Cells within this fraction of a map's range below its maximum count as its peak."""
 
 BRIDGE = 1e-3
 """The weight of the edge that joins a component of the affinity graph to the rest."""
@@ -266,11 +270,23 @@ def cluster_maps(
     return Clustering(renumber[labels], len(order), values, k, clusters is not None)
 
 
-def peak_of(mean_map: np.ndarray) -> tuple[float, float]:
-    """The centre of a map's largest cell, in fractions of the frame ``(x right, y down)``."""
+def peak_of(mean_map: np.ndarray, tie: float = PEAK_TIE) -> tuple[float, float]:
+    """Where a map peaks, in fractions of the frame ``(x right, y down)``.
+
+    The centre of the cells within ``tie`` of the maximum that are connected to it: the
+    largest cell of a sharp map, the middle of a plateau (a flat map's first cell in row
+    order would say nothing).
+    """
+    from scipy import ndimage
+
     rows, cols = mean_map.shape
+    top = float(mean_map.max())
+    low = float(mean_map.min())
+    near = mean_map >= top - tie * max(top - low, _EPS)
+    regions, _ = ndimage.label(near)
     row, col = np.unravel_index(int(np.argmax(mean_map)), mean_map.shape)
-    return (col + 0.5) / cols, (row + 0.5) / rows
+    ys, xs = np.nonzero(regions == regions[row, col])
+    return (float(xs.mean()) + 0.5) / cols, (float(ys.mean()) + 0.5) / rows
 
 
 @dataclass(frozen=True)

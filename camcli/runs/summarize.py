@@ -535,6 +535,10 @@ def summarize_run(
         _analyse_group(group, distributions, features, options, outside, maps)
         groups.append(group)
         check()
+    # The classes with the most suspicious clusters first (then the largest).
+    groups.sort(
+        key=lambda g: (-(g.clusters[0].score.score if g.clusters else -1.0), -len(g.members))
+    )
     say(f"clustered {len(groups)} classes in {time.perf_counter() - started:.1f} s")
 
     confusions: dict[tuple[str, str], list[int]] = {}
@@ -551,32 +555,33 @@ def summarize_run(
         else Path(tempfile.mkdtemp(prefix=f".{SUMMARY_DIR}{TEMP_MARK}", dir=output_dir))
     )
     try:
-        thumbs = _Thumbnails(output_dir, maps)
         result = _result(method, options, maps, facts, groups, confusions, confusion_order)
-        jobs: list[tuple[str, Callable[[], bytes]]] = []
         for group, entry in zip(groups, result["classes"].values(), strict=True):
-            base = f"{group.folder}"
-            jobs.append((f"{base}/mean.png", _png(map_picture, group.mean)))
             for cluster, written in zip(group.clusters, entry["clusters"], strict=True):
-                jobs.append(
-                    (f"{base}/cluster-{cluster.rank}.png", _cluster_picture(cluster, thumbs))
-                )
-                written["mean_map"] = f"{SUMMARY_DIR}/{base}/cluster-{cluster.rank}.png"
-            if group.embedding is not None:
-                jobs.append((f"{base}/embedding.png", _embedding_picture(group, thumbs)))
-        for number, pair in enumerate(confusion_order, start=1):
-            members = confusions[pair]
-            jobs.append(
-                (f"confusions/{number}.png", _png(map_picture, distributions[members].mean(axis=0)))
-            )
-        thumbs.load({i for g in groups for c in g.clusters for i in c.examples})
-        check()
+                written["mean_map"] = f"{SUMMARY_DIR}/{group.folder}/cluster-{cluster.rank}.png"
+        confusion_maps = [distributions[confusions[pair]].mean(axis=0) for pair in confusion_order]
+
+        def draw_group(group: _Group) -> int:
+            if stop is not None and stop.is_set():
+                return 0
+            return _draw_group(group, staging, output_dir, maps)
+
+        def draw_confusion(number: int) -> int:
+            picture = map_picture(confusion_maps[number - 1])
+            atomic_write_bytes(staging / f"confusions/{number}.png", encode_png(picture))
+            return 1
+
+        # A class at a time per thread: its examples' thumbnails are decoded (OpenCV frees
+        # the GIL), drawn and dropped, so memory does not grow with the number of classes.
         workers = max(1, min(4, os.cpu_count() or 1))
+        drawn = 0
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            for (relative, _), data in zip(jobs, pool.map(lambda job: job[1](), jobs), strict=True):
-                atomic_write_bytes(staging / relative, data)
-                check()
-        say(f"drew {len(jobs)} pictures in {time.perf_counter() - started:.1f} s")
+            for count in pool.map(draw_group, groups):
+                drawn += count
+            check()
+            drawn += sum(pool.map(draw_confusion, range(1, len(confusion_order) + 1)))
+        check()
+        say(f"drew {drawn} pictures in {time.perf_counter() - started:.1f} s")
         result["seconds"] = round(time.perf_counter() - started, 3)
         if not remote:
             _swap(staging, final)
@@ -591,40 +596,64 @@ def summarize_run(
     return result
 
 
-def _cluster_picture(cluster: _Cluster, thumbs: _Thumbnails) -> Callable[[], bytes]:
-    """A cluster's sheet: its mean map and its examples' overlays (drawn when called)."""
-    from camcli.pictures.summary import cluster_sheet
+def _draw_group(group: _Group, folder: Path, output_dir: Path, maps: Sequence[MapRecord]) -> int:
+    """Write a class's pictures under ``folder``: its mean map, cluster sheets, embedding.
 
-    def produce() -> bytes:
-        return encode_png(
-            cluster_sheet(
-                cluster.mean,
-                [thumbs.get(i) for i in cluster.examples],
-                [thumbs.maps[i].image for i in cluster.examples],
-            )
+    Returns:
+        The number of pictures written.
+
+    """
+    from camcli.pictures.summary import cluster_sheet, embedding_picture, map_picture
+
+    wanted = sorted({i for cluster in group.clusters for i in cluster.examples})
+    thumbs = {i: _thumbnail(output_dir, maps[i].overlay) for i in wanted}
+    base = folder / group.folder
+    atomic_write_bytes(base / "mean.png", encode_png(map_picture(group.mean)))
+    for cluster in group.clusters:
+        sheet = cluster_sheet(
+            cluster.mean,
+            [thumbs[i] for i in cluster.examples],
+            [maps[i].image for i in cluster.examples],
         )
+        atomic_write_bytes(base / f"cluster-{cluster.rank}.png", encode_png(sheet))
+    if group.embedding is None:
+        return 1 + len(group.clusters)
+    positions, rows, colours = group.embedding
+    shown = [i for cluster in group.clusters for i in cluster.examples[:3]]
+    picture = embedding_picture(
+        positions,
+        colours,
+        {i: thumbs[i] for i in shown},
+        [int(i) for i in rows],
+        f"{group.name}: {len(group.members)} images, {len(group.clusters)} clusters "
+        "(t-SNE of the maps)",
+    )
+    atomic_write_bytes(base / "embedding.png", picture)
+    return 2 + len(group.clusters)
 
-    return produce
+
+THUMBNAIL = 120
+"""The longest side of the examples' thumbnails, in pixels."""
 
 
-def _embedding_picture(group: _Group, thumbs: _Thumbnails) -> Callable[[], bytes]:
-    """A class's 2-D embedding with each cluster's first three examples (drawn when called)."""
-    from camcli.pictures.summary import embedding_picture
+def _thumbnail(output_dir: Path, overlay: str | None) -> np.ndarray | None:
+    """A small RGB copy of an example's overlay, or ``None`` when it cannot be read."""
+    import cv2
 
-    def produce() -> bytes:
-        assert group.embedding is not None
-        positions, rows, colours = group.embedding
-        shown = [i for cluster in group.clusters for i in cluster.examples[:3]]
-        return embedding_picture(
-            positions,
-            colours,
-            {i: thumbs.get(i) for i in shown},
-            [int(i) for i in rows],
-            f"{group.name}: {len(group.members)} images, {len(group.clusters)} clusters "
-            "(t-SNE of the maps)",
-        )
-
-    return produce
+    if overlay is None:
+        return None
+    try:
+        data = np.frombuffer((output_dir / overlay).read_bytes(), np.uint8)
+    except OSError:
+        return None
+    image = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    if image is None:
+        return None
+    height, width = image.shape[:2]
+    scale = THUMBNAIL / max(height, width)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    small = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+    return np.ascontiguousarray(small[:, :, ::-1])
 
 
 def _swap(staging: Path, final: Path) -> None:
@@ -636,52 +665,6 @@ def _swap(staging: Path, final: Path) -> None:
     os.replace(staging, final)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
-
-
-def _png(draw: Callable[[np.ndarray], np.ndarray], values: np.ndarray) -> Callable[[], bytes]:
-    return lambda: encode_png(draw(values))
-
-
-class _Thumbnails:
-    """Small copies of the examples' overlays, decoded in threads (OpenCV frees the GIL)."""
-
-    SIZE = 120
-
-    def __init__(self, output_dir: Path, maps: Sequence[MapRecord]) -> None:
-        self.output_dir = output_dir
-        self.maps = maps
-        self.loaded: dict[int, np.ndarray | None] = {}
-
-    def load(self, wanted: set[int]) -> None:
-        todo = sorted(i for i in wanted if i not in self.loaded)
-        workers = max(1, min(4, os.cpu_count() or 1))
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            for index, picture in zip(todo, pool.map(self._read, todo), strict=True):
-                self.loaded[index] = picture
-
-    def get(self, index: int) -> np.ndarray | None:
-        if index not in self.loaded:
-            self.loaded[index] = self._read(index)
-        return self.loaded[index]
-
-    def _read(self, index: int) -> np.ndarray | None:
-        import cv2
-
-        overlay = self.maps[index].overlay
-        if overlay is None:
-            return None
-        try:
-            data = np.frombuffer((self.output_dir / overlay).read_bytes(), np.uint8)
-        except OSError:
-            return None
-        image = cv2.imdecode(data, cv2.IMREAD_COLOR)
-        if image is None:
-            return None
-        height, width = image.shape[:2]
-        scale = self.SIZE / max(height, width)
-        size = (max(1, round(width * scale)), max(1, round(height * scale)))
-        small = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
-        return np.ascontiguousarray(small[:, :, ::-1])
 
 
 def _result(
