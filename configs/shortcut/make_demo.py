@@ -105,6 +105,7 @@ def make_demo(folder: Path, held_out: int = 48) -> dict[str, list[str]]:
 
 
 def main() -> None:
+    """The command line: the demo's folder."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("folder", type=Path)
     make_demo(parser.parse_args().folder)
