@@ -459,3 +459,58 @@ def test_shards_write_their_own_evaluation_and_a_full_run_merges_them(
     assert all(json.loads(line)["reused"] for line in result.stdout.splitlines())
     merged = json.loads((out / "evaluation.json").read_text())
     assert merged["images"] == 3 and merged["methods"]["gradcam"]["pointing_game"] == 0.5
+
+
+def test_annotations_that_match_no_image_are_said_and_refused(
+    squares: tuple[Path, Path], tmp_path: Path
+):
+    """Boxes in a flat folder match by bare name; boxes for nothing are exit 2, not silence."""
+    images, boxes = squares
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for name in ("a", "b"):
+        (flat / f"{name}.xml").write_text((boxes / "set" / f"{name}.xml").read_text())
+    (flat / "stray.xml").write_text((boxes / "set" / "a.xml").read_text())
+    out = tmp_path / "out"
+    result = run(
+        ["evaluate", str(images), "-o", str(out), "-m", TINY, "--boxes", str(flat),
+         "--metrics", "none", "--device", "cpu"]
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "--boxes: 2 of 2 image(s) have annotations" in result.stderr
+    assert "1 of 3 annotation entries match no image (e.g. stray.xml)" in result.stderr
+    record = json.loads((out / "set" / "a.png.evaluate.json").read_text())
+    assert record["annotation"]["objects"] == 2
+    nowhere = tmp_path / "nowhere"
+    nowhere.mkdir()
+    (nowhere / "other.xml").write_text((boxes / "set" / "a.xml").read_text())
+    refused = run(
+        ["evaluate", str(images), "-o", str(tmp_path / "out2"), "-m", TINY, "--boxes",
+         str(nowhere), "--metrics", "none", "--device", "cpu"]
+    )  # fmt: skip
+    assert refused.exit_code == 2
+    assert "'--boxes'" in refused.stderr and "e.g. other.xml" in refused.stderr
+    assert "bare file name" in refused.stderr and "Traceback" not in refused.output
+    coco = tmp_path / "coco.json"
+    coco.write_text(
+        json.dumps(
+            {
+                "images": [{"id": 1, "file_name": "images/elsewhere.png"}],
+                "annotations": [{"image_id": 1, "category_id": 0, "bbox": [1, 1, 5, 5]}],
+                "categories": [{"id": 0, "name": "tench"}],
+            }
+        )
+    )
+    refused = run(
+        ["evaluate", str(images), "-o", str(tmp_path / "out3"), "-m", TINY, "--boxes",
+         str(coco), "--metrics", "none", "--device", "cpu"]
+    )  # fmt: skip
+    assert refused.exit_code == 2 and "images/elsewhere.png" in refused.stderr
+    masks = tmp_path / "masks"
+    save_image(masks / "a.png", np.full((48, 64), 255, dtype=np.uint8))
+    partly = run(
+        ["evaluate", str(images), "-o", str(tmp_path / "out4"), "-m", TINY, "--masks",
+         str(masks), "--metrics", "none", "--device", "cpu"]
+    )  # fmt: skip
+    assert partly.exit_code == 0, partly.output
+    assert "--masks: 1 of 2 image(s) have annotations (not set/b.png)" in partly.stderr

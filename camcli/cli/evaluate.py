@@ -171,6 +171,12 @@ def evaluate(ctx: click.Context, **options: Any) -> None:
     except AnnotationError as exc:
         hint = "'--masks'" if str(exc).startswith("--masks") else "'--boxes'"
         raise click.BadParameter(str(exc), param_hint=hint) from None
+    # A shard or a torchrun rank sees part of the images: the others may hold the matches.
+    part_of_run = run.shard[1] > 1 or run.rank is not None
+    for matching in annotations.matching:
+        if matching.images and not matching.matched and not part_of_run:
+            raise click.BadParameter(matching.nothing_matched(), param_hint=f"'{matching.option}'")
+        click.echo(f"camcli: {matching.summary()}", err=True)
     evaluate_options = EvaluateOptions(
         metrics=metrics,
         road=road,

@@ -2,13 +2,20 @@
 
 * ``--boxes DIR``: one Pascal VOC XML file per image, mirroring the input tree
   (``a/b.jpg`` -> ``DIR/a/b.xml``), the format of ImageNet's and VOC's box annotations:
-  ``<object><name>`` and ``<bndbox>`` with 1-based inclusive ``xmin ymin xmax ymax``.
+  ``<object><name>`` and ``<bndbox>`` with 1-based inclusive ``xmin ymin xmax ymax``. A file
+  not at the mirrored place is matched by its bare name (``DIR/b.xml``, a flat folder) when
+  that name is unique among the images and among the files.
 * ``--boxes FILE.json``: one COCO-style file: ``images`` (``id``, ``file_name``),
   ``annotations`` (``image_id``, ``category_id``, ``bbox`` = ``[x, y, width, height]``) and
   ``categories`` (``id``, ``name``); ``file_name`` is matched with the image's path under the
   input root, or with its file name when that is unique.
 * ``--masks DIR``: one PNG per image, mirroring the input tree (``a/b.jpg`` ->
-  ``DIR/a/b.png``), non-zero on the object, of the image's size.
+  ``DIR/a/b.png``; then by bare name, as the boxes), non-zero on the object, of the image's
+  size.
+
+What matched is counted (:class:`Matching`): the command says how many images have
+annotations and how many annotation entries match no image, and refuses a run where none
+matched.
 
 Class names are matched with the model's classes as class folders are (an index, a WordNet
 id or a name, :meth:`camcli.models.classes.ClassIndex.resolve`). Everything is read and
@@ -30,7 +37,14 @@ import numpy as np
 
 from camcli.methods.localisation import Box
 
-__all__ = ["AnnotationError", "Annotations", "ObjectBox", "load_annotations", "read_mask"]
+__all__ = [
+    "AnnotationError",
+    "Annotations",
+    "Matching",
+    "ObjectBox",
+    "load_annotations",
+    "read_mask",
+]
 
 
 class AnnotationError(ValueError):
@@ -44,6 +58,52 @@ class ObjectBox:
     index: int
     name: str
     box: Box
+
+
+@dataclass
+class Matching:
+    """How one kind of annotation (``--boxes`` or ``--masks``) matched the images.
+
+    Attributes:
+        option: ``--boxes`` or ``--masks``.
+        images: the images of the run.
+        matched: the images that got an annotation.
+        entries: the annotation entries (files, or a COCO file's images).
+        unmatched: the entries that match no image (names as written).
+        without: an image that got no annotation, or ``None``.
+
+    """
+
+    option: str
+    images: int
+    matched: int
+    entries: int
+    unmatched: list[str]
+    without: str | None
+
+    def summary(self) -> str:
+        """One line for people: the counts, with one example of each kind of miss."""
+        text = f"{self.option}: {self.matched} of {self.images} image(s) have annotations"
+        if self.without is not None and self.matched < self.images:
+            text += f" (not {self.without})"
+        if self.unmatched:
+            text += (
+                f"; {len(self.unmatched)} of {self.entries} annotation entr"
+                f"{'y' if self.entries == 1 else 'ies'} match no image "
+                f"(e.g. {self.unmatched[0]})"
+            )
+        return text
+
+    def nothing_matched(self) -> str:
+        """The sentence for a run where no image got an annotation."""
+        example = f" (e.g. {self.unmatched[0]})" if self.unmatched else ""
+        image = f", e.g. {self.without}" if self.without else ""
+        return (
+            f"none of its {self.entries} annotation entr{'y' if self.entries == 1 else 'ies'}"
+            f"{example} matches an image under INPUT{image}: files are matched by the "
+            "image's path under INPUT (a/b.jpg -> a/b.xml, a/b.png; a COCO file_name "
+            "a/b.jpg), then by the bare file name when it is unique"
+        )
 
 
 @dataclass
@@ -62,6 +122,8 @@ class Annotations:
     masks: Path | None = None
     source: dict[str, Any] = field(default_factory=dict)
     box_digests: dict[str, str] = field(default_factory=dict)
+    mask_files: dict[str, Path] = field(default_factory=dict)
+    matching: list[Matching] = field(default_factory=list)
 
     def digest(self, relative: PurePosixPath) -> str | None:
         """What the image's annotation is made of, as a short digest (``None``: none).
@@ -88,11 +150,10 @@ class Annotations:
         return self.boxes.get(relative.as_posix())
 
     def mask_path(self, relative: PurePosixPath) -> Path | None:
-        """The image's mask file when masks are given and it exists."""
+        """The image's mask file when masks are given and one matches it."""
         if self.masks is None:
             return None
-        path = self.masks.joinpath(*relative.parts).with_suffix(".png")
-        return path if path.is_file() else None
+        return self.mask_files.get(relative.as_posix())
 
 
 def load_annotations(
@@ -119,13 +180,23 @@ def load_annotations(
         if not masks.is_dir():
             raise AnnotationError(f"--masks {masks} is not a folder")
         result.source["masks"] = str(masks.resolve())
+        result.mask_files, unmatched = _match_files(masks, ".png", images)
+        result.matching.append(
+            _matching("--masks", images, set(result.mask_files), len(result.mask_files)
+                      + len(unmatched), unmatched)
+        )  # fmt: skip
     if boxes is None:
         return result
     if boxes.is_dir():
-        result.boxes = _voc_folder(boxes, images, resolve, result.box_digests)
+        result.boxes, unmatched = _voc_folder(boxes, images, resolve, result.box_digests)
         result.source["boxes"] = {"voc": str(boxes.resolve())}
+        result.matching.append(
+            _matching("--boxes", images, set(result.boxes), len(result.boxes)
+                      + len(unmatched), unmatched)
+        )  # fmt: skip
     elif boxes.is_file():
-        result.boxes = _coco_file(boxes, images, resolve)
+        result.boxes, entries, unmatched = _coco_file(boxes, images, resolve)
+        result.matching.append(_matching("--boxes", images, set(result.boxes), entries, unmatched))
         for key, objects in result.boxes.items():
             listed = repr([(o.name, o.box) for o in objects]).encode()
             result.box_digests[key] = hashlib.sha1(listed).hexdigest()
@@ -151,19 +222,57 @@ def _class(name: str, resolve: Any, where: str) -> int:
     return int(index)
 
 
+def _matching(
+    option: str,
+    images: Sequence[PurePosixPath],
+    matched: set[str],
+    entries: int,
+    unmatched: list[str],
+) -> Matching:
+    without = next((p.as_posix() for p in images if p.as_posix() not in matched), None)
+    return Matching(option, len(images), len(matched), entries, unmatched, without)
+
+
+def _match_files(
+    folder: Path, suffix: str, images: Sequence[PurePosixPath]
+) -> tuple[dict[str, Path], list[str]]:
+    """Each image's annotation file under ``folder``, and the files that match no image.
+
+    The mirrored path first (``a/b.jpg`` -> ``folder/a/b<suffix>``), then the bare name
+    (``b<suffix>`` anywhere under ``folder``) when it is unique among the images and among
+    the files.
+    """
+    files = sorted(p for p in folder.rglob(f"*{suffix}") if p.is_file())
+    by_name: dict[str, list[Path]] = {}
+    for path in files:
+        by_name.setdefault(path.stem, []).append(path)
+    stems: dict[str, int] = {}
+    for relative in images:
+        stems[relative.stem] = stems.get(relative.stem, 0) + 1
+    found: dict[str, Path] = {}
+    for relative in images:
+        path = folder.joinpath(*relative.parts).with_suffix(suffix)
+        if path.is_file():
+            found[relative.as_posix()] = path
+        elif stems[relative.stem] == 1 and len(by_name.get(relative.stem, [])) == 1:
+            found[relative.as_posix()] = by_name[relative.stem][0]
+    used = set(found.values())
+    unmatched = [p.relative_to(folder).as_posix() for p in files if p not in used]
+    return found, unmatched
+
+
 def _voc_folder(
     folder: Path, images: Sequence[PurePosixPath], resolve: Any, digests: dict[str, str]
-) -> dict[str, list[ObjectBox]]:
+) -> tuple[dict[str, list[ObjectBox]], list[str]]:
+    files, unmatched = _match_files(folder, ".xml", images)
     found: dict[str, list[ObjectBox]] = {}
-    for relative in images:
-        path = folder.joinpath(*relative.parts).with_suffix(".xml")
-        if path.is_file():
-            found[relative.as_posix()] = read_voc(path, resolve)
-            try:
-                digests[relative.as_posix()] = hashlib.sha1(path.read_bytes()).hexdigest()
-            except OSError:
-                digests[relative.as_posix()] = "unreadable"
-    return found
+    for key, path in files.items():
+        found[key] = read_voc(path, resolve)
+        try:
+            digests[key] = hashlib.sha1(path.read_bytes()).hexdigest()
+        except OSError:
+            digests[key] = "unreadable"
+    return found, unmatched
 
 
 def read_voc(path: Path, resolve: Any) -> list[ObjectBox]:
@@ -200,7 +309,7 @@ def read_voc(path: Path, resolve: Any) -> list[ObjectBox]:
 
 def _coco_file(
     path: Path, images: Sequence[PurePosixPath], resolve: Any
-) -> dict[str, list[ObjectBox]]:
+) -> tuple[dict[str, list[ObjectBox]], int, list[str]]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
         entries = {int(e["id"]): str(e["file_name"]) for e in data["images"]}
@@ -234,7 +343,8 @@ def _coco_file(
         name = categories.get(category, str(category))
         index = _class(name, resolve, f"category {category} of {path}")
         found[image_of[image_id]].append(ObjectBox(index, name, Box(x, y, x + w, y + h)))
-    return found
+    unmatched = [name for image_id, name in entries.items() if image_id not in image_of]
+    return found, len(entries), unmatched
 
 
 def read_mask(path: Path, height: int, width: int) -> np.ndarray:

@@ -357,6 +357,9 @@ def _outside_shares(
         )
     except AnnotationError as exc:
         raise SummaryInputError(str(exc)) from None
+    for matching in annotations.matching:
+        if matching.images and not matching.matched:
+            raise SummaryInputError(f"{matching.option}: {matching.nothing_matched()}")
     import cv2
 
     shares: dict[str, float] = {}
