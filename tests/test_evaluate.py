@@ -514,3 +514,52 @@ def test_annotations_that_match_no_image_are_said_and_refused(
     )  # fmt: skip
     assert partly.exit_code == 0, partly.output
     assert "--masks: 1 of 2 image(s) have annotations (not set/b.png)" in partly.stderr
+
+
+def test_boxes_are_fitted_to_their_image_and_said_so(squares: tuple[Path, Path], tmp_path: Path):
+    """Boxes on a copy of twice the size are scaled; outside, inverted ones said and handled."""
+    images, _ = squares
+    boxes = tmp_path / "fitted"
+    (boxes / "set").mkdir(parents=True)
+    # a.png is 64 x 48; its boxes were drawn on a 128 x 96 copy: (12, 12)-(52, 52) there.
+    (boxes / "set" / "a.xml").write_text(
+        "<annotation><size><width>128</width><height>96</height></size><object><name>tench"
+        "</name><bndbox><xmin>13</xmin><ymin>13</ymin><xmax>52</xmax><ymax>52</ymax></bndbox>"
+        "</object></annotation>"
+    )
+    # b.png: one box partly outside (clipped), one inverted and one wholly outside (left out).
+    voc(
+        boxes / "set" / "b.xml",
+        [("tench", (40, 4, 100, 44)), ("tench", (30, 4, 10, 44)), ("tench", (1000, 0, 1010, 9))],
+    )
+    out = tmp_path / "out"
+    result = run(
+        ["evaluate", str(images), "-o", str(out), "-m", TINY, "--boxes", str(boxes),
+         "--target", "tench", "--metrics", "none", "--device", "cpu"]
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    a = json.loads((out / "set" / "a.png.evaluate.json").read_text())["annotation"]
+    b = json.loads((out / "set" / "b.png.evaluate.json").read_text())["annotation"]
+    assert a["boxes_scaled_from"] == [128, 96] and a["objects"] == 1
+    assert b["boxes_clipped"] == 1 and b["boxes_skipped"] == 2 and b["objects"] == 1
+    assert "were drawn on a copy of another size (e.g. set/a.png: <size> 128 x 96)" in (
+        result.stderr
+    )
+    assert "1 box(es) partly outside their image were clipped" in result.stderr
+    assert "2 box(es) empty, inverted" in result.stderr
+
+
+def test_fitted_boxes_by_hand() -> None:
+    from camcli.io.annotations import ObjectBox, fit_boxes
+    from camcli.methods.localisation import Box
+
+    scaled = fit_boxes([ObjectBox(0, "x", Box(10, 20, 50, 60), drawn_on=(200, 100))], 100, 50)
+    assert scaled.objects[0].box == Box(5, 10, 25, 30) and scaled.scaled_from == (200, 100)
+    same = fit_boxes([ObjectBox(0, "x", Box(10, 20, 50, 40), drawn_on=(100, 50))], 100, 50)
+    assert same.objects[0].box == Box(10, 20, 50, 40) and same.notes() == {}
+    outside = fit_boxes([ObjectBox(0, "x", Box(-5, 10, 120, 20))], 100, 50)
+    assert outside.objects[0].box == Box(0, 10, 100, 20) and outside.clipped == 1
+    gone = fit_boxes(
+        [ObjectBox(0, "x", Box(50, 10, 40, 20)), ObjectBox(0, "x", Box(0, 60, 9, 70))], 100, 50
+    )
+    assert gone.objects == [] and gone.skipped == 2

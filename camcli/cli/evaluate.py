@@ -211,6 +211,8 @@ def evaluate(ctx: click.Context, **options: Any) -> None:
             settings.method_options.metric_steps,
             settings.name_suffix,
         )
+        for line in totals.box_notes():
+            click.echo(f"camcli: --boxes: {line}", err=True)
         if result["without_target_box"]:
             click.echo(
                 f"camcli: {result['without_target_box']} annotated image(s) have no box or "
@@ -252,12 +254,19 @@ class _Totals:
         self.reporter = reporter
         self.settings = settings
         self.totals = EvaluationTotals()
+        # What fitting the boxes to their images took: count and first example, per kind.
+        self.boxes: dict[str, list[Any]] = {}
 
     def record(self, record: dict[str, Any]) -> None:
         from pathlib import PurePosixPath
 
         from camcli.io.write import record_path
 
+        annotation = record.get("annotation") or {}
+        for key in ("boxes_scaled_from", "boxes_clipped", "boxes_skipped"):
+            if annotation.get(key):
+                count = 1 if key == "boxes_scaled_from" else int(annotation[key])
+                self.boxes.setdefault(key, [0, record["image"], annotation[key]])[0] += count
         if record.get("status") == "ok":
             path = record_path(
                 self.settings.output_dir, PurePosixPath(record["image"]), self.settings.kind
@@ -267,6 +276,28 @@ class _Totals:
 
     def advance(self, count: int) -> None:
         self.reporter.advance(count)
+
+    def box_notes(self) -> list[str]:
+        """One line per kind of box that had to be fitted to its image, with an example."""
+        lines = []
+        if "boxes_scaled_from" in self.boxes:
+            count, image, (w, h) = self.boxes["boxes_scaled_from"]
+            lines.append(
+                f"the boxes of {count} image(s) were drawn on a copy of another size (e.g. "
+                f"{image}: <size> {w} x {h}): they were scaled to the image"
+            )
+        if "boxes_clipped" in self.boxes:
+            count, image, _ = self.boxes["boxes_clipped"]
+            lines.append(
+                f"{count} box(es) partly outside their image were clipped to it (e.g. in {image})"
+            )
+        if "boxes_skipped" in self.boxes:
+            count, image, _ = self.boxes["boxes_skipped"]
+            lines.append(
+                f"{count} box(es) empty, inverted (xmin > xmax) or wholly outside their image "
+                f"were left out (e.g. in {image})"
+            )
+        return lines
 
 
 @dataclass(frozen=True)

@@ -40,8 +40,10 @@ from camcli.methods.localisation import Box
 __all__ = [
     "AnnotationError",
     "Annotations",
+    "FittedBoxes",
     "Matching",
     "ObjectBox",
+    "fit_boxes",
     "load_annotations",
     "read_mask",
 ]
@@ -53,11 +55,78 @@ class AnnotationError(ValueError):
 
 @dataclass(frozen=True)
 class ObjectBox:
-    """One annotated object: its class index in the model and its box."""
+    """One annotated object: its class index in the model and its box.
+
+    ``drawn_on`` is the ``(width, height)`` of the image the box was drawn on, when the file
+    says (a VOC ``<size>``); :func:`fit_boxes` scales the box when the image differs.
+    """
 
     index: int
     name: str
     box: Box
+    drawn_on: tuple[int, int] | None = None
+
+
+@dataclass
+class FittedBoxes:
+    """An image's boxes made to fit it, and what that took.
+
+    Attributes:
+        objects: the usable objects, their boxes in the image's pixels.
+        scaled_from: the ``(width, height)`` the boxes were drawn on, when it is not the
+            image's (the boxes were scaled to the image), else ``None``.
+        clipped: boxes partly outside the image, clipped to it.
+        skipped: boxes empty, inverted or wholly outside the image, left out.
+
+    """
+
+    objects: list[ObjectBox]
+    scaled_from: tuple[int, int] | None = None
+    clipped: int = 0
+    skipped: int = 0
+
+    def notes(self) -> dict[str, Any]:
+        """What the record says about it (only what happened)."""
+        notes: dict[str, Any] = {}
+        if self.scaled_from is not None:
+            notes["boxes_scaled_from"] = list(self.scaled_from)
+        if self.clipped:
+            notes["boxes_clipped"] = self.clipped
+        if self.skipped:
+            notes["boxes_skipped"] = self.skipped
+        return notes
+
+
+def fit_boxes(objects: Sequence[ObjectBox], width: int, height: int) -> FittedBoxes:
+    """Check an image's boxes against the image: scale, clip or leave out, and count.
+
+    A box drawn on a copy of another size (VOC ``<size>``) is scaled to the image; a box
+    partly outside the image is clipped to it; an empty or inverted box, or one wholly
+    outside, is left out.
+    """
+    fitted = FittedBoxes([])
+    for obj in objects:
+        box = obj.box
+        if obj.drawn_on is not None and obj.drawn_on != (width, height):
+            fitted.scaled_from = obj.drawn_on
+            sx, sy = width / obj.drawn_on[0], height / obj.drawn_on[1]
+            box = Box(box.x0 * sx, box.y0 * sy, box.x1 * sx, box.y1 * sy)
+        if not (box.x1 > box.x0 and box.y1 > box.y0):
+            fitted.skipped += 1
+            continue
+        clipped = Box(
+            min(max(box.x0, 0.0), width),
+            min(max(box.y0, 0.0), height),
+            min(max(box.x1, 0.0), width),
+            min(max(box.y1, 0.0), height),
+        )
+        if not (clipped.x1 > clipped.x0 and clipped.y1 > clipped.y0):
+            fitted.skipped += 1
+            continue
+        if clipped != box:
+            fitted.clipped += 1
+        fitted.objects.append(ObjectBox(obj.index, obj.name, clipped))
+    return fitted
 
 
 @dataclass
@@ -287,6 +356,18 @@ def read_voc(path: Path, resolve: Any) -> list[ObjectBox]:
         root = ET.parse(path).getroot()
     except (ET.ParseError, OSError) as exc:
         raise AnnotationError(f"the box file {path} does not parse as XML: {exc}") from None
+    drawn_on = None
+    size = root.find("size")
+    if size is not None:
+        try:
+            drawn_on = (
+                int(float(size.findtext("width") or "")),
+                int(float(size.findtext("height") or "")),
+            )
+        except ValueError:
+            drawn_on = None
+        if drawn_on is not None and min(drawn_on) <= 0:
+            drawn_on = None  # VOC files with <width>0</width>: the size is unknown
     objects = []
     for number, node in enumerate(root.iter("object"), start=1):
         name = (node.findtext("name") or "").strip()
@@ -303,7 +384,7 @@ def read_voc(path: Path, resolve: Any) -> list[ObjectBox]:
                 "xmax and ymax"
             ) from None
         index = _class(name, resolve, f"object {number} of {path}")
-        objects.append(ObjectBox(index, name, Box(xmin - 1, ymin - 1, xmax, ymax)))
+        objects.append(ObjectBox(index, name, Box(xmin - 1, ymin - 1, xmax, ymax), drawn_on))
     return objects
 
 

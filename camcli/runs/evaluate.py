@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from camcli.io.annotations import AnnotationError, Annotations, read_mask
+from camcli.io.annotations import AnnotationError, Annotations, fit_boxes, read_mask
 from camcli.io.decode import Batch
 from camcli.io.discover import ImageItem
 from camcli.io.resume import settings_key
@@ -422,10 +422,12 @@ class _EvaluateWork:
         width: int,
     ) -> tuple[dict[str, dict[str, float | None]], dict[str, Any] | None]:
         """Localisation scores per method of image ``j``, and what was annotated."""
-        objects = self.annotations.objects(item.relative)
+        listed = self.annotations.objects(item.relative)
         mask_file = self.annotations.mask_path(item.relative)
-        if objects is None and mask_file is None:
+        if listed is None and mask_file is None:
             return {}, None
+        fitted = fit_boxes(listed or [], width, height)
+        objects = None if listed is None else fitted.objects
         boxes = [o.box for o in objects or () if o.index == target]
         mask = read_mask(mask_file, height, width) if mask_file is not None else None
         annotation: dict[str, Any] = {
@@ -433,6 +435,7 @@ class _EvaluateWork:
             "target_boxes": None if objects is None else len(boxes),
             "mask": None if mask is None else int(mask.sum()),
             "digest": self.annotations.digest(item.relative),
+            **fitted.notes(),
         }
         if mask is not None and not mask.any():
             mask = None  # an empty mask marks no object: nothing to localise against

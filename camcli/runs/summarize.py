@@ -348,7 +348,7 @@ def _outside_shares(
     """Per annotated image, the share of its normalised map outside the annotated objects."""
     if options.boxes is None and options.masks is None:
         return {}
-    from camcli.io.annotations import AnnotationError, load_annotations, read_mask
+    from camcli.io.annotations import AnnotationError, fit_boxes, load_annotations, read_mask
 
     relatives = [PurePosixPath(m.image) for m in maps]
     try:
@@ -366,7 +366,7 @@ def _outside_shares(
     side = SUMMARY_GRID
     for item, relative in zip(maps, relatives, strict=True):
         coverage = np.zeros((side, side), dtype=np.float64)
-        objects = annotations.objects(relative) or []
+        objects = fit_boxes(annotations.objects(relative) or [], item.width, item.height).objects
         if objects and item.width and item.height:
             edges_x = np.linspace(0.0, 1.0, side + 1)
             edges_y = np.linspace(0.0, 1.0, side + 1)
