@@ -331,7 +331,7 @@ class Explainer:
         probabilities = probabilities.sigmoid() if self.model.binary else probabilities.softmax(1)
         # What the command line renders: each map method's normalised map at its own
         # resolution and each gradient picture, resampled onto the original pixels.
-        unit_maps = {m: result.unit_map(m).float().cpu() for m in result.maps}
+        unit_maps = {m: result.picture_map(m).float().cpu() for m in result.maps}
         pictures = {m: picture_to_unit(m, result.images[m]).float().cpu() for m in result.images}
         out = []
         for i, (image, source) in enumerate(batch):

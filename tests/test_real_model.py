@@ -185,3 +185,29 @@ def test_each_method_localizes_the_requested_photo_in_collages(embedded: LoadedM
     for method in ("gradcam++", "layercam"):
         assert hits[method] >= 9, hits
     assert np.mean(tile_share) > 0.6  # chance is 0.25
+
+
+def _jet_levels(path: Path) -> np.ndarray:
+    """A heatmap PNG read back as JET levels 0..255, per pixel (nearest colour of the table)."""
+    table = jet_lut().numpy().astype(np.int32)
+    rgb = np.asarray(Image.open(path).convert("RGB"))[::4, ::4].reshape(-1, 3).astype(np.int32)
+    return ((rgb[:, None, :] - table[None]) ** 2).sum(axis=2).argmin(axis=1)
+
+
+def test_every_map_methods_heatmap_of_a_photo_uses_most_of_the_colour_map(tmp_path: Path):
+    """RISE's map has a floor (a mean of probabilities): its picture spans min to max."""
+    out = tmp_path / "out"
+    methods = "gradcam,gradcam++,xgradcam,layercam,hirescam,cam,eigencam,rise"
+    result = CliRunner().invoke(
+        main,
+        ["explain", str(SAMPLES / "tiger_cat"), "-o", str(out), "--method", methods,
+         "--rise-masks", "200", "--device", "cpu"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    record = json.loads((out / "chelsea.png.json").read_text())
+    for method in methods.split(","):
+        levels = _jet_levels(out / f"chelsea.png.{method}.png")
+        span = (levels.max() - levels.min()) / 255
+        assert span >= 0.8, (method, levels.min(), levels.max())
+    # The record keeps RISE's raw maximum: a probability, not 1.
+    assert 0.0 < record["maps"]["rise"]["max"] < 1.0

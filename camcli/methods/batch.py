@@ -22,7 +22,7 @@ from camcli.methods.activation import (
     eigencam,
     find_linear_head,
 )
-from camcli.methods.forward import Explanation, explain_batch, normalise_maps
+from camcli.methods.forward import Explanation, explain_batch, normalise_maps, picture_maps
 from camcli.methods.gradient import gradcam, gradcam_plus_plus, hirescam, layercam, xgradcam
 from camcli.methods.integrated import adaptive_integrated_gradients, ig_baseline
 from camcli.methods.metrics import faithfulness, pixel_order_saliency
@@ -128,6 +128,13 @@ class BatchMethods:
             return self.fused[method]
         (only,) = self.maps[method].values()
         return normalise_maps(only)
+
+    def picture_map(self, method: str) -> torch.Tensor:
+        """The method's final map as its picture shows it (:func:`picture_maps`)."""
+        if method in self.fused:
+            return self.fused[method]
+        (only,) = self.maps[method].values()
+        return picture_maps(method, only)
 
 
 def _to_size(maps: torch.Tensor, size: int) -> torch.Tensor:

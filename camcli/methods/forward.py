@@ -22,6 +22,7 @@ from camcli.methods.guided import GuidedActivations
 from camcli.models.hooks import LayerCapture, LayerUnusable, frozen_eval
 
 __all__ = [
+    "FLOOR_METHODS",
     "Explanation",
     "Predictions",
     "class_probabilities",
@@ -29,6 +30,7 @@ __all__ = [
     "explain_targets",
     "grad_cam",
     "normalise_maps",
+    "picture_maps",
     "top_predictions",
 ]
 
@@ -61,6 +63,31 @@ def grad_cam(activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor
     activations = activations.float()
     weights = gradients.float().mean(dim=(2, 3), keepdim=True)
     return (weights * activations).sum(dim=1).clamp(min=0)
+
+
+FLOOR_METHODS = ("rise",)
+"""Map methods whose maps have a floor far above zero: their pictures span min to max.
+
+A RISE map is a mean of masked class probabilities (0.60 to 0.74 on a photo): divided by its
+maximum it would fill only the red end of the colour map. The other map methods' maps are
+rectified (zero means no evidence) and are divided by their maximum.
+"""
+
+
+def picture_maps(method: str, maps: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """How a method's maps become pictures: ``(N, ...)`` in [0, 1].
+
+    From the minimum to the maximum of each map for :data:`FLOOR_METHODS` (as the RISE
+    paper's figures and pytorch-grad-cam show them), else divided by the maximum
+    (:func:`normalise_maps`). A flat map gives zeros.
+    """
+    if method not in FLOOR_METHODS:
+        return normalise_maps(maps, eps)
+    flat = maps.flatten(1).float()
+    low = flat.amin(dim=1).view(-1, *([1] * (maps.dim() - 1)))
+    span = (flat.amax(dim=1) - flat.amin(dim=1)).view(-1, *([1] * (maps.dim() - 1)))
+    shifted = maps.float() - low
+    return torch.where(span > eps, shifted / span.clamp(min=eps), torch.zeros_like(shifted))
 
 
 def normalise_maps(maps: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:

@@ -242,7 +242,7 @@ class _MapsWork:
         )
         probabilities = class_probabilities(result.explanation.logits, self.model.binary)
         top_p, top_i = probabilities.max(dim=1)
-        unit_maps = [result.unit_map(m).float() for m in settings.methods]
+        unit_maps = [result.picture_map(m).float() for m in settings.methods]
         # RISE's map is at the input resolution, the CAMs at the layer's: one grid for all.
         height = max(u.shape[-2] for u in unit_maps)
         width = max(u.shape[-1] for u in unit_maps)

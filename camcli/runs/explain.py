@@ -125,7 +125,7 @@ def _map_keys(result: BatchMethods, layers: Sequence[str]) -> dict[str, torch.Te
     """Maps to render: ``method`` (fused or only layer) and ``method@layer`` per layer."""
     maps: dict[str, torch.Tensor] = {}
     for method, per_layer in result.maps.items():
-        maps[method] = result.unit_map(method)
+        maps[method] = result.picture_map(method)
         if len(per_layer) > 1:
             for layer, values in per_layer.items():
                 maps[f"{method}@{layer}"] = normalise_maps(values)

@@ -164,7 +164,7 @@ def launch_extra_targets(
     layers = settings.layers
     layer = layers[0] if len(layers) == 1 else None
     for result in results[1:]:
-        maps = {method: result.unit_map(method) for method in result.maps}
+        maps = {method: result.picture_map(method) for method in result.maps}
         pictures = {method: picture_to_unit(method, g) for method, g in result.images.items()}
         renders.append(launch_render(maps, pictures, pixels, thetas, lut, settings.alpha))
         logits = result.explanation.logits.float()
