@@ -37,7 +37,7 @@ from camcli.models import EMBEDDED_MODEL
 from camcli.models.hooks import resolve_layer
 from camcli.models.loaded import LoadedModel
 from camcli.models.own import load_module_model
-from camcli.models.registry import load_model
+from camcli.models.registry import load_model, unknown_model
 from camcli.pictures.render import (
     colorize,
     jet_lut,
@@ -50,9 +50,18 @@ from camcli.runs.settings import Settings, parse_target, resolve_device
 from camcli.runs.targets import parse_targets
 from camcli.runs.work import Reporter, RunSummary
 
-__all__ = ["ExplainResult", "Explainer", "Prediction"]
+__all__ = ["ArgumentError", "ExplainResult", "Explainer", "Prediction"]
 
 ImageLike = str | Path | Image.Image
+
+
+class ArgumentError(ValueError):
+    """A value of an argument of :class:`Explainer` it cannot use: ``ARGUMENT: reason``."""
+
+    def __init__(self, argument: str, reason: str) -> None:
+        super().__init__(f"{argument}: {reason}")
+        self.argument = argument
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -150,7 +159,9 @@ class Explainer:
             IG's steps, ...); the command line's defaults unless given.
 
     Raises:
-        ValueError: an unknown method, target or device.
+        ValueError: an unknown model, method, target or device, or a value out of range
+            (one sentence naming the argument, with the closest names where known).
+        TypeError: an argument of the wrong type (one sentence naming it).
         camcli.models.hooks.UnknownLayer: a layer the model does not have.
         camcli.models.loaded.ModelUnavailable: the weights cannot be loaded.
 
@@ -171,21 +182,43 @@ class Explainer:
         batch_size: int | None = None,
         method_options: MethodOptions | None = None,
     ) -> None:
-        self.device = device if isinstance(device, torch.device) else resolve_device(device)
+        _check_arguments(
+            model, methods, layers, device, weights, target, top_k, crop, batch_size,
+            method_options,
+        )  # fmt: skip
+        if isinstance(methods, str):  # "gradcam,guided" as on the command line
+            methods = [methods]
+        if isinstance(layers, str):
+            layers = [layers]
+        try:
+            self.device = device if isinstance(device, torch.device) else resolve_device(device)
+        except ValueError as exc:
+            raise ArgumentError("device", str(exc)) from None
         if isinstance(model, LoadedModel):
             self.model: LoadedModel = model
         elif isinstance(model, nn.Module):
             self.model = load_module_model(model)
         else:
+            message = unknown_model(model)
+            if message is not None:
+                raise ArgumentError("model", message)
+            if weights is not None and not Path(weights).expanduser().is_file():
+                raise ArgumentError("weights", f"{str(weights)!r} is not a file")
             self.model = load_model(model, Path(weights) if weights else None, offline)
-        self.methods = parse_methods(list(methods))
+        try:
+            self.methods = parse_methods(list(methods))
+        except ValueError as exc:
+            raise ArgumentError("methods", str(exc)) from None
         self.layers = tuple(dict.fromkeys(layers)) or (self.model.default_layer,)
         for name in self.layers:
             resolve_layer(self.model.module, name)
         classes = self.model.classes
-        self.target, self.extra_targets = parse_targets(
-            str(target), lambda text: parse_target(text, classes)
-        )
+        try:
+            self.target, self.extra_targets = parse_targets(
+                str(target), lambda text: parse_target(text, classes)
+            )
+        except ValueError as exc:
+            raise ArgumentError("target", str(exc)) from None
         self.top_k = top_k
         self.crop = crop
         self.batch_size = batch_size or (64 if self.device.type == "cuda" else 8)
@@ -201,12 +234,15 @@ class Explainer:
             self.method_options = replace(method_options, black=black)
         self.model.module.to(self.device)  # eval mode is each method's, for its passes
 
-    def explain(self, images: Iterable[ImageLike] | torch.Tensor) -> Iterator[ExplainResult]:
+    def explain(
+        self, images: ImageLike | Iterable[ImageLike] | torch.Tensor
+    ) -> Iterator[ExplainResult]:
         """Explain images, a batch at a time; yields one result per image, in order.
 
         Args:
             images: paths, PIL images, or a tensor batch ``(N, C, H, W)`` of images in
-                [0, 1] (resized and normalised here like any other image).
+                [0, 1] (resized and normalised here like any other image); one path or
+                one PIL image is a list of one.
 
         Yields:
             The results.
@@ -217,6 +253,8 @@ class Explainer:
                 "explain() gives one map per method for one target (pred or a class); "
                 "several targets and 'label' (class folders) need explain_folder()"
             )
+        if isinstance(images, str | Path | Image.Image):  # one image: a batch of one
+            images = [images]
         pending: list[tuple[Image.Image, str | None]] = []
         for image in _as_images(images):
             pending.append(image)
@@ -391,8 +429,63 @@ def _as_images(
     for image in images:
         if isinstance(image, Image.Image):
             yield image.convert("RGB"), None
+        elif isinstance(image, str | Path):
+            path = Path(image).expanduser()
+            if not path.is_file():
+                raise ValueError(f"images: {str(image)!r} is not an image file")
+            yield load_rgb(path), str(image)
         else:
-            yield load_rgb(Path(image)), str(image)
+            raise TypeError(
+                f"images: {type(image).__name__} is not a path, a PIL image or a tensor"
+            )
+
+
+def _check_arguments(
+    model: Any,
+    methods: Any,
+    layers: Any,
+    device: Any,
+    weights: Any,
+    target: Any,
+    top_k: Any,
+    crop: Any,
+    batch_size: Any,
+    method_options: Any,
+) -> None:
+    """Refuse arguments of the wrong type or value, one sentence naming the argument."""
+
+    def strings(value: Any) -> bool:
+        return isinstance(value, str) or (
+            isinstance(value, Sequence) and all(isinstance(v, str) for v in value)
+        )
+
+    if not isinstance(model, str | nn.Module | LoadedModel):
+        raise TypeError(
+            f"model: {type(model).__name__} is not a model name, a torch.nn.Module or a LoadedModel"
+        )
+    if not strings(methods):
+        raise TypeError("methods: give method names, e.g. ['gradcam', 'guided']")
+    if not strings(layers):
+        raise TypeError("layers: give layer names, e.g. ['features.29']")
+    if not isinstance(device, str | torch.device):
+        raise TypeError(f"device: {device!r} is not 'auto', 'cpu', 'cuda' or 'cuda:N'")
+    if weights is not None and not isinstance(weights, str | Path):
+        raise TypeError(f"weights: {type(weights).__name__} is not a path to a weight file")
+    if isinstance(target, bool) or not isinstance(target, str | int):
+        raise TypeError(f"target: {target!r} is not 'pred', a class index or a class name")
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+        raise ValueError(f"top_k: {top_k!r} is not a whole number of at least 1")
+    if not isinstance(crop, bool):
+        raise TypeError(f"crop: {crop!r} is not True or False")
+    if batch_size is not None and (
+        isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
+    ):
+        raise ValueError(f"batch_size: {batch_size!r} is not a whole number of at least 1")
+    if method_options is not None and not isinstance(method_options, MethodOptions):
+        raise TypeError(
+            f"method_options: {type(method_options).__name__} is not a "
+            "camcli.methods.batch.MethodOptions"
+        )
 
 
 class _QuietReporter:

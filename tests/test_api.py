@@ -199,3 +199,55 @@ def test_readme_python_examples_run_as_written(
             assert overlay.size == original.size
     assert (tmp_path / "camcli-out" / "tiger_cat" / "chelsea.png.json").exists()
     assert (tmp_path / "camcli-out" / "tiger_cat" / "chelsea.png.gradcam.overlay.png").exists()
+
+
+def test_one_path_or_one_image_is_a_batch_of_one(tmp_path: Path) -> None:
+    photo = save_image(tmp_path / "a.png", random_photo(0, 48, 40))
+    explainer = camcli.Explainer(TINY, ["gradcam"], device="cpu")
+    from_path = list(explainer.explain(str(photo)))
+    from_image = list(explainer.explain(Image.open(photo)))
+    from_list = list(explainer.explain([photo]))
+    assert len(from_path) == len(from_image) == len(from_list) == 1
+    np.testing.assert_array_equal(from_path[0].maps["gradcam"], from_list[0].maps["gradcam"])
+    np.testing.assert_array_equal(from_image[0].maps["gradcam"], from_list[0].maps["gradcam"])
+    with pytest.raises(ValueError, match=r"images: '.*missing.png' is not an image file"):
+        list(explainer.explain([tmp_path / "missing.png"]))
+    with pytest.raises(TypeError, match="images: int is not a path, a PIL image or a tensor"):
+        list(explainer.explain([3]))  # type: ignore[list-item]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        (
+            {"model": "efficientnet_lite"},
+            ValueError,
+            r"model: unknown model 'efficientnet_lite'; did you mean efficientnet_lite0",
+        ),
+        ({"model": 3}, TypeError, "model: int is not a model name"),
+        ({"methods": ["gradcamm"]}, ValueError, "methods: .*gradcamm"),
+        ({"methods": [1]}, TypeError, "methods: give method names"),
+        ({"layers": [3]}, TypeError, "layers: give layer names"),
+        ({"device": "gpu"}, ValueError, "device: 'gpu' is not auto, cpu, cuda or cuda:N"),
+        ({"device": 0}, TypeError, "device: 0 is not"),
+        ({"weights": 5}, TypeError, "weights: int is not a path"),
+        ({"weights": "nope.pt"}, ValueError, "weights: 'nope.pt' is not a file"),
+        ({"target": "tabbby"}, ValueError, "target: 'tabbby' is not .* did you mean 'tabby'"),
+        ({"target": 1.5}, TypeError, "target: 1.5 is not"),
+        ({"top_k": 0}, ValueError, "top_k: 0 is not a whole number of at least 1"),
+        ({"crop": "yes"}, TypeError, "crop: 'yes' is not True or False"),
+        ({"batch_size": 0}, ValueError, "batch_size: 0 is not a whole number"),
+        ({"method_options": {"rise_masks": 10}}, TypeError, "method_options: dict is not"),
+    ],
+)
+def test_explainer_arguments_are_checked_one_sentence_each(
+    kwargs: dict, error: type[Exception], message: str
+) -> None:
+    arguments = {"model": TINY, "device": "cpu", **kwargs}
+    with pytest.raises(error, match=message):
+        camcli.Explainer(**arguments)
+
+
+def test_explainer_methods_and_layers_as_one_string() -> None:
+    explainer = camcli.Explainer(TINY, "gradcam,guided", layers="features.3", device="cpu")
+    assert explainer.methods == ("gradcam", "guided") and explainer.layers == ("features.3",)

@@ -162,6 +162,11 @@ def test_no_images_is_one_sentence_and_non_zero(tmp_path: Path):
         ),
         (["--layer", "fc"], "'--layer': layer 'fc' outputs"),
         (["--target", "no such class"], "'--target'"),
+        (
+            ["--target", "tabbby"],
+            "'--target': 'tabbby' is not 'pred', 'label', a class index "
+            "or a class name of this model; did you mean 'tabby'",
+        ),
         (["--target", "1000"], "out of range"),
         (["--device", "cuda:7"], "'--device'"),
         (["--device", "tpu"], "'--device'"),

@@ -198,7 +198,7 @@ def explain_settings(
             on images outside class folders (exit 2).
 
     """
-    from camcli.api import Explainer
+    from camcli.api import ArgumentError, Explainer
     from camcli.cli.frame import unknown_layer
     from camcli.models.hooks import UnknownLayer
 
@@ -219,7 +219,8 @@ def explain_settings(
     except UnknownLayer as exc:
         raise unknown_layer(exc, loaded.name) from None
     except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="'--target'") from None
+        reason = exc.reason if isinstance(exc, ArgumentError) else str(exc)
+        raise click.BadParameter(reason, param_hint="'--target'") from None
     if "label" in (t.mode for t in (explainer.target, *explainer.extra_targets)):
         _check_labels(run.items, loaded.classes)
     fields = run.common_fields()

@@ -23,7 +23,6 @@ are the same for every command. No tensor maths here.
 from __future__ import annotations
 
 import datetime
-import difflib
 import importlib.util
 import json
 import os
@@ -59,9 +58,8 @@ from camcli.models.own import (
     OutputMismatch,
     customise_model,
     is_factory_spec,
-    is_timm_spec,
 )
-from camcli.models.registry import available_models, load_model
+from camcli.models.registry import load_model, unknown_model
 from camcli.runs.explain import RunSummary, WriteFailed
 from camcli.runs.on_ray import RayUnavailable
 from camcli.runs.runtime import (
@@ -196,15 +194,9 @@ def unknown_layer(exc: UnknownLayer, model_name: str) -> click.BadParameter:
 
 def check_model_name(model_name: str) -> None:
     """Refuse an unknown ``--model`` with the closest names (click.BadParameter, exit 2)."""
-    if is_factory_spec(model_name) or is_timm_spec(model_name):
-        return  # checked when loaded
-    names = available_models()
-    if model_name not in names:
-        close = difflib.get_close_matches(model_name, names, n=4, cutoff=0.5)
-        hint = f"; did you mean {', '.join(close)}?" if close else "; see 'camcli models'"
-        if model_name.endswith(".py"):
-            hint = f"; name the factory function too: {model_name}:FUNCTION"
-        raise click.BadParameter(f"unknown model {model_name!r}{hint}", param_hint="'--model'")
+    message = unknown_model(model_name)
+    if message is not None:
+        raise click.BadParameter(message, param_hint="'--model'")
 
 
 def resolve_device_option(device: str, check_here: bool = True) -> torch.device:
