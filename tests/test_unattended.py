@@ -488,6 +488,20 @@ def test_closed_stdout_ends_quietly(many: Path, tmp_path: Path, squeezenet_weigh
     assert b"Traceback" not in stderr and b"BrokenPipe" not in stderr
     assert process.returncode == 141
     assert_outputs_valid(out)
+    # The summary and the index count what was written: nothing done is denied.
+    summary = json.loads((out / "run.json").read_text())
+    records = list(out.rglob("*.jpg.json")) + list(out.rglob("*.png.json"))
+    assert summary["status"] == "broken-pipe" and summary["exit_code"] == 141
+    assert summary["counts"]["explained"] == len(records) > 0
+    assert not (out / "index.jsonl.partial").exists()
+    assert len(index_lines(out)) == len(records)
+    # The next run reuses them and completes the index.
+    again = subprocess.run(
+        _command(many, out, squeezenet_weights, "-j", "0"), env=_env(), capture_output=True
+    )
+    assert again.returncode == 0, again.stderr
+    assert json.loads((out / "run.json").read_text())["counts"]["skipped"] == len(records)
+    assert len(index_lines(out)) == 24
 
 
 def test_torchrun_two_processes_one_merged_summary(

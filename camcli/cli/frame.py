@@ -27,6 +27,7 @@ import importlib.util
 import json
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -412,18 +413,32 @@ def load_checked_model(wanted: ModelOptions) -> LoadedModel:
 class Reporter:
     """Prints records (``--jsonl``) to stdout, failures to stderr, progress bar on stderr."""
 
-    def __init__(self, jsonl: bool, total: int) -> None:
+    def __init__(self, jsonl: bool, total: int, stop: threading.Event | None = None) -> None:
         self.jsonl = jsonl
+        self.stop = stop
+        self.broken = False  # stdout was closed by its reader (| head)
         # disable=None: no bar when stderr is not a terminal (cron, CI, pipes).
         self.bar = tqdm(total=total, unit="img", file=sys.stderr, disable=None, dynamic_ncols=True)
 
     def record(self, record: dict[str, Any]) -> None:
-        """Report one image's record (failures also on stderr)."""
+        """Report one image's record (failures also on stderr).
+
+        When stdout's reader has gone (``| head``), the run is asked to stop as after a
+        signal: what is in flight is finished and written, the index lists it, and
+        ``run.json`` counts it; the exit status is 141.
+        """
         if record.get("status") == "error":
             self.bar.write(f"camcli: skipped {record['image']}: {record['error']}", file=sys.stderr)
-        if self.jsonl:
-            sys.stdout.write(json.dumps(record, ensure_ascii=False) + "\n")
-            sys.stdout.flush()
+        if self.jsonl and not self.broken:
+            try:
+                sys.stdout.write(json.dumps(record, ensure_ascii=False) + "\n")
+                sys.stdout.flush()
+            except BrokenPipeError:
+                self.broken = True
+                _silence_stdout()
+                if self.stop is None:
+                    raise
+                self.stop.set()
 
     def advance(self, count: int) -> None:
         """Move the progress bar."""
@@ -527,7 +542,7 @@ def _run_body(
     run: PreparedRun, body: RunBody, stop: StopRequest, usage_errors: UsageErrors
 ) -> tuple[RunSummary, int]:
     """Run the body; map its outcome to the summary status and the exit code."""
-    reporter = Reporter(run.jsonl, len(run.items))
+    reporter = Reporter(run.jsonl, len(run.items), stop.event)
     try:
         summary = body(reporter, stop)
     except (WriteFailed, RayUnavailable) as exc:
@@ -547,6 +562,9 @@ def _run_body(
         raise
     finally:
         reporter.close()
+    if reporter.broken and stop.exit_code is None:
+        summary.status = "broken-pipe"  # what was written is counted and indexed
+        return summary, 141
     if stop.exit_code is not None:
         return summary, stop.exit_code
     return summary, 1 if summary.failed else 0
