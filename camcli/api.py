@@ -36,8 +36,9 @@ from camcli.methods.names import DEFAULT_METHODS, parse_methods
 from camcli.models import EMBEDDED_MODEL
 from camcli.models.hooks import resolve_layer
 from camcli.models.loaded import LoadedModel
+from camcli.models.names import unknown_model
 from camcli.models.own import load_module_model
-from camcli.models.registry import load_model, unknown_model
+from camcli.models.registry import load_model
 from camcli.pictures.render import (
     colorize,
     jet_lut,

@@ -18,7 +18,7 @@ from PIL import Image
 
 from camcli.cli import main
 
-from .conftest import BRIGHT, TINY, TinyNet, save_image, square_image
+from .conftest import BRIGHT, SAMPLES, TINY, TinyNet, save_image, square_image
 
 Folder = Callable[[dict[str, tuple[int, int]]], Path]
 
@@ -581,3 +581,52 @@ def test_missing_isal_is_said_once_on_stderr_and_the_run_still_works(
     assert len(jsonl(result)) == 3  # stdout stays pure data
     quiet = explain(three, tmp_path / "out6", "--jsonl", "--png-level", "6")
     assert "isal package" not in quiet.stderr  # OpenCV's encoder was asked for: nothing to say
+
+
+_REFUSE = """
+import sys
+from camcli.cli import main
+try:
+    main(sys.argv[1:], standalone_mode=True)
+except SystemExit as exc:
+    print("torch loaded" if "torch" in sys.modules else "torch not loaded", file=sys.stderr)
+    raise
+"""
+
+
+def test_refusals_come_before_torch_and_the_model_are_loaded(tmp_path: Path) -> None:
+    """A held directory, an unwritable one and an unknown model: refused before torch."""
+    def refuse(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-c", _REFUSE, "explain", str(SAMPLES), *args],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    typo = refuse("--model", "densenet20", "-o", str(tmp_path / "a"))
+    assert typo.returncode == 2 and "did you mean densenet201" in typo.stderr
+    assert "torch not loaded" in typo.stderr
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    unwritable = refuse("-o", str(blocker / "out"))
+    assert (
+        unwritable.returncode == 1 and "cannot write to the output directory" in unwritable.stderr
+    )
+    assert "torch not loaded" in unwritable.stderr
+    held = tmp_path / "held"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom pathlib import Path\n"
+         "from camcli.io.lock import run_lock\n"
+         f"with run_lock(Path({str(held)!r}) / '.camcli.lock'):\n"
+         "    print('held', flush=True)\n    time.sleep(60)\n"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        locked = refuse("-o", str(held))
+    finally:
+        holder.kill()
+        holder.wait()
+    assert locked.returncode == 1 and f"is in use by camcli pid {holder.pid}" in locked.stderr
+    assert "torch not loaded" in locked.stderr

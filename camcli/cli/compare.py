@@ -114,6 +114,9 @@ def compare(ctx: click.Context, **options: Any) -> None:
     common = CommonOptions.take(options, ModelOptions(model_name=names[0], offline=offline))
     own = CompareCommandOptions(**options)
 
+    from camcli.cli.early import refuse_early
+
+    refuse_early(common, check_model=False)
     from camcli.methods.activation import CamNotApplicable
     from camcli.methods.batch import MethodOptions
     from camcli.models.hooks import LayerUnusable

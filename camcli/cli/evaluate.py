@@ -153,6 +153,9 @@ def evaluate(ctx: click.Context, **options: Any) -> None:
     own = EvaluateCommandOptions(**options)
     check_report_location(own.report, common.output.output_dir)
 
+    from camcli.cli.early import refuse_early
+
+    refuse_early(common)
     from camcli.cli.frame import Reporter, prepare_run, run_in_frame
     from camcli.io.annotations import AnnotationError, load_annotations
     from camcli.methods.activation import CamNotApplicable

@@ -137,6 +137,9 @@ def explain(ctx: click.Context, **options: Any) -> None:
     own = ExplainOptions(method_settings=MethodSettingOptions.take(options), **options)
     check_report_location(own.report, common.output.output_dir)
 
+    from camcli.cli.early import refuse_early
+
+    refuse_early(common)
     from camcli.cli.frame import Reporter, prepare_run, run_in_frame
     from camcli.cli.report import report_after_run
     from camcli.methods.activation import CamNotApplicable

@@ -91,6 +91,9 @@ def features(ctx: click.Context, **options: Any) -> None:
     common = CommonOptions.take(options)
     own = FeaturesCommandOptions(**options)
 
+    from camcli.cli.early import refuse_early
+
+    refuse_early(common)
     from camcli.cli.frame import Reporter, prepare_run, run_in_frame
     from camcli.models.hooks import LayerUnusable
     from camcli.runs.features import FeatureOptions, features_payload, run_features

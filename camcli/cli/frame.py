@@ -53,6 +53,7 @@ from camcli.io.storage import StorageError, local_lock_path, output_location
 from camcli.io.write import fast_deflate_available, index_name, remove_leftovers, summary_name
 from camcli.models.hooks import UnknownLayer, resolve_layer
 from camcli.models.loaded import LoadedModel, ModelUnavailable
+from camcli.models.names import unknown_model
 from camcli.models.own import (
     ModelSpecError,
     OptionProblem,
@@ -60,7 +61,7 @@ from camcli.models.own import (
     customise_model,
     is_factory_spec,
 )
-from camcli.models.registry import load_model, unknown_model
+from camcli.models.registry import load_model
 from camcli.runs.explain import RunSummary, WriteFailed
 from camcli.runs.on_ray import RayUnavailable
 from camcli.runs.runtime import (

@@ -16,7 +16,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["LockHeld", "release_inherited_locks", "run_lock"]
+__all__ = ["LockHeld", "holder_message", "release_inherited_locks", "run_lock"]
 
 # Descriptors of the locks this process holds. A forked child (a loader worker) inherits
 # them, and an flock stays held while any copy is open: children close theirs so that the
@@ -44,6 +44,15 @@ def _holder(path: Path) -> dict[str, object]:
     return value if isinstance(value, dict) else {}
 
 
+def holder_message(path: Path) -> str:
+    """The refusal of a run into a directory whose lock ``path`` another run holds."""
+    current = _holder(path)
+    return (
+        f"{path.parent} is in use by camcli pid {current.get('pid', '?')} on "
+        f"{current.get('host', '?')} since {current.get('started', '?')}; wait for it to finish"
+    )
+
+
 @contextlib.contextmanager
 def run_lock(path: Path) -> Iterator[Path]:
     """Hold the lock file ``path`` for the duration of the block.
@@ -59,12 +68,7 @@ def run_lock(path: Path) -> Iterator[Path]:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            current = _holder(path)
-            raise LockHeld(
-                f"{path.parent} is in use by camcli pid {current.get('pid', '?')} on "
-                f"{current.get('host', '?')} since {current.get('started', '?')}; wait for "
-                "it to finish"
-            ) from None
+            raise LockHeld(holder_message(path)) from None
         # The previous holder may have removed the file between our open and our lock:
         # then we hold a lock on a file nobody else sees. Start again with the new file.
         try:

@@ -33,6 +33,7 @@ from torch import nn
 from camcli.models.classes import ClassIndex, imagenet_classes
 from camcli.models.layers import default_layer
 from camcli.models.loaded import LoadedModel, ModelUnavailable, Preprocessing, load_state_dict_file
+from camcli.models.names import TIMM_PREFIX, is_factory_spec, is_timm_spec
 
 __all__ = [
     "BINARY_NAMES",
@@ -55,7 +56,6 @@ __all__ = [
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 BINARY_NAMES = ("negative", "positive")
-TIMM_PREFIX = "timm/"
 
 
 class ModelSpecError(ValueError):
@@ -64,17 +64,6 @@ class ModelSpecError(ValueError):
 
 class OutputMismatch(ValueError):
     """The model does not take the stated input or returns something other than logits."""
-
-
-def is_factory_spec(name: str) -> bool:
-    """``True`` for ``FILE.py:FUNCTION`` and ``package.module:FUNCTION`` (or ``Class.method``)."""
-    module, sep, function = name.rpartition(":")
-    return bool(sep and module and all(part.isidentifier() for part in function.split(".")))
-
-
-def is_timm_spec(name: str) -> bool:
-    """``True`` for ``timm/NAME`` (a timm model name, optionally with a ``.tag``)."""
-    return name.startswith(TIMM_PREFIX) and len(name) > len(TIMM_PREFIX)
 
 
 def _call_factory(spec: str) -> nn.Module:

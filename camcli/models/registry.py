@@ -35,7 +35,6 @@ __all__ = [
     "load_model",
     "offline_requested",
     "register_model",
-    "unknown_model",
     "unregister_model",
     "weights_status",
 ]
@@ -81,27 +80,6 @@ def available_models() -> list[str]:
     """Names ``--model`` accepts: registered models first, then torchvision classifiers."""
     registered = sorted(_REGISTRY)
     return registered + [n for n in _torchvision_classifiers() if n not in _REGISTRY]
-
-
-def unknown_model(name: str) -> str | None:
-    """The sentence for a model name nothing answers to (with the closest names), or ``None``.
-
-    Factory files (``FILE.py:FUNCTION``) and ``timm/NAME`` are checked when loaded.
-    """
-    import difflib
-
-    from camcli.models import own as own_models
-
-    if own_models.is_factory_spec(name) or own_models.is_timm_spec(name):
-        return None
-    names = available_models()
-    if name in names:
-        return None
-    close = difflib.get_close_matches(name, names, n=4, cutoff=0.5)
-    hint = f"; did you mean {', '.join(close)}?" if close else "; see 'camcli models'"
-    if name.endswith(".py"):
-        hint = f"; name the factory function too: {name}:FUNCTION"
-    return f"unknown model {name!r}{hint}"
 
 
 def weights_status(name: str) -> str:

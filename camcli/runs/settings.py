@@ -46,8 +46,7 @@ def parse_target(text: str, classes: ClassIndex) -> TargetSpec:
         close = difflib.get_close_matches(value, list(classes.names), n=3, cutoff=0.6)
         hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
         raise ValueError(
-            f"{value!r} is not 'pred', 'label', a class index or a class name of this "
-            f"model{hint}"
+            f"{value!r} is not 'pred', 'label', a class index or a class name of this model{hint}"
         )
     return TargetSpec("class", index_or_none)
 
