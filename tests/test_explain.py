@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
+from click.testing import CliRunner
 from torch import nn
 
+from camcli.cli import main
 from camcli.methods.forward import explain_batch, grad_cam, normalise_maps, top_predictions
 from camcli.models.hooks import LayerCapture, LayerUnusable, frozen_eval
 
-from .conftest import TinyNet
+from .conftest import TINY, TinyNet
 
 
 class FeatureHead(nn.Module):
@@ -185,3 +190,27 @@ def test_a_layer_that_does_not_run_is_refused_with_a_reason():
 
     with pytest.raises(LayerUnusable, match="did not run in the forward pass"):
         explain_batch(TrainOnlyBranch(), torch.randn(1, 3, 32, 32), "aux")
+
+
+def test_a_rewritten_record_takes_its_stale_pictures_with_it(image_folder, tmp_path: Path):
+    """Re-run with other methods: the old methods' files go; other commands' files stay."""
+    root = image_folder({"tabby/a.jpg": (50, 40)})
+    out = tmp_path / "out"
+
+    def run(*args: str) -> None:
+        result = CliRunner().invoke(main, [*args, str(root), "-o", str(out), "-m", TINY])
+        assert result.exit_code == 0, result.output
+
+    run("explain", "--method", "gradcam,guided")
+    run("features", "--layer", "features.3")
+    features = sorted(p.name for p in (out / "tabby").iterdir() if ".features." in p.name)
+    assert (out / "tabby" / "a.jpg.gradcam.png").exists()
+    assert (out / "tabby" / "a.jpg.guided.png").exists()
+    run("explain", "--method", "gradcam++")
+    names = sorted(p.name for p in (out / "tabby").iterdir())
+    assert "a.jpg.gradcam.png" not in names and "a.jpg.gradcam.overlay.png" not in names
+    assert "a.jpg.guided.png" not in names
+    assert {"a.jpg.gradcam++.png", "a.jpg.gradcam++.overlay.png", "a.jpg.json"} <= set(names)
+    assert sorted(n for n in names if ".features." in n) == features  # another command's
+    record = json.loads((out / "tabby" / "a.jpg.json").read_text())
+    assert set(record["files"]) == {"gradcam++"}

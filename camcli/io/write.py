@@ -177,7 +177,8 @@ def write_image_files(
     """Encode and write one image's files; the JSON record last, so it marks completion.
 
     An older record is removed first: while its files are being replaced it must not
-    vouch for them.
+    vouch for them. Files it listed that the new record does not list (a run with other
+    methods) are removed after the new record is written.
 
     Args:
         jobs: the files, each a path and a function making its bytes.
@@ -188,10 +189,42 @@ def write_image_files(
 
     """
     put = write or atomic_write_bytes
+    before = _listed_files(record_file)
     record_file.unlink(missing_ok=True)
     for path, produce in jobs:
         put(path, produce())
     write_json(record_file, record)
+    # The files the previous record listed and this one does not (another --method): stale.
+    # Only names a record of this kind listed are removed, never another command's files.
+    now = _listed_names(record.get("files"))
+    for name in before - now:
+        stale = record_file.parent / name
+        if not ("/" in name or name.startswith(".")):
+            with contextlib.suppress(OSError):
+                stale.unlink()
+
+
+def _listed_names(files: Any) -> set[str]:
+    """Every file name a record's ``files`` lists (nested dicts and lists of names)."""
+    names: set[str] = set()
+    if isinstance(files, dict):
+        for value in files.values():
+            names |= _listed_names(value)
+    elif isinstance(files, list):
+        for value in files:
+            names |= _listed_names(value)
+    elif isinstance(files, str) and files:
+        names.add(files)
+    return names
+
+
+def _listed_files(record_file: Path) -> set[str]:
+    """The file names the record at ``record_file`` lists (none when there is none)."""
+    try:
+        old = json.loads(record_file.read_bytes())
+    except (OSError, ValueError):
+        return set()
+    return _listed_names(old.get("files")) if isinstance(old, dict) else set()
 
 
 # The kinds of run that write into an output directory. Each has its own record suffix,
