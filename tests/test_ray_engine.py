@@ -417,3 +417,37 @@ def test_summarize_reads_a_ray_run_as_the_local_one(both: Any) -> None:
         made[out] = (summary, pictures)
     assert made[local_out] == made[ray_out]
     assert made[local_out][0]["images"] == 5
+
+
+_FILTER_SCRIPT = r"""
+import os, sys
+from camcli.runs.on_ray import _quiet_ray_core_logs
+verbose = sys.argv[1] == "verbose"
+with _quiet_ray_core_logs(enabled=not verbose):
+    os.write(2, b"camcli: before\n")
+    os.write(2, b"[2026-12-04 16:36:55,324 E 1474 1474] core_worker.cc:2465: Actor with ")
+    os.write(2, b"class name: 'MapWorker(MapBatches(_ExplainActor))' ... restart will fail.\n")
+    sys.stderr.write("progress 1/5\r")
+    sys.stderr.flush()
+    os.write(2, b"[not ray] a bracket line of someone else\n")
+    print("a Python warning", file=sys.stderr)
+os.write(2, b"camcli: after\n")
+"""
+
+
+@pytest.mark.parametrize("mode", ["quiet", "verbose"])
+def test_rays_core_log_lines_stay_out_of_stderr_unless_verbose(mode: str) -> None:
+    """The line Ray printed on every successful run is dropped; nothing else is."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", _FILTER_SCRIPT, mode], capture_output=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stderr.decode()
+    for kept in ("camcli: before", "progress 1/5\r", "[not ray] a bracket line", "a Python warning",
+                 "camcli: after"):  # fmt: skip
+        assert kept in lines
+    assert ("core_worker.cc" in lines) == (mode == "verbose")
+    assert lines.index("camcli: before") < lines.index("progress") < lines.index("camcli: after")

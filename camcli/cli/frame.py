@@ -142,6 +142,7 @@ class PreparedRun:
     max_pixels: int
     engine: str = "local"
     ray_address: str | None = None
+    verbose: bool = False
 
     def common_fields(self) -> dict[str, Any]:
         """The :class:`Settings` fields the common options decide (all but the output's)."""
@@ -159,6 +160,7 @@ class PreparedRun:
             "name_suffix": self.name_suffix,
             "engine": self.engine,
             "ray_address": self.ray_address,
+            "verbose": self.verbose,
         }
 
     def settings(self, **fields: Any) -> Settings:
@@ -346,6 +348,7 @@ def prepare_run(common: CommonOptions) -> PreparedRun:
         max_pixels=inputs.max_pixels,
         engine=runtime.engine,
         ray_address=runtime.ray_address,
+        verbose=runtime.verbose,
     )
 
 

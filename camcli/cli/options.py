@@ -237,6 +237,12 @@ runtime_options = _group(
         help="The Ray cluster to join with --engine ray (host:port or ray://host:port) "
         "[default: RAY_ADDRESS, else a local Ray started for the run].",
     ),
+    click.option(
+        "--verbose",
+        is_flag=True,
+        help="Also show the engine's own log lines on stderr (Ray's internal warnings, which "
+        "camcli keeps out of its stderr by default).",
+    ),
 )
 
 output_options = _group(
@@ -492,6 +498,7 @@ class RuntimeOptions:
     resize_on: str = "auto"
     engine: str = "local"
     ray_address: str | None = None
+    verbose: bool = False
 
 
 @dataclass(frozen=True)

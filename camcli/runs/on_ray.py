@@ -23,11 +23,14 @@ and restarts a killed actor; the driver counts each image once, by its position.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
 import os
+import re
 import socket
+import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -275,7 +278,66 @@ def run_on_ray(run: EngineRun, stop: threading.Event | None) -> None:
         "nodes": sum(1 for node in ray.nodes() if node.get("Alive")),
         "resources": {k: v for k, v in ray.cluster_resources().items() if k in ("CPU", "GPU")},
     }
-    _pipeline(run, stop)
+    with _quiet_ray_core_logs(enabled=not run.settings.verbose):
+        _pipeline(run, stop)
+
+
+# A line of Ray's C++ core logging: "[2026-12-04 16:36:55,324 E 1474 1474] core_worker.cc:..."
+_RAY_CORE_LINE = re.compile(rb"^\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ [DIWEF] \d+ \d+\] ")
+
+
+@contextlib.contextmanager
+def _quiet_ray_core_logs(enabled: bool) -> Iterator[None]:
+    """Keep Ray's C++ log lines (written to this process's stderr) out of camcli's stderr.
+
+    Ray's core worker in the driver prints, on every successful run, an error-level line
+    about actors whose constructor arguments live in the object store (Ray Data puts them
+    there). stderr is passed through a pipe for the run: those lines are dropped, everything
+    else (camcli's messages, the progress bar, Python warnings) goes through at once.
+    """
+    if not enabled:
+        yield
+        return
+    sys.stderr.flush()
+    original = os.dup(2)
+    reader, writer = os.pipe()
+    os.dup2(writer, 2)
+    os.close(writer)
+
+    def forward() -> None:
+        line: bytes | None = None  # a line being held: it may be one of Ray's
+        while chunk := os.read(reader, 65536):
+            start = 0
+            while start < len(chunk):
+                if line is None and chunk[start : start + 1] != b"[":
+                    end = chunk.find(b"\n", start)
+                    stop = len(chunk) if end < 0 else end + 1
+                    os.write(original, chunk[start:stop])
+                    if end < 0:
+                        break
+                    start = stop
+                    continue
+                end = chunk.find(b"\n", start)
+                line = (line or b"") + chunk[start : len(chunk) if end < 0 else end + 1]
+                if end < 0:
+                    break
+                if not _RAY_CORE_LINE.match(line):
+                    os.write(original, line)
+                line, start = None, end + 1
+        if line and not _RAY_CORE_LINE.match(line):
+            os.write(original, line)
+        os.close(reader)
+
+    thread = threading.Thread(target=forward, name="camcli-stderr", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(original, 2)  # the pipe's last writer goes: the thread drains it and ends
+        thread.join(timeout=2.0)
+        if not thread.is_alive():
+            os.close(original)
 
 
 def _pipeline(run: EngineRun, stop: threading.Event | None) -> None:

@@ -146,6 +146,7 @@ class Settings:
     thumbnails: bool = False
     engine: str = "local"
     ray_address: str | None = None
+    verbose: bool = False
 
     @property
     def index_name(self) -> str:
