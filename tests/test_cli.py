@@ -596,6 +596,7 @@ except SystemExit as exc:
 
 def test_refusals_come_before_torch_and_the_model_are_loaded(tmp_path: Path) -> None:
     """A held directory, an unwritable one and an unknown model: refused before torch."""
+
     def refuse(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [sys.executable, "-c", _REFUSE, "explain", str(SAMPLES), *args],

@@ -37,7 +37,8 @@ def readme_commands() -> list[str]:
                 line = "camcli " + line.split("&& camcli ", 1)[1]
             if line.startswith("camcli ") and "|" not in line:
                 words = shlex.split(line)
-                if words[1] == "report" or "sample_images" in line:
+                on_samples = words[1] == "summarize" and "camcli-out" in line
+                if words[1] == "report" or "sample_images" in line or on_samples:
                     commands.append(line)
     return commands
 
@@ -55,7 +56,9 @@ def test_readme_commands_in_order_keep_every_earlier_record(
 ):
     commands = readme_commands()
     kinds = [shlex.split(c)[1] for c in commands]
-    assert kinds[0] == "explain" and {"features", "compare", "report"} <= set(kinds), commands
+    assert kinds[0] == "explain" and {"features", "compare", "report", "summarize"} <= set(kinds), (
+        commands
+    )
     shutil.copytree(REPO / "sample_images", tmp_path / "sample_images")
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "camcli-out"
@@ -74,6 +77,10 @@ def test_readme_commands_in_order_keep_every_earlier_record(
     assert len(records) == 5  # explain's: one per photo
     assert any(n.endswith(".features.json") for n in before)
     assert any(n.endswith(".compare.json") for n in before)
+    # The features example lands beside explain's record of the same photo, with its label.
+    features = json.loads((out / "tiger_cat" / "chelsea.png.features.json").read_text())
+    assert features["label"]["folder"] == "tiger_cat"
+    assert (out / "tiger_cat" / "chelsea.png.features.blocks.2.png").is_file()
     summary = json.loads(CliRunner().invoke(main, ["report", str(out)]).stdout)
     assert summary["images"] == 5
     data = (out / "report" / "data.js").read_text(encoding="utf-8")

@@ -252,9 +252,12 @@ output_options = _group(
         type=Location(click.Path(file_okay=False, path_type=Path)),
         default=Path("camcli-out"),
         show_default=True,
-        help="Where outputs go; the input tree is mirrored under it. A folder, or a URI of "
-        "object storage (s3://bucket/prefix, gs://..., anything fsspec opens; pip install "
-        "'camcli[storage]'). INPUT may be a URI too.",
+        help="Where outputs go; the tree below INPUT is mirrored under it (INPUT photos/ "
+        "with photos/cat/a.jpg writes OUTPUT/cat/a.jpg.*; INPUT photos/cat writes "
+        "OUTPUT/a.jpg.*, and a.jpg then has no label: its class folder is INPUT itself). "
+        "Give every command the same INPUT to share one output directory. A folder, or a "
+        "URI of object storage (s3://bucket/prefix, gs://..., anything fsspec opens; pip "
+        "install 'camcli[storage]'). INPUT may be a URI too.",
     ),
     click.option(
         "--jsonl", is_flag=True, help="Print each image's record as one JSON line on stdout."
