@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -577,3 +578,63 @@ def test_record_source_resolves_links_like_path_resolve(tmp_path: Path):
         Path(os.path.relpath(real / "sub" / "a.jpg")),  # relative to the working directory
     ):
         assert resolved_source(path) == str(Path(path).resolve()), path
+
+
+def test_without_a_terminal_a_progress_line_comes_at_a_steady_interval(
+    many: Path, tmp_path: Path, squeezenet_weights: Path
+):
+    """Under cron or nohup: done / to do, rate and time left every --progress-interval."""
+    out = tmp_path / "out"
+    done = subprocess.run(
+        _command(many, out, squeezenet_weights, "-j", "0", "-b", "2", "--progress-interval",
+                 "0.2"),
+        env=_env(), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    lines = [line for line in done.stderr.splitlines() if " images after " in line]
+    assert len(lines) >= 2, done.stderr
+    assert re.fullmatch(r"camcli: \d+ of 24 images after \d+:\d\d(, .*)?", lines[0])
+    assert any(re.search(r", [\d.e+]+ images/s, about \d+:\d\d left$", line) for line in lines)
+    assert done.stdout == ""  # stdout stays pure data
+    # The closing line: the run's wall time, one rate unit.
+    assert re.search(
+        r"explained 24 of 24 images .* in \d+\.\d s \([\d.e+]+ images/s\);", done.stderr
+    )
+    # Up to date: the wall time, no rate; the lines count only what is left to do.
+    again = subprocess.run(
+        _command(many, out, squeezenet_weights, "-j", "0", "--progress-interval", "0"),
+        env=_env(), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    assert " images after " not in again.stderr  # 0: no lines
+    closing = again.stderr.strip().splitlines()[-1]
+    assert "24 up to date (reused)" in closing and "images/s" not in closing
+    wall = float(re.search(r" in (\d+\.\d) s", closing).group(1))
+    assert wall > 0.0
+
+
+def test_reused_images_leave_the_bars_total_and_rate() -> None:
+    from camcli.cli.frame import Reporter
+
+    reporter = Reporter(jsonl=False, total=10, interval=0)
+    for i in range(4):
+        reporter.record({"image": f"{i}.png", "status": "ok", "reused": True})
+        reporter.advance(1)
+    reporter.record({"image": "4.png", "status": "ok"})
+    reporter.advance(1)
+    assert (reporter.reused, reporter.done, reporter.bar.total) == (4, 1, 6)
+    line = reporter.line()
+    assert line.startswith("camcli: 1 of 6 images (4 up to date) after 0:00")
+    assert "images/s, about" in line
+    reporter.close()
+
+
+def test_a_rank_with_no_image_says_so(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """torchrun on fewer images than ranks: not 'explained 0 of 0 images in 0.0 s'."""
+    from camcli.cli.frame import _report
+    from camcli.runs.runtime import Rank
+    from camcli.runs.work import RunSummary
+
+    _report(RunSummary(total=0), tmp_path, "tiny", "explained", 0.4, Rank(1, 2, 1))
+    err = capsys.readouterr().err
+    assert err.strip() == "camcli: rank 1 of 2 had no image to do (fewer images than ranks)"

@@ -11,13 +11,16 @@ stopped, 2 usage errors, 130/143 stopped by SIGINT/SIGTERM, 141 stdout closed.
 from __future__ import annotations
 
 import importlib
+import time
 
 import click
 
 from camcli import __version__
 from camcli.cli.options import CONTEXT
 
-__all__ = ["COMMANDS", "main"]
+__all__ = ["COMMANDS", "STARTED", "main"]
+
+STARTED = "camcli.started"  # the key of the command's start time in Click's context meta
 
 # Command name -> the module that defines it (a function of the same name), in --help order.
 COMMANDS = {
@@ -50,6 +53,9 @@ class _Commands(click.Group):
 @click.version_option(__version__, "--version", prog_name="camcli")
 def main() -> None:
     """Explain image classifiers in batches: predictions, Grad-CAM and guided backprop."""
+    # The command's start: its closing line reports the wall time from here (model loading
+    # and the check of what is up to date included).
+    click.get_current_context().meta[STARTED] = time.perf_counter()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -38,6 +38,7 @@ import click
 import torch
 from tqdm import tqdm
 
+from camcli.cli import STARTED
 from camcli.cli.options import CommonOptions, ModelOptions, RuntimeOptions
 from camcli.io.discover import (
     ImageItem,
@@ -95,6 +96,9 @@ __all__ = [
 
 # --- preparing a run --------------------------------------------------------------------
 
+PROGRESS_INTERVAL = 30.0
+"""Seconds between the plain progress lines printed when stderr is not a terminal."""
+
 
 @dataclass
 class PreparedRun:
@@ -143,6 +147,7 @@ class PreparedRun:
     engine: str = "local"
     ray_address: str | None = None
     verbose: bool = False
+    progress_interval: float = PROGRESS_INTERVAL
 
     def common_fields(self) -> dict[str, Any]:
         """The :class:`Settings` fields the common options decide (all but the output's)."""
@@ -349,6 +354,7 @@ def prepare_run(common: CommonOptions) -> PreparedRun:
         engine=runtime.engine,
         ray_address=runtime.ray_address,
         verbose=runtime.verbose,
+        progress_interval=runtime.progress_interval,
     )
 
 
@@ -415,14 +421,46 @@ def load_checked_model(wanted: ModelOptions) -> LoadedModel:
 
 
 class Reporter:
-    """Prints records (``--jsonl``) to stdout, failures to stderr, progress bar on stderr."""
+    """Prints records (``--jsonl``) to stdout, failures and progress to stderr.
 
-    def __init__(self, jsonl: bool, total: int, stop: threading.Event | None = None) -> None:
+    On a terminal, a progress bar over the images to do: images reused (up to date) leave
+    its total instead of counting in its rate. Without a terminal (cron, nohup, a pipe), a
+    plain line every ``interval`` seconds (``--progress-interval``; 0: none): images done of
+    those to do, the rate and the time left, so that a slow run can be told from a hung one.
+    """
+
+    def __init__(
+        self,
+        jsonl: bool,
+        total: int,
+        stop: threading.Event | None = None,
+        interval: float = PROGRESS_INTERVAL,
+    ) -> None:
         self.jsonl = jsonl
         self.stop = stop
         self.broken = False  # stdout was closed by its reader (| head)
-        # disable=None: no bar when stderr is not a terminal (cron, CI, pipes).
-        self.bar = tqdm(total=total, unit="img", file=sys.stderr, disable=None, dynamic_ncols=True)
+        self.total = total
+        self.done = 0
+        self.reused = 0
+        self._reused_waiting = 0  # reused records whose advance() has not come yet
+        self.started = time.monotonic()
+        # disable=None: no bar when stderr is not a terminal (cron, CI, pipes); smoothing=0:
+        # the average rate since the start, for a steady time left.
+        self.bar = tqdm(
+            total=total,
+            unit="img",
+            file=sys.stderr,
+            disable=None,
+            dynamic_ncols=True,
+            smoothing=0,
+        )
+        self._closed = threading.Event()
+        self._ticker: threading.Thread | None = None
+        if self.bar.disable and interval > 0 and total > 0:
+            self._ticker = threading.Thread(
+                target=self._tick, args=(interval,), name="camcli-progress", daemon=True
+            )
+            self._ticker.start()
 
     def record(self, record: dict[str, Any]) -> None:
         """Report one image's record (failures also on stderr).
@@ -431,6 +469,8 @@ class Reporter:
         signal: what is in flight is finished and written, the index lists it, and
         ``run.json`` counts it; the exit status is 141.
         """
+        if record.get("reused"):
+            self._reused_waiting += 1
         if record.get("status") == "error":
             self.bar.write(f"camcli: skipped {record['image']}: {record['error']}", file=sys.stderr)
         if self.jsonl and not self.broken:
@@ -445,12 +485,50 @@ class Reporter:
                 self.stop.set()
 
     def advance(self, count: int) -> None:
-        """Move the progress bar."""
-        self.bar.update(count)
+        """Move the progress: reused images leave the total, the others count as done."""
+        reused = min(count, self._reused_waiting)
+        self._reused_waiting -= reused
+        if reused:
+            self.reused += reused
+            self.bar.total = max(0, (self.bar.total or 0) - reused)
+            self.bar.refresh()
+        if count > reused:
+            self.done += count - reused
+            self.bar.update(count - reused)
+
+    def line(self) -> str:
+        """The plain progress line: done of to do, rate, time left."""
+        todo = self.total - self.reused
+        elapsed = time.monotonic() - self.started
+        text = f"camcli: {self.done} of {todo} images"
+        if self.reused:
+            text += f" ({self.reused} up to date)"
+        text += f" after {_duration(elapsed)}"
+        if self.done:
+            rate = self.done / elapsed
+            text += f", {format_rate(rate)}, about {_duration((todo - self.done) / rate)} left"
+        return text
+
+    def _tick(self, interval: float) -> None:
+        while not self._closed.wait(interval):
+            print(self.line(), file=sys.stderr, flush=True)
 
     def close(self) -> None:
-        """Close the progress bar."""
+        """Close the progress bar and stop the plain lines."""
+        self._closed.set()
         self.bar.close()
+
+
+def format_rate(images_per_second: float) -> str:
+    """A rate in the one unit camcli prints: images per second, two significant digits."""
+    return f"{images_per_second:.2g} images/s"
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0, round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
 # The body of a run: given the reporter and the stop request, run the pipeline.
@@ -510,8 +588,11 @@ def run_in_frame(
                 )
             clock = time.perf_counter()
             summary, code = _run_body(run, body, stop, usage_errors or {})
+            context = click.get_current_context(silent=True)
+            since = context.meta.get(STARTED, clock) if context is not None else clock
+            wall = time.perf_counter() - since
             if summary.seconds <= 0:  # stopped before the loop could time anything
-                summary.seconds = time.perf_counter() - clock
+                summary.seconds = wall
     except LockHeld as exc:
         raise click.ClickException(str(exc)) from None
     except OSError as exc:  # the output directory cannot be created or written
@@ -538,7 +619,7 @@ def run_in_frame(
     record.update(summary.extra)  # a command's own fields (explain: faithfulness means)
     _write_summaries(record, run, kind)
     if summary.status != "broken-pipe":
-        _report(summary, output_dir, described, verb)
+        _report(summary, output_dir, described, verb, wall, run.rank)
     return code
 
 
@@ -546,7 +627,7 @@ def _run_body(
     run: PreparedRun, body: RunBody, stop: StopRequest, usage_errors: UsageErrors
 ) -> tuple[RunSummary, int]:
     """Run the body; map its outcome to the summary status and the exit code."""
-    reporter = Reporter(run.jsonl, len(run.items), stop.event)
+    reporter = Reporter(run.jsonl, len(run.items), stop.event, run.progress_interval)
     try:
         summary = body(reporter, stop)
     except (WriteFailed, RayUnavailable) as exc:
@@ -619,24 +700,33 @@ def _silence_stdout() -> None:
         pass
 
 
-def _report(summary: RunSummary, output_dir: Path, described: str, verb: str) -> None:
+def _report(
+    summary: RunSummary,
+    output_dir: Path,
+    described: str,
+    verb: str,
+    wall: float,
+    rank: Rank | None = None,
+) -> None:
+    """The closing line: what was done, in the run's wall time, at one rate unit."""
+    if summary.total == 0 and rank is not None:
+        click.echo(
+            f"camcli: rank {rank.rank} of {rank.world_size} had no image to do (fewer images "
+            "than ranks)",
+            err=True,
+        )
+        return
     failed = f", {summary.failed} failed" if summary.failed else ""
     if summary.skipped:
         failed += f", {summary.skipped} up to date (reused)"
     if summary.status == "interrupted":
         failed += ", interrupted"
-    # A rate only where images were processed: a fully reused run, or one stopped before
-    # its first batch finished, has none to give (not "0.0 images/s").
-    per_second = summary.explained / summary.seconds if summary.seconds > 0 else 0.0
-    rate = (
-        f" ({per_second:.1f} images/s)"
-        if per_second >= 1
-        else f" ({summary.seconds / summary.explained:.1f} s per image)"
-        if summary.explained
-        else ""
-    )
+    # A rate only where images were processed (not "0.0 images/s" for a reused run), over
+    # the images processed and the time the loop took to process them.
+    busy = summary.seconds if summary.seconds > 0 else wall
+    rate = f" ({format_rate(summary.explained / busy)})" if summary.explained and busy > 0 else ""
     click.echo(
         f"camcli: {verb} {summary.explained} of {summary.total} images{failed} with "
-        f"{described} in {summary.seconds:.1f} s{rate}; outputs in {output_dir}",
+        f"{described} in {wall:.1f} s{rate}; outputs in {output_dir}",
         err=True,
     )

@@ -238,6 +238,15 @@ runtime_options = _group(
         "[default: RAY_ADDRESS, else a local Ray started for the run].",
     ),
     click.option(
+        "--progress-interval",
+        type=click.FloatRange(min=0),
+        default=30.0,
+        show_default=True,
+        metavar="SECONDS",
+        help="Without a terminal (cron, nohup, a pipe), print a progress line on stderr this "
+        "often: images done, rate, time left. 0: none.",
+    ),
+    click.option(
         "--verbose",
         is_flag=True,
         help="Also show the engine's own log lines on stderr (Ray's internal warnings, which "
@@ -502,6 +511,7 @@ class RuntimeOptions:
     engine: str = "local"
     ray_address: str | None = None
     verbose: bool = False
+    progress_interval: float = 30.0
 
 
 @dataclass(frozen=True)
