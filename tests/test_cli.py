@@ -631,3 +631,12 @@ def test_refusals_come_before_torch_and_the_model_are_loaded(tmp_path: Path) -> 
         holder.wait()
     assert locked.returncode == 1 and f"is in use by camcli pid {holder.pid}" in locked.stderr
     assert "torch not loaded" in locked.stderr
+
+
+def test_a_wrong_config_value_names_the_key_and_the_file(three: Path, tmp_path: Path) -> None:
+    config = tmp_path / "nightly.toml"
+    config.write_text('top-k = "three"\n', encoding="utf-8")
+    result = CliRunner().invoke(main, ["explain", str(three), "--config", str(config)])
+    assert result.exit_code == 2
+    assert f"{config} sets top-k = 'three': 'three' is not a valid integer" in result.output
+    assert "Traceback" not in result.output

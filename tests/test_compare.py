@@ -246,3 +246,19 @@ def test_rise_takes_its_mask_count_and_the_time_covers_every_model_pass(
     }
     again = compare(squares, out, "--method", "gradcam,rise", "--rise-masks", "9")
     assert again.exit_code == 0 and "up to date" not in again.stderr
+
+
+def test_missing_weights_of_several_models_are_one_line_each(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty"))
+    result = CliRunner().invoke(
+        main,
+        ["compare", str(tmp_path), "--model", "resnet18", "--model", "resnet50", "--model",
+         "vgg11", "-o", str(tmp_path / "out"), "--method", "gradcam", "--offline"],
+    )  # fmt: skip
+    assert result.exit_code == 1
+    lines = result.output.strip().splitlines()
+    assert lines[0] == "Error: weights of 3 models are missing:"
+    assert [line.split()[2] for line in lines[1:]] == ["resnet18", "resnet50", "vgg11"]
+    assert all(len(line) < 300 for line in lines)

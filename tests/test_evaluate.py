@@ -152,8 +152,9 @@ def test_masks_give_mass_and_rank_accuracy(squares: tuple[Path, Path], tmp_path:
     assert b["scores"]["gradcam"]["mass_accuracy"] is None
     assert b["annotation"]["mask"] == 0
     evaluation = json.loads((out / "evaluation.json").read_text())
-    assert evaluation["without_target_box"] == 1
-    assert "1 annotated image(s) have no box or mask" in again.stderr
+    assert evaluation["without_target_box"] == 1 and evaluation["empty_masks"] == 1
+    assert "--masks: 1 mask(s) have no non-zero pixel" in again.stderr
+    assert "--target" not in again.stderr  # the hint says what is wrong with the mask
 
 
 def test_a_coco_file_scores_like_voc_files(squares: tuple[Path, Path], tmp_path: Path):

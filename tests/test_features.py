@@ -251,6 +251,8 @@ def test_features_usage_errors_and_a_corrupt_file(tmp_path: Path):
     assert unknown.exit_code == 2 and "'--layer': the model has no layer named" in unknown.stderr
     flat = run(*base, "--layer", "fc")
     assert flat.exit_code == 2 and "'--layer': layer 'fc' outputs" in flat.stderr
+    # The shape per image, not the batch's ("(1, 1000)" before).
+    assert "outputs 1000 per image; a map needs a C x H x W feature map" in flat.stderr
     assert "Traceback" not in flat.output
     corrupt = run(*base, "--jsonl")
     assert corrupt.exit_code == 1

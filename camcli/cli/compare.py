@@ -190,7 +190,8 @@ def _check_weights(names: tuple[str, ...], offline: bool) -> None:
             missing.append(str(exc))
     if len(missing) == 1:
         raise click.ClickException(missing[0])
-    if missing:
+    if missing:  # one line per model: five reasons on one line were unreadable
         raise click.ClickException(
-            f"weights of {len(missing)} models are missing: " + "; ".join(missing)
+            f"weights of {len(missing)} models are missing:\n"
+            + "\n".join(f"  {m}" for m in missing)
         )

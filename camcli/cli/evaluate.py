@@ -216,11 +216,19 @@ def evaluate(ctx: click.Context, **options: Any) -> None:
         )
         for line in totals.box_notes():
             click.echo(f"camcli: --boxes: {line}", err=True)
-        if result["without_target_box"]:
+        empty = result.get("empty_masks", 0)
+        if empty:
             click.echo(
-                f"camcli: {result['without_target_box']} annotated image(s) have no box or "
-                "mask of the class explained (see --target): they have no localisation "
-                "scores",
+                f"camcli: --masks: {empty} mask(s) have no non-zero pixel (an empty mask "
+                "marks no object): those images have no localisation scores",
+                err=True,
+            )
+        other = result["without_target_box"] - empty
+        if other:
+            click.echo(
+                f"camcli: --boxes: {other} annotated image(s) have boxes only of other classes "
+                "than the one explained: they have no localisation scores (--target annotated, "
+                "the default, explains each image's annotated class)",
                 err=True,
             )
         summary.extra["evaluation"] = {

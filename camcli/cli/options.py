@@ -442,6 +442,12 @@ def _load_config(ctx: click.Context, _param: click.Parameter, value: Path | None
         elif isinstance(setting, list) and not getattr(params[name], "multiple", False):
             setting = ",".join(str(item) for item in setting)  # mean = [0.5, 0.5, 0.5]
         defaults[name] = _beside_config(name, setting, value.parent)
+        try:  # a wrong value names the key and the file, not just the value
+            params[name].type_cast_value(ctx, defaults[name])
+        except click.BadParameter as exc:
+            raise click.BadParameter(
+                f"{value} sets {key} = {setting!r}: {exc.message}", ctx=ctx
+            ) from None
     ctx.default_map = {**(ctx.default_map or {}), **defaults}
     return value
 

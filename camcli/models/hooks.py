@@ -97,10 +97,14 @@ class LayerCapture:
                 else None
             )
             if view is None:
-                shape = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output)
+                if isinstance(output, torch.Tensor):  # per image: the batch is not its shape
+                    per_image = " x ".join(str(s) for s in output.shape[1:]) or "a scalar"
+                    what = f"{per_image} per image"
+                else:
+                    what = type(output).__name__
                 raise LayerUnusable(
-                    f"layer {name!r} outputs {shape}; a map needs a 4-D (N, C, H, W) feature "
-                    "map or (N, tokens, C) patch tokens"
+                    f"layer {name!r} outputs {what}; a map needs a C x H x W feature map or "
+                    "tokens x C patch tokens per image"
                 )
             # Start the graph here unless an earlier captured layer already did: the
             # gradient must reach every captured layer.

@@ -79,6 +79,7 @@ class EvaluationTotals:
         self.evaluated = 0
         self.annotated = 0
         self.without_target_box = 0
+        self.empty_masks = 0
 
     def add(self, record: dict[str, Any], record_file: str | None = None) -> None:
         """Count one image's record (failures and other records are ignored).
@@ -97,6 +98,8 @@ class EvaluationTotals:
             self.annotated += 1
             if not annotation.get("target_boxes") and not annotation.get("mask"):
                 self.without_target_box += 1
+                if annotation.get("mask") == 0 and not annotation.get("objects"):
+                    self.empty_masks += 1  # a mask file with no non-zero pixel
         for method, values in scores.items():
             if method not in self.methods:
                 self.methods.append(method)
@@ -172,6 +175,7 @@ class EvaluationTotals:
             "images": self.evaluated,
             "annotated": self.annotated,
             "without_target_box": self.without_target_box,
+            "empty_masks": self.empty_masks,
             "methods": methods,
             "sanity": sanity,
             "stages": self.stages,
