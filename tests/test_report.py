@@ -11,7 +11,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import quote, unquote
 
 import numpy as np
 import pytest
@@ -588,6 +588,22 @@ def test_browser_opens_a_copied_report(browser: Any, sorted_run: Path, tmp_path:
     page.page.wait_for_selector("#topk")
     shown = page.images_resolve()
     assert shown and all(src.startswith(copy.as_uri()) and w > 0 for src, w in shown)
+    assert page.problems == []
+    page.close()
+
+
+def test_browser_image_page_by_the_images_path(browser: Any, sorted_run: Path):
+    """An address written by hand names the image by its path; a wrong one says what to hold."""
+    name = sorted(records(sorted_run))[0]
+    page = Page(browser)
+    for address in (f"?image={quote(name)}", f"#{quote(name)}", f"?i={quote(name)}"):
+        tab = page.open(sorted_run / "report" / "image.html", address)
+        tab.wait_for_selector("#topk")
+        assert tab.inner_text("#image-path") == name, address
+    tab = page.open(sorted_run / "report" / "image.html", "#no/such.png")
+    text = tab.inner_text("#detail")
+    assert "No image no/such.png in this report" in text
+    assert "?i=N" in text and "?image=PATH" in text
     assert page.problems == []
     page.close()
 

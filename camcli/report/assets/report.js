@@ -468,12 +468,33 @@
     if (ul.childNodes.length) main.appendChild(files);
   }
 
+  // The image an address asks for: ?i=N (the grid's links), or the image's path under INPUT
+  // as ?image=PATH, ?i=PATH or #PATH (an address written by hand). -1 when none matches.
+  function wantedImage() {
+    var params = new URLSearchParams(location.search);
+    var number = params.get("i");
+    if (number !== null && /^\d+$/.test(number)) return { position: parseInt(number, 10), asked: number };
+    var path = params.get("image") || number;
+    if (path === null) {
+      var hash = decodeURIComponent(location.hash.replace(/^#/, ""));
+      if (hash && hash.indexOf("=") < 0) path = hash;
+    }
+    if (path === null) return { position: -1, asked: null };
+    for (var k = 0; k < ITEMS.length; k++) {
+      if (ITEMS[k].i === path) return { position: k, asked: path };
+    }
+    return { position: -1, asked: path };
+  }
+
   function initImage() {
-    var position = parseInt(new URLSearchParams(location.search).get("i"), 10);
+    var wanted = wantedImage();
+    var position = wanted.position;
     var main = document.getElementById("detail");
     if (!(position >= 0 && position < ITEMS.length)) {
-      main.textContent = "No image number " + new URLSearchParams(location.search).get("i") +
-        " in this report (it has " + ITEMS.length + ").";
+      main.textContent = (wanted.asked === null ? "This address names no image" :
+        "No image " + wanted.asked + " in this report") + ": the address should hold ?i=N (N " +
+        "from 0 to " + (ITEMS.length - 1) + ") or ?image=PATH, the image's path under INPUT" +
+        (ITEMS.length ? " (e.g. image.html?image=" + ITEMS[0].i + ")" : "") + ".";
       return;
     }
     var item = ITEMS[position];
