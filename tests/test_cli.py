@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import subprocess
 import sys
 from collections.abc import Callable
@@ -640,3 +641,19 @@ def test_a_wrong_config_value_names_the_key_and_the_file(three: Path, tmp_path: 
     assert result.exit_code == 2
     assert f"{config} sets top-k = 'three': 'three' is not a valid integer" in result.output
     assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("command", ["explain", "evaluate", "features", "compare"])
+def test_help_lists_the_common_options_first_and_the_rest_under_headings(command: str) -> None:
+    text = CliRunner().invoke(main, [command, "--help"]).stdout
+    headings = [line[:-1] for line in text.splitlines() if line and not line.startswith(" ")
+                and line.endswith(":") and line != "Exit status:"]  # fmt: skip
+    assert headings[0] == "Common options" and "Runtime" in headings, headings
+    common = text.split("Common options:\n", 1)[1]
+    assert common.lstrip().startswith("-o, --output-dir")
+    first_section = common.split("\n\n", 1)[0]
+    for option in ("--method", "--target", "--device"):
+        assert option in first_section or command in ("compare", "features"), option
+    # Every option once, whatever its section.
+    options = re.findall(r"^  (?:-\w, )?(--[\w+-]+)", text, flags=re.M)
+    assert len(options) == len(set(options)) and "--help" in options

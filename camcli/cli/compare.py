@@ -12,6 +12,7 @@ from camcli.cli.options import (
     CONTEXT,
     CommonOptions,
     ModelOptions,
+    SectionedCommand,
     alpha_option,
     config_option,
     input_options,
@@ -23,7 +24,7 @@ from camcli.methods.names import MAP_METHODS, parse_methods
 __all__ = ["CompareCommandOptions", "compare"]
 
 
-@click.command(context_settings=CONTEXT)
+@click.command(cls=SectionedCommand, context_settings=CONTEXT)
 @input_options
 @output_options
 @click.option(

@@ -13,6 +13,7 @@ from camcli.cli.options import (
     CONTEXT,
     CommonOptions,
     MethodSettingOptions,
+    SectionedCommand,
     check_report_location,
     config_option,
     input_options,
@@ -34,7 +35,7 @@ __all__ = ["EVALUATE_METHODS", "EvaluateCommandOptions", "evaluate", "evaluate_s
 EVALUATE_METHODS = ("gradcam", "gradcam++", "layercam", "guided", "guided-gradcam")
 
 
-@click.command(context_settings=CONTEXT)
+@click.command(cls=SectionedCommand, context_settings=CONTEXT)
 @input_options
 @output_options
 @model_options

@@ -12,6 +12,7 @@ from camcli.cli.options import (
     CONTEXT,
     CommonOptions,
     MethodSettingOptions,
+    SectionedCommand,
     alpha_option,
     check_report_location,
     config_option,
@@ -41,7 +42,7 @@ if TYPE_CHECKING:
 __all__ = ["ExplainOptions", "explain", "explain_settings"]
 
 
-@click.command(context_settings=CONTEXT)
+@click.command(cls=SectionedCommand, context_settings=CONTEXT)
 @input_options
 @output_options
 @model_options

@@ -11,6 +11,7 @@ from camcli import __version__
 from camcli.cli.options import (
     CONTEXT,
     CommonOptions,
+    SectionedCommand,
     config_option,
     crop_option,
     input_options,
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
 __all__ = ["FeaturesCommandOptions", "features", "features_settings"]
 
 
-@click.command(context_settings=CONTEXT)
+@click.command(cls=SectionedCommand, context_settings=CONTEXT)
 @input_options
 @output_options
 @model_options

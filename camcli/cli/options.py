@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CONTEXT",
+    "HELP_SECTIONS",
     "CommonOptions",
     "Decorator",
     "InputOptions",
@@ -31,6 +32,7 @@ __all__ = [
     "ModelOptions",
     "OutputOptions",
     "RuntimeOptions",
+    "SectionedCommand",
     "alpha_option",
     "config_option",
     "crop_option",
@@ -43,6 +45,56 @@ __all__ = [
 ]
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+# The batch commands' --help, in sections: the options people use first, then the rest by
+# theme. Options of a command that no section names come last, under "Other options".
+HELP_SECTIONS = (
+    (
+        "Common options",
+        ("output_dir", "model_name", "models", "methods", "layers", "target", "top_k", "jsonl",
+         "report", "device", "config"),
+    ),
+    (
+        "Model",
+        ("weights", "offline", "classes_file", "input_size", "mean", "std", "interpolation",
+         "input_channels", "crop"),
+    ),
+    (
+        "Methods and scores",
+        ("guided", "boxes", "masks", "pointing_tolerance", "metrics", "metric_steps", "sanity",
+         "sanity_stages", "rise_masks", "ig_steps", "ig_tolerance", "ig_max_steps", "ig_rule",
+         "ig_baseline", "smooth_samples", "smooth_noise", "smooth_guided", "seed",
+         "chunk_size"),
+    ),
+    ("Pictures and files", ("alpha", "save_raw", "force", "png_level")),
+    ("Input", ("null", "root", "shard", "max_pixels")),
+    (
+        "Runtime",
+        ("batch_size", "workers", "precision", "channels_last", "resize_on", "engine",
+         "ray_address", "progress_interval", "verbose"),
+    ),
+)  # fmt: skip
+
+
+class SectionedCommand(click.Command):
+    """A command whose --help lists its options in :data:`HELP_SECTIONS`."""
+
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """Write the options section by section, the common ones first."""
+        records = {}
+        for param in self.get_params(ctx):
+            record = param.get_help_record(ctx)
+            if record is not None and param.name:
+                records[param.name] = record
+        for title, names in HELP_SECTIONS:
+            rows = [records.pop(name) for name in names if name in records]
+            if rows:
+                with formatter.section(title):
+                    formatter.write_dl(rows)
+        if records:
+            with formatter.section("Other options"):
+                formatter.write_dl(list(records.values()))
+
 
 Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
 
@@ -261,12 +313,10 @@ output_options = _group(
         type=Location(click.Path(file_okay=False, path_type=Path)),
         default=Path("camcli-out"),
         show_default=True,
-        help="Where outputs go; the tree below INPUT is mirrored under it (INPUT photos/ "
-        "with photos/cat/a.jpg writes OUTPUT/cat/a.jpg.*; INPUT photos/cat writes "
-        "OUTPUT/a.jpg.*, and a.jpg then has no label: its class folder is INPUT itself). "
-        "Give every command the same INPUT to share one output directory. A folder, or a "
-        "URI of object storage (s3://bucket/prefix, gs://..., anything fsspec opens; pip "
-        "install 'camcli[storage]'). INPUT may be a URI too.",
+        help="Where outputs go: the tree below INPUT mirrored (INPUT photos: "
+        "photos/cat/a.jpg -> OUTPUT/cat/a.jpg.*; INPUT photos/cat: OUTPUT/a.jpg.*, with no "
+        "label), so commands sharing a directory take the same INPUT. A folder or a URI "
+        "(s3://bucket/prefix, gs://...; pip install 'camcli[storage]').",
     ),
     click.option(
         "--jsonl", is_flag=True, help="Print each image's record as one JSON line on stdout."
