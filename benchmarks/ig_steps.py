@@ -7,7 +7,7 @@ image the completeness error ``|sum of attributions - (f(x) - f(b))| / |f(x) - f
   the refinement camcli's adaptive IG makes);
 * Gauss-Legendre quadrature (captum's default ``gausslegendre``) at 32 and 96 points
   (its points do not nest: each count is computed from scratch);
-* camcli's adaptive IG at the default settings (start 32, tolerance 5 %, at most 1024),
+* camcli's adaptive IG at the default settings (start 32, tolerance 5 %, at most 1280 passes),
   with the steps each image took.
 
 One step is one forward + backward pass per image.

@@ -498,5 +498,8 @@ class _QuietReporter:
     def advance(self, count: int) -> None:
         """Take progress (nothing to show)."""
 
+    def passes(self, done: int, planned: int, method: str) -> None:
+        """Take progress within a batch (nothing to show)."""
+
     def close(self) -> None:
         """Nothing to close."""

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
+from torch import nn
 
 from camcli.cli import main
 from camcli.methods.integrated import adaptive_integrated_gradients, integrated_gradients
@@ -72,8 +73,10 @@ def test_the_record_gives_the_steps_used_and_the_error_reached(tmp_path: Path):
     for line in result.stdout.splitlines():
         ig = json.loads(line)["integrated_gradients"]
         assert ig["start_steps"] == 4 and ig["tolerance"] == 0.001 and ig["max_steps"] == 108
-        assert ig["steps"] in (4, 12, 36, 108)
-        assert ig["completeness_error"] <= 0.001 or ig["steps"] == 108
+        assert ig["steps"] in (4, 12, 36) and ig["passes"] <= 108  # the bound is on passes
+        # Stopped at the tolerance, or because the next level (3 x the points, fresh
+        # Gauss-Legendre nodes) would pass the bound.
+        assert ig["completeness_error"] <= 0.001 or ig["passes"] + 3 * ig["steps"] > 108
 
 
 def test_gauss_legendre_equals_captums_default_and_beats_midpoints_on_a_smooth_path():
@@ -98,3 +101,22 @@ def test_gauss_legendre_equals_captums_default_and_beats_midpoints_on_a_smooth_p
         for rule in ("gausslegendre", "midpoint")
     }
     assert float(errors["gausslegendre"].max()) < float(errors["midpoint"].max())
+
+
+@pytest.mark.parametrize("rule", ["midpoint", "gausslegendre"])
+@pytest.mark.parametrize("max_steps", [4, 15, 16, 52, 53, 160])
+def test_no_image_takes_more_passes_than_the_bound(rule: str, max_steps: int) -> None:
+    """--ig-max-steps bounds the passes an image costs over all its levels, whatever the rule."""
+    torch.manual_seed(0)
+    # ReLUs: the path integrand has kinks, so no level is exact and every image refines.
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(64, 3))
+    x, b = torch.randn(3, 3, 4, 4), torch.zeros(3, 3, 4, 4)
+    targets = torch.tensor([0, 1, 2])
+    result = adaptive_integrated_gradients(
+        model, x, b, targets, steps=4, chunk_size=5, tolerance=0.0, max_steps=max_steps, rule=rule
+    )
+    assert int(result.passes.max()) <= max(max_steps, 4)
+    assert (result.errors > 0).all()
+    # And it goes as far as the bound allows: the next level would not have fitted.
+    extra = 2 * int(result.steps[0]) if rule == "midpoint" else 3 * int(result.steps[0])
+    assert int(result.passes[0]) + extra > max_steps

@@ -638,3 +638,24 @@ def test_a_rank_with_no_image_says_so(capsys: pytest.CaptureFixture[str], tmp_pa
     _report(RunSummary(total=0), tmp_path, "tiny", "explained", 0.4, Rank(1, 2, 1))
     err = capsys.readouterr().err
     assert err.strip() == "camcli: rank 1 of 2 had no image to do (fewer images than ranks)"
+
+
+def test_progress_moves_within_a_batch_by_its_passes(
+    many: Path, tmp_path: Path, squeezenet_weights: Path
+):
+    """A batch of many passes (RISE's masks) shows passes done of planned, not a frozen 0."""
+    photos = tmp_path / "two"
+    for name in ("c0/p0.jpg", "c0/p3.jpg"):
+        photos.joinpath(name).parent.mkdir(parents=True, exist_ok=True)
+        photos.joinpath(name).write_bytes((many / name).read_bytes())
+    done = subprocess.run(
+        _command(photos, tmp_path / "out", squeezenet_weights, "-j", "0", "--method", "rise",
+                 "--rise-masks", "600", "--chunk-size", "8", "--progress-interval", "0.3"),
+        env=_env(), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    within = re.findall(r"camcli: 0 of 2 images after [\d:]+; batch: (\d+)/(\d+) passes \(rise\)"
+                        r"(, about [\d:]+ left in it)?", done.stderr)  # fmt: skip
+    assert within, done.stderr
+    assert all(int(planned) == 2 * 600 for _, planned, _ in within)
+    assert any(int(passes) > 0 and eta for passes, _, eta in within), within

@@ -289,6 +289,9 @@ class _Totals:
     def advance(self, count: int) -> None:
         self.reporter.advance(count)
 
+    def passes(self, done: int, planned: int, method: str) -> None:
+        self.reporter.passes(done, planned, method)
+
     def box_notes(self) -> list[str]:
         """One line per kind of box that had to be fitted to its image, with an example."""
         lines = []

@@ -454,6 +454,9 @@ class Reporter:
             dynamic_ncols=True,
             smoothing=0,
         )
+        # Within the current batch: passes done and planned, the method now, when it began.
+        self.batch: tuple[int, int, str, float] | None = None
+        self._shown = 0.0
         self._closed = threading.Event()
         self._ticker: threading.Thread | None = None
         if self.bar.disable and interval > 0 and total > 0:
@@ -496,6 +499,35 @@ class Reporter:
             self.done += count - reused
             self.bar.update(count - reused)
 
+    def passes(self, done: int, planned: int, method: str) -> None:
+        """Show progress within a batch: passes done of planned, and the batch's time left.
+
+        A batch of RISE masks, Score-CAM channels, IG points or score steps is thousands of
+        passes: the bar's images stand still meanwhile, so its postfix moves instead, with a
+        time left from the rate of the passes already done.
+        """
+        if not planned:
+            if self.batch is not None:
+                self.batch = None
+                self.bar.set_postfix_str("", refresh=False)
+            return
+        began = self.batch[3] if self.batch is not None else time.monotonic()
+        self.batch = (done, planned, method, began)
+        now = time.monotonic()
+        if now - self._shown >= 0.5 and not self.bar.disable:
+            self._shown = now
+            self.bar.set_postfix_str(self._batch_text())
+
+    def _batch_text(self) -> str:
+        if self.batch is None:
+            return ""
+        done, planned, method, began = self.batch
+        text = f"batch: {done}/{planned} passes ({method})"
+        elapsed = time.monotonic() - began
+        if done and elapsed > 0:
+            text += f", about {_duration((planned - done) * elapsed / done)} left in it"
+        return text
+
     def line(self) -> str:
         """The plain progress line: done of to do, rate, time left."""
         todo = self.total - self.reused
@@ -507,6 +539,8 @@ class Reporter:
         if self.done:
             rate = self.done / elapsed
             text += f", {format_rate(rate)}, about {_duration((todo - self.done) / rate)} left"
+        if self.batch is not None:
+            text += f"; {self._batch_text()}"
         return text
 
     def _tick(self, interval: float) -> None:

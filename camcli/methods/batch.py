@@ -27,6 +27,7 @@ from camcli.methods.gradient import gradcam, gradcam_plus_plus, hirescam, layerc
 from camcli.methods.integrated import adaptive_integrated_gradients, ig_baseline
 from camcli.methods.metrics import faithfulness, pixel_order_saliency
 from camcli.methods.names import (
+    IG_MAX_PASSES,
     MAP_METHODS,
     RISE_LAYER,
 )
@@ -64,7 +65,8 @@ class MethodOptions:
         rise_masks: random masks in RISE.
         ig_steps: path steps of Integrated Gradients every image starts with.
         ig_tolerance: completeness error at which an image's IG stops adding steps.
-        ig_max_steps: most IG path points per image (they triple: 32, 96, 288, 864).
+        ig_max_steps: most IG passes per image over its levels (the points triple: 32, 96,
+            288, 864; Gauss-Legendre levels do not nest, so 1,280 passes reach 864).
         ig_rule: where IG's path points lie: ``gausslegendre`` or ``midpoint``.
         ig_baseline: ``black`` or ``blur``.
         black: the normalised value of a black pixel per channel (``-mean / std``), for
@@ -84,7 +86,7 @@ class MethodOptions:
     rise_masks: int = 4000
     ig_steps: int = 32
     ig_tolerance: float = 0.05
-    ig_max_steps: int = 1024
+    ig_max_steps: int = IG_MAX_PASSES
     ig_rule: str = "gausslegendre"
     ig_baseline: str = "black"
     black: tuple[float, ...] | None = None

@@ -19,8 +19,8 @@ from torch import nn
 
 from camcli.methods.forward import autocast
 from camcli.methods.metrics import blurred
-from camcli.methods.names import IG_BASELINES, IG_RULES
-from camcli.methods.stopping import check_stop
+from camcli.methods.names import IG_BASELINES, IG_MAX_PASSES, IG_RULES
+from camcli.methods.stopping import check_stop, passes_done, plan_passes
 from camcli.models.hooks import frozen_eval
 
 __all__ = [
@@ -128,14 +128,15 @@ def adaptive_integrated_gradients(
     chunk_size: int,
     autocast_dtype: torch.dtype | None = None,
     tolerance: float = 0.05,
-    max_steps: int = 1024,
+    max_steps: int = IG_MAX_PASSES,
     rule: str = "gausslegendre",
 ) -> IntegratedGradients:
     """Integrated Gradients with as many path points per image as completeness needs.
 
     Every image starts at ``steps`` points. While an image's completeness error is above
-    ``tolerance`` and ``3 x`` its points fit in ``max_steps``, its points are tripled; the
-    images of a batch that need new points share the passes.
+    ``tolerance`` and the next level's passes fit in ``max_steps`` with the passes already
+    made, its points are tripled; the images of a batch that need new points share the
+    passes. No image takes more than ``max_steps`` passes (at least ``steps``).
 
     * ``midpoint``: the midpoints of ``m`` equal steps (captum's ``riemann_middle``). The
       midpoints of ``3 m`` steps are the ``m`` already computed plus ``2 m`` new ones (at
@@ -153,7 +154,7 @@ def adaptive_integrated_gradients(
         chunk_size: path points per pass.
         autocast_dtype: forward passes under autocast to this type.
         tolerance: completeness error at which an image stops refining.
-        max_steps: most path points per level of an image.
+        max_steps: most passes per image, over all its levels.
         rule: ``midpoint`` or ``gausslegendre``.
 
     Returns:
@@ -214,7 +215,9 @@ def adaptive_integrated_gradients(
         errors = (totals - differences).abs() / differences.abs().clamp(min=1e-12)
         reached = int(used[wanted[0]])
         wanted = [i for i in wanted if float(errors[i]) > tolerance]
-        if not wanted or 3 * reached > max_steps:
+        # The next level's cost: 2 m new midpoints (they nest), or 3 m fresh nodes.
+        extra = 2 * reached if rule == "midpoint" else 3 * reached
+        if not wanted or int(passes[wanted].max()) + extra > max_steps:
             return IntegratedGradients(attributions, differences, used, errors, passes)
         level = 3 * reached
 
@@ -237,6 +240,7 @@ def _gradient_sums(
     """
     total = torch.zeros_like(b)
     count = len(owners)
+    plan_passes(count, "ig")  # each adaptive level adds its points when it starts
     with frozen_eval(model), torch.enable_grad():
         for start in range(0, count, chunk_size):
             check_stop()
@@ -255,6 +259,7 @@ def _gradient_sums(
             if weights is not None:
                 grad = grad * weights[part].view(-1, 1, 1, 1)
             total.index_add_(0, who, grad)
+            passes_done(part.stop - part.start)
     return total
 
 

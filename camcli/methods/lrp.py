@@ -34,7 +34,7 @@ from zennit.torchvision import ResNetCanonizer
 
 from camcli.methods.activation import CamNotApplicable
 from camcli.methods.names import LRP_COMPOSITE
-from camcli.methods.stopping import check_stop
+from camcli.methods.stopping import check_stop, passes_done, plan_passes
 from camcli.models.hooks import frozen_eval
 
 __all__ = [
@@ -219,6 +219,7 @@ def lrp(
     x = inputs.detach().float()
     relevance = torch.empty_like(x)
     logits = torch.empty(x.shape[0], device=x.device)
+    plan_passes(x.shape[0], "lrp")
     with frozen_eval(model), torch.enable_grad(), _lrp_model(model) as modified:
         for start in range(0, x.shape[0], chunk_size):
             check_stop()
@@ -231,4 +232,5 @@ def lrp(
             # at the output; the rules are linear in it, so scaling puts the logit there.
             relevance[part] = grad * chosen.detach().view(-1, 1, 1, 1)
             logits[part] = chosen.detach()[:, 0]
+            passes_done(part.stop - part.start)
     return relevance, logits

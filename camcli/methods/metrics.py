@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from camcli.methods.forward import autocast, class_probabilities
-from camcli.methods.stopping import check_stop
+from camcli.methods.stopping import check_stop, passes_done, plan_passes
 from camcli.models.hooks import frozen_eval
 
 __all__ = [
@@ -145,6 +145,7 @@ def faithfulness(
             for kind in kinds:
                 jobs = [(i, k) for i in range(n) for k in range(steps + 1)]
                 probs = torch.empty(len(jobs), device=x.device)
+                plan_passes(len(jobs), kind)
                 for start in range(0, len(jobs), chunk_size):
                     check_stop()
                     part = jobs[start : start + chunk_size]
@@ -159,6 +160,7 @@ def faithfulness(
                     probs[start : start + len(part)] = _forward_probs(
                         model, images, targets[who], autocast_dtype, binary
                     )
+                    passes_done(len(part))
                 curve = probs.view(n, steps + 1)
                 scores[kind] = (curve.sum(dim=1) - (curve[:, 0] + curve[:, -1]) / 2) / steps
                 if curves:

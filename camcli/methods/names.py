@@ -15,6 +15,7 @@ __all__ = [
     "DEFAULT_METHODS",
     "GRADIENT_METHODS",
     "IG_BASELINES",
+    "IG_MAX_PASSES",
     "IG_RULES",
     "IMAGE_METHODS",
     "LAYER_METHODS",
@@ -81,6 +82,9 @@ METRICS = ("deletion", "insertion", "drop")
 IG_BASELINES = ("black", "blur")
 # How Integrated Gradients place their path points (camcli.methods.integrated).
 IG_RULES = ("gausslegendre", "midpoint")
+IG_MAX_PASSES = 1280
+"""The default bound on an image's IG passes: the levels 32, 96, 288 and 864 of
+Gauss-Legendre nodes (1,280 passes), or midpoints up to 864 (they nest)."""
 
 
 def parse_metrics(text: str) -> tuple[str, ...]:

@@ -17,7 +17,7 @@ from torch import nn
 from camcli.io.transfer import to_device
 from camcli.methods.forward import autocast
 from camcli.methods.guided import GuidedActivations
-from camcli.methods.stopping import check_stop
+from camcli.methods.stopping import check_stop, passes_done, plan_passes
 from camcli.models.hooks import frozen_eval
 
 __all__ = ["scorecam", "smoothgrad"]
@@ -62,6 +62,7 @@ def scorecam(
     scores = torch.empty(n * c, device=a.device)
     size = inputs.shape[-2:]
     x = inputs.detach()
+    plan_passes(n * c, "scorecam")
     with frozen_eval(model), torch.no_grad():
         for start in range(0, n * c, chunk_size):
             check_stop()
@@ -71,6 +72,7 @@ def scorecam(
             with autocast(x.device, autocast_dtype):
                 logits = model(masked).float()
             scores[part] = logits.gather(1, targets[owner[part]][:, None])[:, 0]
+            passes_done(part.stop - part.start)
     weights = scores.view(n, c).softmax(dim=1)
     return (weights[:, :, None, None] * a).sum(dim=1).clamp(min=0)
 
@@ -134,8 +136,10 @@ def smoothgrad(
             score = logits.gather(1, targets[owners][:, None]).sum()
             (grad,) = torch.autograd.grad(score, batch)
         total.index_add_(0, owners, grad.float())
+        passes_done(len(pending))
         pending.clear()
 
+    plan_passes(x.shape[0] * samples, "smoothgrad")
     for i in range(x.shape[0]):
         generator = torch.Generator(device=x.device).manual_seed(int(seeds[i]))
         noise_i = torch.randn((samples, *x.shape[1:]), generator=generator, device=x.device)

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from camcli.methods.forward import autocast, class_probabilities
-from camcli.methods.stopping import check_stop
+from camcli.methods.stopping import check_stop, passes_done, plan_passes
 from camcli.models.hooks import frozen_eval
 
 __all__ = ["RiseMasks", "rise"]
@@ -110,6 +110,7 @@ def rise(
     if masks.size != height or height != width:
         raise ValueError(f"RISE masks are {masks.size} px but the input is {height} x {width}")
     total = torch.zeros((n, height * width), device=x.device)
+    plan_passes(n * len(masks), "rise")
     with frozen_eval(model), torch.no_grad():
         for start in range(0, len(masks), chunk_size):
             check_stop()
@@ -123,4 +124,5 @@ def rise(
                     logits = model(x[i : i + 1] * chunk.to(x.dtype)).float()
                 p = class_probabilities(logits, binary)[:, targets[i]]
                 total[i] += p @ flat
+                passes_done(stop - start)
     return (total / (len(masks) * masks.keep)).view(n, height, width)

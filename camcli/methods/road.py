@@ -27,7 +27,7 @@ from torch import nn
 
 from camcli.methods.forward import autocast, class_probabilities
 from camcli.methods.metrics import pixel_ranks
-from camcli.methods.stopping import check_stop
+from camcli.methods.stopping import check_stop, passes_done, plan_passes
 from camcli.models.hooks import frozen_eval
 
 __all__ = ["ROAD_FRACTIONS", "ROAD_NOISE", "impute", "road"]
@@ -197,6 +197,7 @@ def road(
             for kind in ("morf", "lerf"):
                 jobs = [(i, k) for i in range(n) for k in range(len(counts))]
                 probs = torch.empty(len(jobs), device=x.device)
+                plan_passes(len(jobs), f"road_{kind}")
                 for start in range(0, len(jobs), chunk_size):
                     check_stop()
                     part = jobs[start : start + chunk_size]
@@ -216,6 +217,7 @@ def road(
                     probs[start : start + len(part)] = class_probabilities(logits, binary).gather(
                         1, targets[who][:, None]
                     )[:, 0]
+                    passes_done(len(part))
                 curve = probs.view(n, len(counts))
                 scores[f"road_{kind}"] = curve.mean(dim=1)
                 scores[f"road_{kind}_curve"] = curve

@@ -98,6 +98,9 @@ class _Quiet:
     def advance(self, count: int) -> None:
         pass
 
+    def passes(self, done: int, planned: int, method: str) -> None:
+        pass
+
 
 def run_compare(
     items: Sequence[ImageItem],

@@ -195,6 +195,9 @@ class _Averaging:
     def advance(self, count: int) -> None:
         self.reporter.advance(count)
 
+    def passes(self, done: int, planned: int, method: str) -> None:
+        self.reporter.passes(done, planned, method)
+
 
 @dataclass
 class _Work:

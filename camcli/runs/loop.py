@@ -214,6 +214,25 @@ def reusable_records(
         return list(threads.map(check, items))
 
 
+class _BatchPasses:
+    """A batch's passes (planned and done, by the methods' chunked loops) to the reporter."""
+
+    def __init__(self, reporter: Reporter) -> None:
+        self.reporter = reporter
+        self.planned = 0
+        self.finished = 0
+        self.method = ""
+
+    def plan(self, passes: int, method: str) -> None:
+        self.planned += passes
+        self.method = method
+        self.reporter.passes(self.finished, self.planned, method)
+
+    def done(self, passes: int) -> None:
+        self.finished += passes
+        self.reporter.passes(self.finished, self.planned, self.method)
+
+
 @dataclass
 class _Loop:
     """Decode, launch, finish and write the images at ``todo`` positions of ``items``."""
@@ -263,11 +282,13 @@ class _Loop:
             try:
                 # The methods' chunked passes check the stop request between chunks: a
                 # stop abandons this batch (a re-run does it) and keeps the finished ones.
-                with stop_between_chunks(stop):
+                with stop_between_chunks(stop, _BatchPasses(self.reporter)):
                     for part in batch.split(self.largest_ok) if len(batch) else []:
                         self._with_fallback(part)
             except Stopped:
                 break
+            finally:
+                self.reporter.passes(0, 0, "")
             while pending and (
                 pending[0].future.done()
                 or len(pending) > max_pending

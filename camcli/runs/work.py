@@ -54,6 +54,13 @@ class Reporter(Protocol):
     def advance(self, count: int) -> None:
         """``count`` more images are finished."""
 
+    def passes(self, done: int, planned: int, method: str) -> None:
+        """Within the current batch: ``done`` of ``planned`` passes, now of ``method``.
+
+        ``planned`` grows as each method's loop starts (an adaptive method adds its further
+        levels when it runs them); ``(0, 0, "")`` when the batch is over.
+        """
+
 
 @dataclass
 class RunSummary:
