@@ -254,23 +254,10 @@
     var summary = ITEMS.length + " images: " + ok + " explained, " + errors + " failed";
     if (labelled) summary += "; " + wrong + " of " + labelled + " labelled images misclassified";
     document.getElementById("summary").textContent = summary + ". Written " + DATA.generated + ".";
-    if (DATA.evaluation) {
-      // camcli evaluate wrote its results here: link its page (the leaderboard, the plots).
-      var link = element("a", null, "Evaluation: which map to trust");
-      link.href = DATA.evaluation;
-      link.id = "evaluation-link";
-      var line = element("p", null, "");
-      line.appendChild(link);
-      document.querySelector("header").appendChild(line);
-    }
+    // camcli evaluate's and camcli summarize's results, when they are here: link their pages.
+    if (DATA.evaluation) headerLink("Evaluation: which map to trust", DATA.evaluation, "evaluation-link");
     if (DATA.summary) {
-      // camcli summarize wrote its results here: link its page (per class, the clusters).
-      var summaryLink = element("a", null, "Summary: what the model relies on, per class");
-      summaryLink.href = DATA.summary;
-      summaryLink.id = "summary-link";
-      var summaryLine = element("p", null, "");
-      summaryLine.appendChild(summaryLink);
-      document.querySelector("header").appendChild(summaryLine);
+      headerLink("Summary: what the model relies on, per class", DATA.summary, "summary-link");
     }
     var notice = runNotice();
     if (notice) {
@@ -466,6 +453,15 @@
     if (detail.source) ul.appendChild(element("li", null, "source: " + detail.source));
     files.appendChild(ul);
     if (ul.childNodes.length) main.appendChild(files);
+  }
+
+  function headerLink(text, href, id) {
+    var link = element("a", null, text);
+    link.href = href;
+    link.id = id;
+    var line = element("p", null, "");
+    line.appendChild(link);
+    document.querySelector("header").appendChild(line);
   }
 
   // The image an address asks for: ?i=N (the grid's links), or the image's path under INPUT
