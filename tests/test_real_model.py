@@ -197,7 +197,8 @@ def _jet_levels(path: Path) -> np.ndarray:
 def test_every_map_methods_heatmap_of_a_photo_uses_most_of_the_colour_map(tmp_path: Path):
     """RISE's map has a floor (a mean of probabilities): its picture spans min to max."""
     out = tmp_path / "out"
-    methods = "gradcam,gradcam++,xgradcam,layercam,hirescam,cam,eigencam,rise"
+    # Every map method (Score-CAM's 1,280 channels cost about 19 s of this test's time).
+    methods = "gradcam,gradcam++,xgradcam,layercam,hirescam,cam,eigencam,scorecam,rise"
     result = CliRunner().invoke(
         main,
         ["explain", str(SAMPLES / "tiger_cat"), "-o", str(out), "--method", methods,
@@ -205,6 +206,9 @@ def test_every_map_methods_heatmap_of_a_photo_uses_most_of_the_colour_map(tmp_pa
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     record = json.loads((out / "chelsea.png.json").read_text())
+    from camcli.methods.names import MAP_METHODS
+
+    assert sorted(methods.split(",")) == sorted(MAP_METHODS)
     for method in methods.split(","):
         levels = _jet_levels(out / f"chelsea.png.{method}.png")
         span = (levels.max() - levels.min()) / 255
