@@ -112,7 +112,7 @@ def test_no_score_measured_gives_a_sentence_not_a_broken_table(
         ]
     )  # fmt: skip
     assert result.exit_code == 0, result.output
-    assert "2 annotated image(s) have no box or mask" in result.stderr
+    assert "2 annotated image(s) have boxes only of other classes" in result.stderr
     table = (out / "evaluation.md").read_text()
     assert "No score was measured" in table and "| method |" not in table
 

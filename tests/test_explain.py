@@ -115,7 +115,7 @@ def test_hooks_removed_when_forward_fails():
 
 def test_unusable_layers_are_refused_with_a_reason():
     model = TinyNet()
-    with pytest.raises(LayerUnusable, match="4-D"):
+    with pytest.raises(LayerUnusable, match="a map needs a C x H x W feature map"):
         explain_batch(model, torch.randn(1, 3, 32, 32), "fc")
     relu_twice = nn.Sequential()
     relu = nn.ReLU()

@@ -290,7 +290,9 @@ class _Totals:
         self.reporter.advance(count)
 
     def passes(self, done: int, planned: int, method: str) -> None:
-        self.reporter.passes(done, planned, method)
+        from camcli.runs.work import report_passes
+
+        report_passes(self.reporter, done, planned, method)
 
     def box_notes(self) -> list[str]:
         """One line per kind of box that had to be fitted to its image, with an example."""

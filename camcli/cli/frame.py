@@ -554,8 +554,10 @@ class Reporter:
 
 
 def format_rate(images_per_second: float) -> str:
-    """A rate in the one unit camcli prints: images per second, two significant digits."""
-    return f"{images_per_second:.2g} images/s"
+    """A rate in the one unit camcli prints: images per second (12, 1.3, 0.089 images/s)."""
+    rate = images_per_second
+    text = f"{rate:.0f}" if rate >= 10 else f"{rate:.1f}" if rate >= 1 else f"{rate:.2g}"
+    return f"{text} images/s"
 
 
 def _duration(seconds: float) -> str:

@@ -67,6 +67,7 @@ from camcli.runs.work import (
     Reporter,
     RunSummary,
     WriteFailed,
+    report_passes,
 )
 
 __all__ = [
@@ -196,7 +197,7 @@ class _Averaging:
         self.reporter.advance(count)
 
     def passes(self, done: int, planned: int, method: str) -> None:
-        self.reporter.passes(done, planned, method)
+        report_passes(self.reporter, done, planned, method)
 
 
 @dataclass

@@ -47,6 +47,7 @@ from camcli.runs.work import (
     device_inputs,
     module_on_device,
     normalisation,
+    report_passes,
     write_image_files,
 )
 
@@ -226,11 +227,17 @@ class _BatchPasses:
     def plan(self, passes: int, method: str) -> None:
         self.planned += passes
         self.method = method
-        self.reporter.passes(self.finished, self.planned, method)
+        self.tell()
 
     def done(self, passes: int) -> None:
         self.finished += passes
-        self.reporter.passes(self.finished, self.planned, self.method)
+        self.tell()
+
+    def tell(self, over: bool = False) -> None:
+        if over:
+            report_passes(self.reporter, 0, 0, "")
+        else:
+            report_passes(self.reporter, self.finished, self.planned, self.method)
 
 
 @dataclass
@@ -282,13 +289,14 @@ class _Loop:
             try:
                 # The methods' chunked passes check the stop request between chunks: a
                 # stop abandons this batch (a re-run does it) and keeps the finished ones.
-                with stop_between_chunks(stop, _BatchPasses(self.reporter)):
+                passes = _BatchPasses(self.reporter)
+                with stop_between_chunks(stop, passes):
                     for part in batch.split(self.largest_ok) if len(batch) else []:
                         self._with_fallback(part)
             except Stopped:
                 break
             finally:
-                self.reporter.passes(0, 0, "")
+                passes.tell(over=True)
             while pending and (
                 pending[0].future.done()
                 or len(pending) > max_pending

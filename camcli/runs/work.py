@@ -37,6 +37,7 @@ __all__ = [
     "device_inputs",
     "module_on_device",
     "normalisation",
+    "report_passes",
     "write_image_files",
 ]
 
@@ -60,6 +61,16 @@ class Reporter(Protocol):
         ``planned`` grows as each method's loop starts (an adaptive method adds its further
         levels when it runs them); ``(0, 0, "")`` when the batch is over.
         """
+
+
+def report_passes(reporter: object, done: int, planned: int, method: str) -> None:
+    """Give ``reporter`` the progress within a batch, when it takes it.
+
+    Reporters written before :meth:`Reporter.passes` existed (a library user's) have none.
+    """
+    passes = getattr(reporter, "passes", None)
+    if passes is not None:
+        passes(done, planned, method)
 
 
 @dataclass
