@@ -467,3 +467,28 @@ def test_a_sharded_run_once_merged_summarises_as_one_run(tmp_path: Path, image_f
         summary.pop("seconds")
         found.append(summary)
     assert found[0] == found[1] and found[0]["images"] == 8
+
+
+def test_images_named_like_summaries_are_read_and_left_out_ones_are_said(
+    tmp_path: Path, image_folder: Any
+) -> None:
+    """A photo called run.png or summary.png at the top is an image like any other; images
+    without a label folder, under --group label, are left out with a word on stderr."""
+    photos = image_folder(
+        {
+            "run.png": (40, 32),
+            "summary.png": (40, 32),
+            **{f"cls/{i}.png": (40, 32) for i in range(3)},
+        }
+    )
+    out = tmp_path / "out"
+    _explain_tiny(out, photos, "--target", "3")
+    result = run("summarize", out)
+    assert result.exit_code == 0, result.output
+    (entry,) = json.loads((out / "summary.json").read_text())["classes"].values()
+    listed = {image for cluster in entry["clusters"] for image in cluster["images"]}
+    assert {"run.png", "summary.png"} <= listed and entry["images"] == 5
+    by_label = run("summarize", out, "--group", "label")
+    assert by_label.exit_code == 0, by_label.output
+    assert "2 record(s) have no label: left out" in by_label.stderr
+    assert json.loads(by_label.stdout)["images"] == 3

@@ -51,16 +51,13 @@ def refuse_early(common: CommonOptions, check_model: bool = True) -> None:
 
 def _name_suffix(common: CommonOptions) -> str:
     """The run's lock suffix, as the run names it (per shard and torchrun rank)."""
-    suffix = ""
-    shard = common.inputs.shard
-    if shard:
-        k, _, n = shard.partition("/")
-        if k.strip().isdigit() and n.strip().isdigit() and int(n) > 1:
-            suffix = f".shard-{int(k)}-of-{int(n)}"
-    rank, world = os.environ.get("RANK", ""), os.environ.get("WORLD_SIZE", "")
-    if rank.isdigit() and world.isdigit() and int(world) > 1:
-        suffix += f".rank-{int(rank)}-of-{int(world)}"
-    return suffix
+    from camcli.runs.runtime import current_rank, parse_shard, run_name_suffix
+
+    try:
+        shard_k, shard_n = parse_shard(common.inputs.shard) if common.inputs.shard else (0, 1)
+    except ValueError:
+        shard_k, shard_n = 0, 1  # --shard's own check names the mistake later
+    return run_name_suffix(shard_k, shard_n, current_rank())
 
 
 def _refuse_held_lock(path: Path) -> None:

@@ -39,7 +39,7 @@ import torch
 from tqdm import tqdm
 
 from camcli.cli import STARTED
-from camcli.cli.options import CommonOptions, ModelOptions, RuntimeOptions
+from camcli.cli.options import PROGRESS_INTERVAL, CommonOptions, ModelOptions, RuntimeOptions
 from camcli.io.discover import (
     ImageItem,
     NoImagesFound,
@@ -74,6 +74,7 @@ from camcli.runs.runtime import (
     init_group,
     merge_indexes,
     parse_shard,
+    run_name_suffix,
     stop_on_signals,
     write_summary,
 )
@@ -95,9 +96,6 @@ __all__ = [
 ]
 
 # --- preparing a run --------------------------------------------------------------------
-
-PROGRESS_INTERVAL = 30.0
-"""Seconds between the plain progress lines printed when stderr is not a terminal."""
 
 
 @dataclass
@@ -319,9 +317,7 @@ def prepare_run(common: CommonOptions) -> PreparedRun:
         ]
     loaded = load_checked_model(wanted)
 
-    suffix = f".shard-{shard_k}-of-{shard_n}" if shard_n > 1 else ""
-    if rank is not None:
-        suffix += f".rank-{rank.rank}-of-{rank.world_size}"
+    suffix = run_name_suffix(shard_k, shard_n, rank)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     local_processes = 1
     if rank is not None and os.environ.get("LOCAL_WORLD_SIZE", "").isdigit():

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CONTEXT",
     "HELP_SECTIONS",
+    "PROGRESS_INTERVAL",
     "CommonOptions",
     "Decorator",
     "InputOptions",
@@ -45,6 +46,9 @@ __all__ = [
 ]
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+PROGRESS_INTERVAL = 30.0
+"""Seconds between the plain progress lines printed when stderr is not a terminal."""
 
 # The batch commands' --help, in sections: the options people use first, then the rest by
 # theme. Options of a command that no section names come last, under "Other options".
@@ -292,7 +296,7 @@ runtime_options = _group(
     click.option(
         "--progress-interval",
         type=click.FloatRange(min=0),
-        default=30.0,
+        default=PROGRESS_INTERVAL,
         show_default=True,
         metavar="SECONDS",
         help="Without a terminal (cron, nohup, a pipe), print a progress line on stderr this "
@@ -568,7 +572,7 @@ class RuntimeOptions:
     engine: str = "local"
     ray_address: str | None = None
     verbose: bool = False
-    progress_interval: float = 30.0
+    progress_interval: float = PROGRESS_INTERVAL
 
 
 @dataclass(frozen=True)

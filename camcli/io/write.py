@@ -14,7 +14,7 @@ import os
 import struct
 import tempfile
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -29,6 +29,7 @@ __all__ = [
     "atomic_write_bytes",
     "encode_npy",
     "encode_png",
+    "explain_record_files",
     "fast_deflate_available",
     "fast_png",
     "index_name",
@@ -248,6 +249,27 @@ def summary_name(kind: str = "explain", name_suffix: str = "") -> str:
     """File name of a run kind's summary (``name_suffix``: per shard and rank)."""
     prefix = "" if kind == "explain" else f"{kind}."
     return f"{prefix}run{name_suffix}.json"
+
+
+def explain_record_files(output_dir: Path) -> Iterator[tuple[str, str]]:
+    """Every file below a local output directory that may be an ``explain`` record.
+
+    All ``*.json`` files except hidden ones and the other run kinds' records
+    (``NAME.features.json``, ...). Run summaries (``run.json``, ``summary.json``) are among
+    them: they are no records (no ``image`` key), so readers check the content.
+
+    Yields:
+        ``(path, path relative to the output directory with '/')``.
+    """
+    others = tuple(f".{record_suffix(kind)}" for kind in RUN_KINDS if kind != "explain")
+    top = str(output_dir)
+    for folder, dirs, files in os.walk(top, followlinks=False):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        relative = os.path.relpath(folder, top).replace(os.sep, "/")
+        prefix = "" if relative == "." else relative + "/"
+        for name in sorted(files):
+            if name.endswith(".json") and not name.startswith(".") and not name.endswith(others):
+                yield os.path.join(folder, name), prefix + name
 
 
 def record_path(output_dir: Path, relative: PurePosixPath, kind: str = "explain") -> Path:

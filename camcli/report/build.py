@@ -36,7 +36,7 @@ from urllib.parse import quote
 from PIL import Image
 
 from camcli.io.discover import natural_key
-from camcli.io.write import RUN_KINDS, atomic_write_bytes, record_suffix
+from camcli.io.write import atomic_write_bytes, explain_record_files
 from camcli.report import REPORT_DIR, THUMB_SIZE
 from camcli.report.evaluation import EVALUATION_PAGE, write_evaluation_page
 from camcli.report.summary import SUMMARY_PAGE, write_summary_page
@@ -60,9 +60,6 @@ DETAIL_CHUNK = 200  # full entries per details/K.js file: the page of an image l
 PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp")
 _ASSETS = ("index.html", "image.html", "report.js", "report.css")
 # run.json, run.shard-K-of-N.json, run.rank-R-of-W.json, run.shard-K-of-N.rank-R-of-W.json
-# Records of the other run kinds (NAME.features.json, NAME.compare.json): the report shows
-# explain runs only; the others' indexes and summaries have their own names too.
-_OTHER_RECORDS = tuple(f".{record_suffix(kind)}" for kind in RUN_KINDS if kind != "explain")
 _RUN_SUMMARY = re.compile(r"run(\.shard-\d+-of-\d+)?(\.rank-\d+-of-\d+)?\.json")
 
 
@@ -132,24 +129,6 @@ class ReportEntry:
         return self._files
 
 
-def _iter_record_files(output_dir: Path) -> Iterator[tuple[str, str]]:
-    """Every ``*.json`` file below the output directory except hidden ones.
-
-    Run summaries (``run.json``) are among them; they are no records (no ``image`` key).
-
-    Yields:
-        ``(path, path relative to the output directory with '/')``.
-    """
-    top = str(output_dir)
-    for folder, dirs, files in os.walk(top, followlinks=False):
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
-        relative = os.path.relpath(folder, top).replace(os.sep, "/")
-        prefix = "" if relative == "." else relative + "/"
-        for name in files:
-            if name.endswith(".json") and not name.startswith("."):
-                yield os.path.join(folder, name), prefix + name
-
-
 def _read_json(path: Path | str) -> Any:
     try:
         with open(path, encoding="utf-8") as handle:
@@ -201,9 +180,7 @@ def collect_entries(output_dir: Path) -> list[ReportEntry]:
     """
     entries: list[ReportEntry] = []
     seen: set[str] = set()
-    for path, relative in _iter_record_files(output_dir):
-        if relative.endswith(_OTHER_RECORDS):
-            continue  # another command's record (features, compare): not an explain run's
+    for path, relative in explain_record_files(output_dir):
         record = _read_json(path)
         if not isinstance(record, dict) or not isinstance(record.get("image"), str):
             continue

@@ -32,6 +32,7 @@ __all__ = [
     "gather_summaries",
     "merge_indexes",
     "parse_shard",
+    "run_name_suffix",
     "stop_on_signals",
     "write_summary",
 ]
@@ -91,6 +92,14 @@ def parse_shard(text: str) -> tuple[int, int]:
     if n < 1 or not 0 <= k < n:
         raise ValueError(f"{text!r}: K must be between 0 and N - 1 (shards are numbered from 0)")
     return k, n
+
+
+def run_name_suffix(shard_k: int, shard_n: int, rank: Rank | None) -> str:
+    """The suffix of a run's index, summary and lock names, per shard and torchrun rank."""
+    suffix = f".shard-{shard_k}-of-{shard_n}" if shard_n > 1 else ""
+    if rank is not None:
+        suffix += f".rank-{rank.rank}-of-{rank.world_size}"
+    return suffix
 
 
 @dataclass(frozen=True)

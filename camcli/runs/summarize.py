@@ -21,7 +21,7 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -31,7 +31,7 @@ import numpy as np
 
 from camcli.io.mapgrid import SUMMARY_GRID, decode_grid
 from camcli.io.storage import is_remote
-from camcli.io.write import RUN_KINDS, TEMP_MARK, atomic_write_bytes, encode_png, record_suffix
+from camcli.io.write import TEMP_MARK, atomic_write_bytes, encode_png, explain_record_files
 from camcli.methods.spray import (
     MAX_CLUSTERS,
     ClusterScore,
@@ -63,7 +63,6 @@ SUMMARY_DIR = "summary"
 GROUPS = ("target", "pred", "label")
 EXAMPLES = 6  # example thumbnails per cluster
 MIN_CLUSTERED = 3  # classes with fewer images are listed, not clustered
-_OTHER_RECORDS = tuple(f".{record_suffix(kind)}" for kind in RUN_KINDS if kind != "explain")
 
 
 class SummaryInputError(ValueError):
@@ -129,25 +128,6 @@ class MapRecord:
 
 
 # --- reading the run ----------------------------------------------------------------------
-
-
-def _record_files(output_dir: Path) -> Iterator[str]:
-    """Every explain record's path (relative, with ``/``) under a local output directory."""
-    top = str(output_dir)
-    for folder, dirs, files in os.walk(top):
-        dirs[:] = sorted(
-            d for d in dirs if not d.startswith(".") and d not in ("report", SUMMARY_DIR)
-        )
-        relative = os.path.relpath(folder, top).replace(os.sep, "/")
-        prefix = "" if relative == "." else relative + "/"
-        for name in sorted(files):
-            if (
-                name.endswith(".json")
-                and not name.startswith(".")
-                and not name.endswith(_OTHER_RECORDS)
-                and not (prefix == "" and (name.startswith(("run", "summary", "evaluation"))))
-            ):
-                yield prefix + name
 
 
 def _indexed_records(output_dir: Path) -> list[str]:
@@ -232,9 +212,10 @@ def read_maps(
             of several models or layers.
 
     """
-    names = (
-        _indexed_records(output_dir) if is_remote(output_dir) else list(_record_files(output_dir))
-    )
+    if is_remote(output_dir):
+        names = _indexed_records(output_dir)
+    else:
+        names = [relative for _path, relative in explain_record_files(output_dir)]
     raw: list[tuple[str, dict[str, Any]]] = []
     for relative in names:
         record = _read_json(output_dir / relative)
@@ -343,11 +324,20 @@ def read_maps(
 
 
 def _outside_shares(
-    maps: Sequence[MapRecord], options: SummarizeOptions, names: dict[str, int]
+    maps: Sequence[MapRecord],
+    options: SummarizeOptions,
+    names: dict[str, int],
+    say: Callable[[str], None],
 ) -> dict[str, float]:
-    """Per annotated image, the share of its normalised map outside the annotated objects."""
+    """Per annotated image, the share of its normalised map outside the annotated objects.
+
+    The objects (every box, fitted to its image as ``evaluate`` fits them, and the mask) are
+    drawn at the image's size and averaged onto the summary's grid.
+    """
     if options.boxes is None and options.masks is None:
         return {}
+    import cv2
+
     from camcli.io.annotations import AnnotationError, fit_boxes, load_annotations, read_mask
 
     relatives = [PurePosixPath(m.image) for m in maps]
@@ -360,47 +350,23 @@ def _outside_shares(
     for matching in annotations.matching:
         if matching.images and not matching.matched:
             raise SummaryInputError(f"{matching.option}: {matching.nothing_matched()}")
-    import cv2
-
+        say(matching.summary())
     shares: dict[str, float] = {}
-    side = SUMMARY_GRID
     for item, relative in zip(maps, relatives, strict=True):
-        coverage = np.zeros((side, side), dtype=np.float64)
         objects = fit_boxes(annotations.objects(relative) or [], item.width, item.height).objects
-        if objects and item.width and item.height:
-            edges_x = np.linspace(0.0, 1.0, side + 1)
-            edges_y = np.linspace(0.0, 1.0, side + 1)
-            for obj in objects:
-                box = obj.box  # [x0, x1) x [y0, y1) in pixels
-                fx = (
-                    np.clip(
-                        np.minimum(edges_x[1:], box.x1 / item.width)
-                        - np.maximum(edges_x[:-1], box.x0 / item.width),
-                        0,
-                        None,
-                    )
-                    * side
-                )
-                fy = (
-                    np.clip(
-                        np.minimum(edges_y[1:], box.y1 / item.height)
-                        - np.maximum(edges_y[:-1], box.y0 / item.height),
-                        0,
-                        None,
-                    )
-                    * side
-                )
-                coverage = np.maximum(coverage, np.outer(fy, fx))
         mask_file = annotations.mask_path(relative)
-        if mask_file is not None and item.width and item.height:
+        if (not objects and mask_file is None) or not (item.width and item.height):
+            continue
+        region = np.zeros((item.height, item.width), dtype=np.float32)
+        for obj in objects:
+            (x0, x1), (y0, y1) = obj.box.columns(item.width), obj.box.rows(item.height)
+            region[y0:y1, x0:x1] = 1.0
+        if mask_file is not None:
             try:
-                mask = read_mask(mask_file, item.height, item.width).astype(np.float32)
+                region = np.maximum(region, read_mask(mask_file, item.height, item.width))
             except AnnotationError as exc:
                 raise SummaryInputError(str(exc)) from None
-            small = cv2.resize(mask, (side, side), interpolation=cv2.INTER_AREA)
-            coverage = np.maximum(coverage, small)
-        if not objects and mask_file is None:
-            continue
+        coverage = cv2.resize(region, (SUMMARY_GRID, SUMMARY_GRID), interpolation=cv2.INTER_AREA)
         distribution = normalise(item.grid[None])[0]
         shares[item.image] = float(1.0 - (distribution * np.clip(coverage, 0, 1)).sum())
     return shares
@@ -519,10 +485,17 @@ def summarize_run(
 
     method, maps, facts = read_maps(output_dir, options)
     say(f"read {len(maps)} {method} maps in {time.perf_counter() - started:.1f} s")
+    left_out = facts["skipped"]
+    if left_out["no_map"]:
+        say(f"{left_out['no_map']} record(s) have no {method} map: left out")
+    if left_out["no_group"]:
+        say(f"{left_out['no_group']} record(s) have no {options.group_by}: left out")
+    if left_out["unreadable"]:
+        say(f"{left_out['unreadable']} record(s) have no readable {method} map: left out")
     check()
     known = sorted({m.group for m in maps} | {m.predicted for m in maps})
     names = {name: position for position, name in enumerate(known)}
-    outside = _outside_shares(maps, options, names)
+    outside = _outside_shares(maps, options, names, say)
     grids = np.stack([m.grid for m in maps])
     distributions = normalise(grids)
     features = spray_features(grids)
@@ -559,9 +532,6 @@ def summarize_run(
     )
     try:
         result = _result(method, options, maps, facts, groups, confusions, confusion_order)
-        for group, entry in zip(groups, result["classes"].values(), strict=True):
-            for cluster, written in zip(group.clusters, entry["clusters"], strict=True):
-                written["mean_map"] = f"{SUMMARY_DIR}/{group.folder}/cluster-{cluster.rank}.png"
         confusion_maps = [distributions[confusions[pair]].mean(axis=0) for pair in confusion_order]
 
         def draw_group(group: _Group) -> int:
@@ -707,7 +677,7 @@ def _result(
                     "peak": _peak(cluster.peak),
                     "images": [maps[i].image for i in cluster.members],
                     "examples": [maps[i].image for i in cluster.examples],
-                    "mean_map": None,
+                    "mean_map": f"{SUMMARY_DIR}/{group.folder}/cluster-{cluster.rank}.png",
                 }
                 for cluster in group.clusters
             ],
