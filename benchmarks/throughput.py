@@ -319,7 +319,16 @@ def main() -> None:
         help="images for the (slow) README loop (default: all)",
     )
     parser.add_argument("--json", type=Path, help="write the figures here")
+    parser.add_argument(
+        "--switch-interval",
+        type=float,
+        help="GIL switch interval (s) during camcli's run (default: camcli's own)",
+    )
     args = parser.parse_args()
+    if args.switch_interval is not None:
+        import camcli.runs.work
+
+        camcli.runs.work.SWITCH_INTERVAL_S = args.switch_interval
     device = torch.device(args.device)
     torch.backends.cuda.matmul.allow_tf32 = args.precision == "tf32"
     torch.backends.cudnn.allow_tf32 = args.precision == "tf32"

@@ -111,3 +111,35 @@ def test_a_stage_past_its_limit_is_stopped_and_recorded(tmp_path: Path):
     assert results["finished"]
     assert results["rows"][0]["status"] == "timed out after 1 s"
     assert "timed out after 1 s" in (out / "results.md").read_text()
+
+
+def test_the_device_collects_only_the_cuda_test_files(tmp_path: Path):
+    """The device image has no quantus, ray or moto: the CUDA stage collects only the files
+    that hold CUDA tests, and they collect with those packages hidden (one collection error
+    stopped the first device run before any test)."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        import gpu_run
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    files = gpu_run.cuda_test_files()
+    assert {"tests/test_cuda.py", "tests/test_cuda_commands.py"} <= set(files)
+    hide = tmp_path / "hide"
+    for name in ("quantus", "ray", "moto"):  # importing any of them fails
+        (hide / name).mkdir(parents=True)
+        (hide / name / "__init__.py").write_text("raise ImportError('not on the device')\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(hide), str(REPO)])}
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-m", "cuda", "--collect-only", "-q",
+         "-p", "no:cacheprovider", *files],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "error" not in done.stdout.lower()
+    assert "tests/test_cuda_commands.py::" in done.stdout
+    everything = subprocess.run(
+        [sys.executable, "-m", "pytest", "-m", "cuda", "--collect-only", "-q",
+         "-p", "no:cacheprovider", "tests"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert everything.returncode != 0  # the whole folder does not collect there: the reason

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import io
+import itertools
 import json
 import os
 import struct
 import tempfile
+import threading
 import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath
@@ -47,13 +49,14 @@ TEMP_MARK = ".camcli-partial-"  # in every temporary name: only these are ever s
 
 
 def _file_mode() -> int:
-    # mkstemp creates 0600 files; outputs get the mode a plain open() would give.
+    # Outputs get the mode a plain open() would give (the umask applies to os.open too).
     umask = os.umask(0)
     os.umask(umask)
     return 0o666 & ~umask
 
 
 _FILE_MODE = _file_mode()
+_TEMP_COUNTER = itertools.count()  # with the process and thread: a name no one else uses
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -61,16 +64,30 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
     In object storage (a ``UPath``, see :mod:`camcli.io.storage`), which has no rename, the
     object is written with one upload: it appears whole or not at all.
+
+    Writer threads call this for every picture, so it makes few system calls (open with the
+    final mode, write, close, rename; the folder only when it is missing): each is a point
+    where a thread gives up the GIL and must wait to get it back from the busy main thread.
     """
     if not isinstance(path, Path):
         path.write_bytes(data)
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}{TEMP_MARK}", suffix=".tmp", dir=path.parent)
+    tmp = path.with_name(
+        f".{path.name}{TEMP_MARK}{os.getpid()}-{threading.get_ident()}-{next(_TEMP_COUNTER)}.tmp"
+    )
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.chmod(tmp, _FILE_MODE)
+        fd = os.open(tmp, flags, _FILE_MODE)
+    except FileNotFoundError:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(tmp, flags, _FILE_MODE)
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):

@@ -9,6 +9,7 @@ decodes, runs the work, writes the files and reports to a :class:`Reporter`.
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -93,6 +94,7 @@ FileJob = tuple[Path, Callable[[], bytes]]
 WriteFiles = Callable[[list[FileJob], Path, dict[str, Any]], None]
 
 MAX_PENDING_BYTES = 2 << 30  # pictures waiting to be written: large photos wait sooner
+SWITCH_INTERVAL_S = 0.0002  # GIL hand-over during a run (see backend_settings)
 
 
 @dataclass
@@ -175,8 +177,16 @@ class EngineRun:
 
 @contextlib.contextmanager
 def backend_settings(settings: Settings) -> Iterator[None]:
-    """TF32 and cuDNN autotuning for the run, restored afterwards."""
+    """TF32, cuDNN autotuning and a short GIL switch interval for the run, restored afterwards.
+
+    The writer threads encode and write three pictures per image. Each of them lets go of the
+    GIL several times per file (NumPy, deflate, each system call) and must then wait for the
+    main thread, which holds it while it launches the model's work, to hand it back: by
+    default up to 5 ms each time. On a 16-core GPU host ten writer threads managed about
+    200 images/s that way, a tenth of what they do alone; a 0.2 ms interval shortens each wait.
+    """
     cuda = settings.device.type == "cuda"
+    saved_interval = sys.getswitchinterval()
     saved = (
         torch.backends.cuda.matmul.allow_tf32,
         torch.backends.cudnn.allow_tf32,
@@ -187,8 +197,10 @@ def backend_settings(settings: Settings) -> Iterator[None]:
         torch.backends.cuda.matmul.allow_tf32 = tf32
         torch.backends.cudnn.allow_tf32 = tf32
         torch.backends.cudnn.benchmark = cuda  # fixed input size: autotuned kernels pay off
+        sys.setswitchinterval(min(saved_interval, SWITCH_INTERVAL_S))
         yield
     finally:
+        sys.setswitchinterval(saved_interval)
         (
             torch.backends.cuda.matmul.allow_tf32,
             torch.backends.cudnn.allow_tf32,
