@@ -70,7 +70,7 @@ def test_compare_and_several_targets_on_cuda(photos: Path, tmp_path: Path):
     assert sheets["cpu"].shape == sheets["cuda"].shape
     # overlays and text: a few pixels may round differently
     assert np.mean(np.abs(sheets["cpu"] - sheets["cuda"]) > 8) < 0.01
-    for name in ("a.png.compare.json",):
+    for name in ("a.png.json", "b.png.json"):  # explain's records
         cpu = json.loads((tmp_path / "t-cpu" / "1" / name).read_text())
         gpu = json.loads((tmp_path / "t-cuda" / "1" / name).read_text())
         assert [t["index"] for t in gpu["targets"]] == [t["index"] for t in cpu["targets"]]

@@ -76,7 +76,6 @@ def model_inputs_on_device(
     size = prep.size
     device = pixels[0].device if pixels else torch.device("cpu")
     out = torch.empty(len(pixels), prep.channels, size, size, device=device)
-    luma = torch.tensor([0.299, 0.587, 0.114], device=device).view(1, 3, 1, 1)
     groups: dict[tuple[int, int], list[int]] = {}
     for i, photo in enumerate(pixels):
         groups.setdefault((int(photo.shape[0]), int(photo.shape[1])), []).append(i)
@@ -90,7 +89,9 @@ def model_inputs_on_device(
             part = members[start : start + step]
             photos = torch.stack([pixels[i] for i in part]).permute(0, 3, 1, 2).float()
             if prep.channels == 1:
-                photos = (photos * luma).sum(dim=1, keepdim=True).round_()
+                # Python numbers, not a tensor made from a list (a synchronising copy)
+                red, green, blue = photos.unbind(dim=1)
+                photos = (red * 0.299 + green * 0.587 + blue * 0.114).unsqueeze(1).round_()
             # Like Pillow: the width first, rounded and clipped to whole levels, then the
             # height (a separable pass at scale 1 is the identity).
             for target in ((height, rw), (rh, rw)):
