@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 import subprocess
 import sys
@@ -632,6 +633,81 @@ def test_refusals_come_before_torch_and_the_model_are_loaded(tmp_path: Path) -> 
         holder.wait()
     assert locked.returncode == 1 and f"is in use by camcli pid {holder.pid}" in locked.stderr
     assert "torch not loaded" in locked.stderr
+
+
+def _refuse(command: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", _REFUSE, command, str(SAMPLES), *args],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("command", ["explain", "evaluate", "features"])
+def test_layer_and_target_typos_on_the_default_model_come_before_torch(
+    command: str, tmp_path: Path
+) -> None:
+    """The default model's layer names ship with camcli and its classes are ImageNet's: a
+    typo in either is refused with the sentence the loaded model gives, before torch."""
+    layer = _refuse(command, "--layer", "blocks.9", "-o", str(tmp_path / "a"))
+    assert layer.returncode == 2 and "torch not loaded" in layer.stderr
+    assert "'--layer': the model has no layer named 'blocks.9'; close matches:" in layer.stderr
+    assert "'camcli layers efficientnet_lite0' lists every layer" in layer.stderr
+    if command == "explain":  # the same sentence as the loaded model's
+        from camcli.models.hooks import UnknownLayer, resolve_layer
+        from camcli.models.registry import load_model
+
+        from camcli.models.layer_names import remembered_layers
+
+        module = load_model("efficientnet_lite0").module
+        assert remembered_layers("efficientnet_lite0") == [n for n, _ in module.named_modules() if n]
+        with pytest.raises(UnknownLayer) as late:
+            resolve_layer(module, "blocks.9")
+        assert f"'--layer': {late.value}; 'camcli layers" in layer.stderr
+    if command == "features":
+        return
+    target = _refuse(command, "--target", "tigr_cat", "-o", str(tmp_path / "c"))
+    assert target.returncode == 2 and "torch not loaded" in target.stderr
+    assert "'tigr_cat' is not 'pred', 'label', a class index or a class name of this model; " \
+        "did you mean 'tiger cat'" in target.stderr  # fmt: skip
+    # Good values pass the early check (the run itself is not made here).
+    from camcli.cli.early import refuse_early
+    from camcli.cli.options import (
+        CommonOptions,
+        InputOptions,
+        ModelOptions,
+        OutputOptions,
+        RuntimeOptions,
+    )
+
+    common = CommonOptions(InputOptions(SAMPLES), ModelOptions(), RuntimeOptions(),
+                           OutputOptions(tmp_path / "d"))  # fmt: skip
+    refuse_early(common, layers=("blocks.6", "bn2+relu"), target="Egyptian_cat,pred,281")
+
+
+def test_a_zoo_models_layers_are_remembered_for_the_next_refusal(tmp_path: Path) -> None:
+    """A model's layer names are remembered when it loads (keyed by the packages' versions):
+    the next typo is refused before torch; an own model is never remembered."""
+    from camcli.models.layer_names import layer_names_file, remembered_layers
+    from camcli.models.registry import load_model
+
+    assert remembered_layers("resnet18") is None
+    weights = tmp_path / "r18.pt"
+    torch.save(torchvision.models.resnet18().state_dict(), weights)
+    load_model("resnet18", weights)
+    path = layer_names_file("resnet18")
+    assert path is not None and path.is_file()
+    assert remembered_layers("resnet18") == [
+        n for n, _ in torchvision.models.resnet18().named_modules() if n
+    ]
+    env_home = os.environ["TORCH_HOME"]
+    done = subprocess.run(
+        [sys.executable, "-c", _REFUSE, "explain", str(SAMPLES), "--model", "resnet18",
+         "--layer", "layer9", "-o", str(tmp_path / "o")],
+        capture_output=True, text=True, timeout=120, env={**os.environ, "TORCH_HOME": env_home},
+    )  # fmt: skip
+    assert done.returncode == 2 and "torch not loaded" in done.stderr
+    assert "no layer named 'layer9'; close matches: layer4, layer3" in done.stderr
+    assert layer_names_file("my_model.py:build") is None
 
 
 def test_a_wrong_config_value_names_the_key_and_the_file(three: Path, tmp_path: Path) -> None:

@@ -218,3 +218,31 @@ def test_several_targets_with_methods_that_have_no_layer(labelled: Path, tmp_pat
     for role in ("label.heatmap", "label.overlay"):
         assert (out / record["image"]).with_name(record["files"]["rise"][role]).is_file()
     assert (out / record["image"]).with_name(record["files"]["ig"]["label.image"]).is_file()
+
+
+def test_imagenet_classes_are_read_without_torch_and_equal_the_libraries() -> None:
+    """The names, WordNet ids and lemmas come from torchvision's and timm's files without
+    importing either (the early --target check), and equal what their APIs give."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\nfrom camcli.models.classes import imagenet_classes\n"
+        "c = imagenet_classes()\nprint(len(c), c.names[281], c.wordnet_ids[281], "
+        "'torch' in sys.modules, 'timm' in sys.modules, 'torchvision' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.split() == ["1000", "tabby", "n02123045", "False", "False", "False"]
+    from timm.data import ImageNetInfo
+    from torchvision.models import ResNet50_Weights
+
+    from camcli.models.classes import imagenet_classes
+
+    classes = imagenet_classes()
+    info = ImageNetInfo()
+    assert list(classes.names) == list(ResNet50_Weights.IMAGENET1K_V2.meta["categories"])
+    assert list(classes.wordnet_ids) == [info.index_to_label_name(i) for i in range(1000)]
+    assert [list(a) for a in classes.aliases] == [
+        [part.strip() for part in info.index_to_description(i).split(",") if part.strip()]
+        for i in range(1000)
+    ]

@@ -156,7 +156,12 @@ def evaluate(ctx: click.Context, **options: Any) -> None:
 
     from camcli.cli.early import refuse_early
 
-    refuse_early(common)
+    refuse_early(
+        common,
+        layers=own.layers,
+        target=None if own.target == "annotated" else own.target,
+        several_targets=False,
+    )
     from camcli.cli.frame import Reporter, prepare_run, run_in_frame
     from camcli.io.annotations import AnnotationError, load_annotations
     from camcli.methods.activation import CamNotApplicable

@@ -140,7 +140,7 @@ def explain(ctx: click.Context, **options: Any) -> None:
 
     from camcli.cli.early import refuse_early
 
-    refuse_early(common)
+    refuse_early(common, layers=own.layers, target=own.target)
     from camcli.cli.frame import Reporter, prepare_run, run_in_frame
     from camcli.cli.report import report_after_run
     from camcli.methods.activation import CamNotApplicable

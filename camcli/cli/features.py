@@ -94,7 +94,7 @@ def features(ctx: click.Context, **options: Any) -> None:
 
     from camcli.cli.early import refuse_early
 
-    refuse_early(common)
+    refuse_early(common, layers=own.layers)
     from camcli.cli.frame import Reporter, prepare_run, run_in_frame
     from camcli.models.hooks import LayerUnusable
     from camcli.runs.features import FeatureOptions, features_payload, run_features

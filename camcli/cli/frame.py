@@ -194,9 +194,9 @@ def checked_layers(model: LoadedModel, names: Sequence[str]) -> tuple[str, ...]:
 
 def unknown_layer(exc: UnknownLayer, model_name: str) -> click.BadParameter:
     """The usage error for a ``--layer`` the model lacks: close names, and where to look."""
-    return click.BadParameter(
-        f"{exc}; 'camcli layers {model_name}' lists every layer", param_hint="'--layer'"
-    )
+    from camcli.cli.early import unknown_layer_error
+
+    return unknown_layer_error(str(exc), model_name)
 
 
 def check_model_name(model_name: str) -> None:

@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
+import ast
+import csv
+import difflib
+import importlib.util
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 __all__ = [
     "ClassFileError",
     "ClassIndex",
+    "TargetSpec",
     "imagenet_classes",
     "normalise_class_name",
+    "parse_target",
+    "parse_targets",
     "read_class_file",
 ]
 
@@ -94,20 +102,97 @@ class ClassIndex:
 def imagenet_classes() -> ClassIndex:
     """The 1000 ImageNet-1k classes, with WordNet ids and lemma aliases, loaded offline.
 
-    Display names come from torchvision's weight metadata, WordNet ids and lemmas from the
-    tables that ship inside timm; both are in the standard index order.
-    """
-    from timm.data import ImageNetInfo
-    from torchvision.models import ResNet50_Weights
+    Display names come from torchvision's weight metadata (``_IMAGENET_CATEGORIES`` in
+    ``torchvision/models/_meta.py``), WordNet ids and lemmas from the tables that ship inside
+    timm (``timm/data/_info``, what ``timm.data.ImageNetInfo`` reads); both are in the standard
+    index order. The files are read where the packages are installed, without importing them
+    (and torch), so that a ``--target`` typo is refused before anything heavy loads.
 
-    names = list(ResNet50_Weights.IMAGENET1K_V2.meta["categories"])
-    info = ImageNetInfo()
-    wnids = [info.index_to_label_name(i) for i in range(len(names))]
-    aliases = [
-        [part.strip() for part in info.index_to_description(i).split(",") if part.strip()]
-        for i in range(len(names))
-    ]
+    Raises:
+        LookupError: when torchvision's or timm's files are not where they should be.
+    """
+    meta = _package_file("torchvision", "models", "_meta.py").read_text(encoding="utf-8")
+    start = meta.index("_IMAGENET_CATEGORIES = [")
+    end = meta.index("]", start)
+    names = ast.literal_eval(meta[start + len("_IMAGENET_CATEGORIES = ") : end + 1])
+    info = _package_file("timm", "data", "_info")
+    wnids = (info / "imagenet_synsets.txt").read_text(encoding="utf-8").splitlines()
+    lines = (info / "imagenet_synset_to_lemma.txt").read_text(encoding="utf-8").splitlines()
+    lemmas = dict(csv.reader(lines, delimiter="\t"))
+    if len(names) != 1000 or len(wnids) != 1000:
+        raise LookupError(f"ImageNet tables of {len(names)} names and {len(wnids)} WordNet ids")
+    aliases = [[part.strip() for part in lemmas[wnid].split(",") if part.strip()] for wnid in wnids]
     return ClassIndex(names=names, wordnet_ids=wnids, aliases=aliases)
+
+
+def _package_file(package: str, *parts: str) -> Path:
+    """A file or folder inside an installed package, found without importing it."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise LookupError(f"{package} is not installed")
+    path = Path(next(iter(spec.submodule_search_locations))).joinpath(*parts)
+    if not path.exists():
+        raise LookupError(f"{path} is missing")
+    return path
+
+
+@dataclass(frozen=True)
+class TargetSpec:
+    """Which class to explain: the top-1 prediction, the folder label, or a fixed class."""
+
+    mode: Literal["pred", "label", "class"]
+    index: int | None = None
+
+
+def parse_target(text: str, classes: ClassIndex) -> TargetSpec:
+    """Read ``--target``: ``pred``, ``label``, a class index or a class name.
+
+    Raises:
+        ValueError: when the text names no class of the model.
+
+    """
+    value = text.strip()
+    if value.lower() in ("pred", "label"):
+        return TargetSpec(value.lower())  # type: ignore[arg-type]
+    if value.lstrip("-").isdigit():
+        index = int(value)
+        if not 0 <= index < len(classes):
+            raise ValueError(f"class index {index} is out of range 0-{len(classes) - 1}")
+        return TargetSpec("class", index)
+    index_or_none = classes.resolve(value)
+    if index_or_none is None:
+        close = difflib.get_close_matches(value, list(classes.names), n=3, cutoff=0.6)
+        hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        raise ValueError(
+            f"{value!r} is not 'pred', 'label', a class index or a class name of this model{hint}"
+        )
+    return TargetSpec("class", index_or_none)
+
+
+def parse_targets(
+    text: str, parse: Callable[[str], TargetSpec]
+) -> tuple[TargetSpec, tuple[TargetSpec, ...]]:
+    """Read ``--target``: one target, or several separated by commas (``pred,label``).
+
+    The whole text is tried as one target first, so a class name holding a comma still
+    works. Repeats are dropped.
+
+    Returns:
+        The first target and the further ones.
+
+    Raises:
+        ValueError: naming the part that is no target.
+
+    """
+    try:
+        return parse(text), ()
+    except ValueError:
+        if "," not in text:
+            raise
+    specs = list(dict.fromkeys(parse(part) for part in text.split(",") if part.strip()))
+    if not specs:
+        raise ValueError(f"{text!r} names no target")
+    return specs[0], tuple(specs[1:])
 
 
 class ClassFileError(ValueError):

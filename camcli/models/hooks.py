@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -11,6 +10,7 @@ import torch
 from torch import nn
 
 from camcli.models import RECTIFIED
+from camcli.models.layer_names import missing_layer_message
 from camcli.models.tokens import spatial_view
 
 __all__ = [
@@ -40,16 +40,11 @@ def resolve_layer(model: nn.Module, name: str) -> nn.Module:
         UnknownLayer: when there is none; the message names up to five close matches.
 
     """
-    name = name.removesuffix(RECTIFIED)
     modules = dict(model.named_modules())
-    if name in modules and name:
-        return modules[name]
-    candidates = [n for n in modules if n]
-    close = difflib.get_close_matches(name, candidates, n=5, cutoff=0.5)
-    if not close:
-        close = [n for n in candidates if "." not in n][:5]
-    hint = f"; close matches: {', '.join(close)}" if close else ""
-    raise UnknownLayer(f"the model has no layer named {name!r}{hint}")
+    message = missing_layer_message(name, list(modules))
+    if message is not None:
+        raise UnknownLayer(message)
+    return modules[name.removesuffix(RECTIFIED)]
 
 
 class LayerCapture:

@@ -18,6 +18,7 @@ from torch import nn
 
 from camcli.models import EMBEDDED_MODEL, OFFLINE_ENV
 from camcli.models.classes import ClassIndex, imagenet_classes
+from camcli.models.layer_names import remember_layers
 from camcli.models.layers import default_layer
 from camcli.models.loaded import (
     LoadedModel,
@@ -138,6 +139,7 @@ def load_model(
     else:
         raise KeyError(name)
     loaded.module.eval()
+    remember_layers(name, [n for n, _ in loaded.module.named_modules()])
     return loaded
 
 

@@ -4,51 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import torch
 
 from camcli.io.write import index_name, summary_name
 from camcli.methods.batch import MethodOptions
 from camcli.methods.names import DEFAULT_METHODS
-from camcli.models.classes import ClassIndex
+from camcli.models.classes import TargetSpec, parse_target
 
 __all__ = ["Settings", "TargetSpec", "parse_target", "resolve_device"]
-
-
-@dataclass(frozen=True)
-class TargetSpec:
-    """Which class to explain: the top-1 prediction, the folder label, or a fixed class."""
-
-    mode: Literal["pred", "label", "class"]
-    index: int | None = None
-
-
-def parse_target(text: str, classes: ClassIndex) -> TargetSpec:
-    """Read ``--target``: ``pred``, ``label``, a class index or a class name.
-
-    Raises:
-        ValueError: when the text names no class of the model.
-
-    """
-    value = text.strip()
-    if value.lower() in ("pred", "label"):
-        return TargetSpec(value.lower())  # type: ignore[arg-type]
-    if value.lstrip("-").isdigit():
-        index = int(value)
-        if not 0 <= index < len(classes):
-            raise ValueError(f"class index {index} is out of range 0-{len(classes) - 1}")
-        return TargetSpec("class", index)
-    index_or_none = classes.resolve(value)
-    if index_or_none is None:
-        import difflib
-
-        close = difflib.get_close_matches(value, list(classes.names), n=3, cutoff=0.6)
-        hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-        raise ValueError(
-            f"{value!r} is not 'pred', 'label', a class index or a class name of this model{hint}"
-        )
-    return TargetSpec("class", index_or_none)
 
 
 def resolve_device(text: str) -> torch.device:
@@ -125,7 +89,7 @@ class Settings:
     layers: tuple[str, ...]
     methods: tuple[str, ...] = DEFAULT_METHODS
     method_options: MethodOptions = field(default_factory=MethodOptions)
-    target: TargetSpec = TargetSpec("pred")
+    target: TargetSpec = TargetSpec("pred")  # noqa: RUF009 - a frozen dataclass
     extra_targets: tuple[TargetSpec, ...] = ()
     top_k: int = 5
     save_raw: bool = False

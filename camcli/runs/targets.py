@@ -11,7 +11,7 @@ gradient pictures, ``NAME.METHOD.SUFFIX.png``, where SUFFIX is ``pred``, ``label
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,9 +23,10 @@ from camcli.io.transfer import HostCopy
 from camcli.io.write import artifact_path, encode_png
 from camcli.methods.batch import GRADIENT_MAPS, BatchMethods, MethodOptions, compute_methods
 from camcli.methods.forward import class_probabilities, explain_targets
+from camcli.models.classes import TargetSpec, parse_targets
 from camcli.models.loaded import LoadedModel
 from camcli.pictures.render import PendingRender, RenderedImage, launch_render, picture_to_unit
-from camcli.runs.settings import Settings, TargetSpec
+from camcli.runs.settings import Settings
 from camcli.runs.work import FileJob
 
 __all__ = [
@@ -38,32 +39,6 @@ __all__ = [
     "target_indices",
     "target_suffix",
 ]
-
-
-def parse_targets(
-    text: str, parse: Callable[[str], TargetSpec]
-) -> tuple[TargetSpec, tuple[TargetSpec, ...]]:
-    """Read ``--target``: one target, or several separated by commas (``pred,label``).
-
-    The whole text is tried as one target first, so a class name holding a comma still
-    works. Repeats are dropped.
-
-    Returns:
-        The first target and the further ones.
-
-    Raises:
-        ValueError: naming the part that is no target.
-
-    """
-    try:
-        return parse(text), ()
-    except ValueError:
-        if "," not in text:
-            raise
-    specs = list(dict.fromkeys(parse(part) for part in text.split(",") if part.strip()))
-    if not specs:
-        raise ValueError(f"{text!r} names no target")
-    return specs[0], tuple(specs[1:])
 
 
 def target_suffix(spec: TargetSpec) -> str:
