@@ -654,12 +654,12 @@ def test_layer_and_target_typos_on_the_default_model_come_before_torch(
     assert "'camcli layers efficientnet_lite0' lists every layer" in layer.stderr
     if command == "explain":  # the same sentence as the loaded model's
         from camcli.models.hooks import UnknownLayer, resolve_layer
+        from camcli.models.layer_names import remembered_layers
         from camcli.models.registry import load_model
 
-        from camcli.models.layer_names import remembered_layers
-
         module = load_model("efficientnet_lite0").module
-        assert remembered_layers("efficientnet_lite0") == [n for n, _ in module.named_modules() if n]
+        names = [n for n, _ in module.named_modules() if n]
+        assert remembered_layers("efficientnet_lite0") == names
         with pytest.raises(UnknownLayer) as late:
             resolve_layer(module, "blocks.9")
         assert f"'--layer': {late.value}; 'camcli layers" in layer.stderr
