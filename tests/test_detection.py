@@ -1,0 +1,170 @@
+"""Detectors and segmenters: the maths against pytorch-grad-cam, D-RISE by hand, tiny models."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision
+from torchvision.transforms.functional import pil_to_tensor
+
+from camcli.methods.detection import box_iou, drise, explain_detections
+from camcli.methods.rise import RiseMasks
+from camcli.methods.segmentation import explain_segments
+
+from .tiny_detection import detector, scene, segmenter
+
+
+def _r(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.corrcoef(a.ravel(), b.ravel())[0, 1])
+
+
+def test_gradcam_per_box_equals_pytorch_grad_cam() -> None:
+    """Faster R-CNN (seeded random weights), a 320 x 320 input that the detector neither
+    resizes nor pads (so pytorch-grad-cam's stretched map is on the same pixels): each
+    detection's Grad-CAM and HiResCAM against FasterRCNNBoxScoreTarget, r >= 0.99."""
+    from pytorch_grad_cam import GradCAM, HiResCAM
+    from pytorch_grad_cam.utils.model_targets import FasterRCNNBoxScoreTarget
+
+    torch.manual_seed(0)
+    model = torchvision.models.detection.fasterrcnn_mobilenet_v3_large_320_fpn(
+        weights=None, weights_backbone=None, num_classes=5, min_size=320, max_size=320
+    ).eval()
+    image = torch.rand(3, 320, 320)
+    result = explain_detections(
+        model, [image], "backbone.body.16", ["gradcam", "hirescam"], score_threshold=0.0,
+        max_detections=2,
+    )[0]  # fmt: skip
+    assert len(result.detections) == 2
+    layer = model.backbone.body._modules["16"]
+    for method, reference in (("gradcam", GradCAM), ("hirescam", HiResCAM)):
+        for k, det in enumerate(result.detections):
+            target = FasterRCNNBoxScoreTarget([det.label], [np.array(det.box)])
+            with reference(model=model, target_layers=[layer]) as cam:
+                theirs = cam(image[None], targets=[target])[0]
+            assert _r(theirs, result.maps[method][k].numpy()) >= 0.99, (method, k)
+
+
+def test_seg_gradcam_per_class_equals_pytorch_grad_cam() -> None:
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.model_targets import SemanticSegmentationTarget
+
+    torch.manual_seed(0)
+    model = torchvision.models.segmentation.lraspp_mobilenet_v3_large(
+        weights=None, weights_backbone=None, num_classes=3
+    ).eval()
+    with torch.no_grad():  # two classes present: split the image by the input's first channel
+        model.classifier.low_classifier.bias.zero_()
+        model.classifier.high_classifier.bias.copy_(torch.tensor([0.0, 0.0, 0.0]))
+    x = torch.randn(1, 3, 96, 96)
+    x[:, :, :, :48] += 3.0
+    result = explain_segments(model, x, "backbone.16", ["gradcam"], 0.0)[0]
+    assert result.segments
+
+    class Logits(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = model
+
+        def forward(self, batch: torch.Tensor) -> torch.Tensor:
+            return self.inner(batch)["out"]
+
+    for k, segment in enumerate(result.segments):
+        mask = (result.mask == segment.index).float().numpy()
+        with GradCAM(model=Logits(), target_layers=[model.backbone._modules["16"]]) as cam:
+            theirs = cam(x, targets=[SemanticSegmentationTarget(segment.index, mask)])[0]
+        ours = F.interpolate(result.maps["gradcam"][k][None, None], size=(96, 96), mode="bilinear")
+        assert _r(theirs, ours[0, 0].numpy()) >= 0.99
+
+
+def _photo(**kwargs: tuple[int, int, int, int]) -> torch.Tensor:
+    return pil_to_tensor(scene(**kwargs)).float() / 255.0
+
+
+def _peak(values: torch.Tensor) -> tuple[int, int]:
+    y, x = divmod(int(values.flatten().argmax()), values.shape[-1])
+    return x, y
+
+
+def test_each_detection_is_explained_by_its_own_object() -> None:
+    """Two photos of other sizes in one batch (the detector resizes and pads them): every
+    detection's Grad-CAM-family and D-RISE peak lies in its own object, not the other."""
+    model = detector()
+    boxes = [
+        {"red": (8, 10, 28, 30), "green": (50, 25, 72, 50)},
+        {"red": (60, 40, 90, 70), "green": (5, 5, 30, 25)},
+    ]
+    photos = [_photo(**boxes[0]), _photo(width=100, height=80, **boxes[1])]
+    methods = ["gradcam", "gradcam++", "xgradcam", "layercam", "hirescam", "drise"]
+    results = explain_detections(model, photos, "features", methods, 0.5, 20, drise_masks=1000)
+    for photo, result, where in zip(photos, results, boxes, strict=True):
+        assert sorted(d.label for d in result.detections) == [1, 2]
+        for k, det in enumerate(result.detections):
+            own, other = (
+                (where["red"], where["green"]) if det.label == 1 else (where["green"], where["red"])
+            )
+            x1, y1, x2, y2 = own
+            assert det.box[0] < x1 + 3 and det.box[2] > x2 - 3  # the box is on the object
+            for method in methods:
+                values = result.maps[method][k]
+                assert values.shape == photo.shape[1:]
+                x, y = _peak(values)
+                # D-RISE, a mean over random masks, is noisy around its floor: its peak is
+                # not tested, only that its own object outweighs the other one
+                assert (x1 <= x < x2 and y1 <= y < y2) or method == "drise", (method, (x, y))
+                ox1, oy1, ox2, oy2 = other
+                above = values - values.min()  # D-RISE has a floor, as RISE
+                inside = above[y1:y2, x1:x2].mean()
+                margin = 0.8 if method == "drise" else 0.5
+                assert above[oy1:oy2, ox1:ox2].mean() < margin * inside, method
+
+
+def test_a_detector_that_finds_nothing_gives_no_maps() -> None:
+    model = detector()
+    dark = torch.full((3, 40, 50), 0.08)
+    result = explain_detections(model, [dark], "features", ["gradcam", "drise"], 0.5, 20, 8)[0]
+    assert result.detections == []
+    assert result.maps["gradcam"].shape == (0, 40, 50) and result.maps["drise"].shape == (0, 40, 50)
+
+
+def test_drise_is_the_weighted_mean_of_the_masks_by_hand() -> None:
+    model = detector()
+    photo = _photo()
+    found = explain_detections(model, [photo], None, ["drise"], 0.5, 20, drise_masks=6)[0]
+    ours = drise(model, photo, found.detections, masks=6, chunk_size=4, seed=3)
+    masks = RiseMasks.random(6, 80, 3, cells=16, keep=0.5).chunk(0, 6, torch.device("cpu"))
+    expected = torch.zeros(len(found.detections), 60, 80)
+    for m in range(6):
+        mask = masks[m, 0, :60, :80]
+        with torch.no_grad():
+            out = model([photo * mask])[0]
+        for k, target in enumerate(found.detections):
+            best = 0.0
+            for box, label, score in zip(out["boxes"], out["labels"], out["scores"], strict=True):
+                iou = float(box_iou(torch.tensor([target.box]), box[None])[0, 0])
+                best = max(best, iou * float(label == target.label) * float(score))
+            expected[k] += best * mask
+    torch.testing.assert_close(ours, expected / 6, rtol=1e-4, atol=1e-6)
+
+
+def test_each_segment_is_explained_by_its_own_pixels() -> None:
+    model = segmenter()
+    photo = _photo()
+    x = F.interpolate(photo[None], size=(64, 64), mode="bilinear") * 2 - 1  # mean 0.5, std 0.5
+    result = explain_segments(model, x, "features", ["gradcam", "hirescam", "layercam"], 0.01)[0]
+    assert [s.index for s in result.segments] == [2, 1]  # green is larger
+    for k, segment in enumerate(result.segments):
+        own = result.mask == segment.index
+        for method in ("gradcam", "hirescam", "layercam"):
+            values = F.interpolate(result.maps[method][k][None, None], size=(64, 64))[0, 0]
+            x0, y0 = _peak(values)
+            assert own[y0, x0], (method, segment.index)
+        assert segment.pixels == int(own.sum())
+        assert segment.fraction == pytest.approx(segment.pixels / 64**2)
+
+
+def test_box_iou_by_hand() -> None:
+    a = torch.tensor([[0.0, 0.0, 10.0, 10.0]])
+    b = torch.tensor([[5.0, 5.0, 15.0, 15.0], [20.0, 20.0, 30.0, 30.0], [0.0, 0.0, 10.0, 10.0]])
+    torch.testing.assert_close(box_iou(a, b), torch.tensor([[25 / 175, 0.0, 1.0]]))
