@@ -38,6 +38,7 @@ class TinyDetector(nn.Module):
             min_size=64, max_size=96, image_mean=[0.0] * 3, image_std=[1.0] * 3, size_divisible=32
         )
         self.features = _colour_features()
+        self.pretrained_cfg = {"input_size": (3, 64, 64)}  # camcli's resize: unused here
 
     def forward(self, images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
         original = [(int(im.shape[-2]), int(im.shape[-1])) for im in images]
@@ -85,6 +86,8 @@ class TinySegmenter(nn.Module):
                 torch.tensor([[-4.0, -4.0], [8.0, 0.0], [0.0, 8.0]])[:, :, None, None]
             )
             self.head.bias.copy_(torch.tensor([0.5, 0.0, 0.0]))
+        # what camcli reads as the model's input: 64 x 64, normalised with mean 0.5, std 0.5
+        self.pretrained_cfg = {"input_size": (3, 64, 64), "mean": (0.5,) * 3, "std": (0.5,) * 3}
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         # the normalised batch, as a classifier takes it (mean 0.5, std 0.5 undone here)

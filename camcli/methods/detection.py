@@ -37,6 +37,7 @@ from camcli.methods.activation import eigencam
 from camcli.methods.gradient import gradcam, gradcam_plus_plus, hirescam, layercam, xgradcam
 from camcli.methods.rise import RiseMasks
 from camcli.models.hooks import LayerCapture, frozen_eval
+from camcli.models.tasks import describe_output
 
 __all__ = [
     "DETECTION_METHODS",
@@ -110,19 +111,6 @@ def run_detector(module: nn.Module, images: Sequence[torch.Tensor]) -> list[dict
             f"this one returned {describe_output(outputs)}"
         )
     return list(outputs)
-
-
-def describe_output(output: Any) -> str:
-    """A short description of what a model returned, for error messages."""
-    if isinstance(output, torch.Tensor):
-        return f"a tensor of shape {tuple(output.shape)}"
-    if isinstance(output, dict):
-        keys = ", ".join(repr(k) for k in list(output)[:6])
-        return f"a dict with keys {keys}"
-    if isinstance(output, (list, tuple)):
-        inner = describe_output(output[0]) if output else "nothing"
-        return f"a {type(output).__name__} of {len(output)} (the first: {inner})"
-    return f"a {type(output).__name__}"
 
 
 def _kept(output: dict[str, Any], threshold: float, limit: int) -> torch.Tensor:

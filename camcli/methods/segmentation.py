@@ -19,8 +19,9 @@ import torch
 from torch import nn
 
 from camcli.methods.activation import eigencam
-from camcli.methods.detection import GRADIENT_CAMS, describe_output
+from camcli.methods.detection import GRADIENT_CAMS
 from camcli.models.hooks import LayerCapture, frozen_eval
+from camcli.models.tasks import describe_output
 
 __all__ = ["SEGMENTATION_METHODS", "Segment", "SegmentationResult", "explain_segments", "logits_of"]
 

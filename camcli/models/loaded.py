@@ -47,6 +47,8 @@ class LoadedModel:
             classes whose signed logits are ``-z`` (negative) and ``z`` (positive).
         classes_source: the class file the names came from, with a digest of the names
             (``None``: the model's own names).
+        task: ``classify``, ``detect`` or ``segment`` (see :mod:`camcli.models.tasks`); for a
+            detector or segmenter, class index 0 is the background.
 
     """
 
@@ -58,6 +60,7 @@ class LoadedModel:
     weights: str
     binary: bool = False
     classes_source: str | None = None
+    task: str = "classify"
 
 
 ModelLoader = Callable[[Path | None, bool], LoadedModel]

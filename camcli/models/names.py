@@ -28,7 +28,7 @@ __all__ = [
 
 TIMM_PREFIX = "timm/"
 
-_REGISTERED = re.compile(r"@register_model\([^)]*\)\s*(?:@[^\n]*\s*)*def (\w+)\(")
+_REGISTERED = re.compile(r"@register_model\([^)]*\)[\s\S]*?^def (\w+)\(", re.MULTILINE)
 
 
 def is_factory_spec(name: str) -> bool:
@@ -44,15 +44,19 @@ def is_timm_spec(name: str) -> bool:
 
 @lru_cache(maxsize=1)
 def zoo_names() -> tuple[str, ...] | None:
-    """Torchvision's classification models, from its sources; ``None`` if not found."""
+    """Torchvision's classifiers, detectors and segmenters, from its sources.
+
+    ``None`` if not found. Video, optical flow and quantized models are not camcli's.
+    """
     spec = importlib.util.find_spec("torchvision")
     if spec is None or not spec.submodule_search_locations:
         return None
     folder = Path(next(iter(spec.submodule_search_locations))) / "models"
     names: list[str] = []
     try:
-        for path in sorted(folder.glob("*.py")):  # classifiers; not detection/, video/...
-            names += _REGISTERED.findall(path.read_text(encoding="utf-8"))
+        for sub in (folder, folder / "detection", folder / "segmentation"):
+            for path in sorted(sub.glob("*.py")):
+                names += _REGISTERED.findall(path.read_text(encoding="utf-8"))
     except OSError:
         return None
     return tuple(sorted(set(names))) or None

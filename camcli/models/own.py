@@ -204,6 +204,48 @@ def probe_outputs(module: nn.Module, prep: Preprocessing) -> int:
     return 1 if output.dim() == 1 else int(output.shape[1])
 
 
+def _task(module: nn.Module, prep: Preprocessing) -> tuple[str, int]:
+    """The model's task and classes.
+
+    A model that fails on the probe is left to the classifier's probe, whose message names
+    the input options.
+    """
+    from camcli.models.tasks import TaskMismatch, probe_task
+
+    try:
+        return probe_task(module, prep)
+    except TaskMismatch as exc:
+        if "fails on" in str(exc):
+            return "classify", 0
+        raise OutputMismatch(str(exc)) from None
+
+
+def dense_model(
+    name: str, module: nn.Module, prep: Preprocessing, weights: str, task: str, classes: ClassIndex
+) -> LoadedModel:
+    """A detector or segmenter, with the layer its maps use by default."""
+    from camcli.models.tasks import dense_default_layer
+
+    device = next((p.device for p in module.parameters()), torch.device("cpu"))
+    blank = torch.full((1, prep.channels, prep.size, prep.size), 0.5, device=device)
+    module.eval()
+    if task == "detect":
+        layer = dense_default_layer(module, lambda: module([blank[0]]), -1)
+    else:
+        layer = dense_default_layer(module, lambda: module(blank), len(classes))
+    if layer is None:
+        raise OutputMismatch(f"the {task}or has no layer with a C x h x w map per image")
+    return LoadedModel(
+        name=name,
+        module=module,
+        preprocessing=prep,
+        classes=classes,
+        default_layer=layer,
+        weights=weights,
+        task=task,
+    )
+
+
 def _signed_logits(_module: nn.Module, _inputs: Any, output: torch.Tensor) -> torch.Tensor:
     z = output if output.dim() == 2 else output[:, None]
     return torch.cat([-z, z], dim=1)
@@ -225,6 +267,9 @@ def present_binary(loaded: LoadedModel) -> LoadedModel:
 
 def _finish(name: str, module: nn.Module, prep: Preprocessing, weights: str) -> LoadedModel:
     module.eval()
+    task, outputs = _task(module, prep)
+    if task != "classify":
+        return dense_model(name, module, prep, weights, task, ClassIndex.numbered(max(outputs, 1)))
     outputs = probe_outputs(module, prep)
     classes = imagenet_classes() if outputs == 1000 else ClassIndex.numbered(outputs)
     loaded = LoadedModel(
@@ -478,7 +523,8 @@ def customise_model(
     )
     if changed != prep:
         loaded = replace(loaded, preprocessing=changed)
-    if (new_channels, new_size) != (prep.channels, prep.size):
+    dense = loaded.task != "classify"  # a detector's or segmenter's classes are not probed
+    if (new_channels, new_size) != (prep.channels, prep.size) and not dense:
         try:
             outputs = probe_outputs(loaded.module, changed)
         except OutputMismatch as exc:
@@ -493,7 +539,7 @@ def customise_model(
         expected = 1 if loaded.binary else len(loaded.classes)
         if outputs != expected and not (loaded.binary and outputs == 2):
             loaded = replace(loaded, classes=ClassIndex.numbered(outputs))
-    if not loaded.binary and len(loaded.classes) == 1:
+    if not loaded.binary and len(loaded.classes) == 1 and not dense:
         loaded = present_binary(loaded)
     if classes_file is not None:
         try:
@@ -506,7 +552,13 @@ def customise_model(
                 f"{classes_file} names {len(names)} class(es), but the model has one output "
                 "(a sigmoid classifier): give 2 names, the negative class first",
             )
-        if not loaded.binary and len(names) != len(loaded.classes):
+        if loaded.task == "detect" and len(names) < 2:
+            raise OptionProblem(
+                "--classes",
+                f"{classes_file} names {len(names)} class(es); a detector's class file starts "
+                "with the background (index 0), then its classes",
+            )
+        if loaded.task != "detect" and not loaded.binary and len(names) != len(loaded.classes):
             raise OptionProblem(
                 "--classes",
                 f"{classes_file} names {len(names)} classes, but the model has "

@@ -11,6 +11,7 @@ import os
 import re
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 from unittest import mock
 
 import torch
@@ -77,6 +78,15 @@ def _torchvision_classifiers() -> list[str]:
     return list(torchvision.models.list_models(module=torchvision.models))
 
 
+def _torchvision_dense() -> dict[str, str]:
+    """Torchvision's detectors and segmenters by name, with their task."""
+    import torchvision.models as tvm
+
+    names = {n: "detect" for n in tvm.list_models(module=tvm.detection)}
+    names.update({n: "segment" for n in tvm.list_models(module=tvm.segmentation)})
+    return names
+
+
 def available_models() -> list[str]:
     """Names ``--model`` accepts: registered models first, then torchvision classifiers."""
     registered = sorted(_REGISTRY)
@@ -136,6 +146,8 @@ def load_model(
         loaded = _REGISTRY[name](weights, offline)
     elif name in _torchvision_classifiers():
         loaded = _load_torchvision(name, weights, offline)
+    elif name in (dense := _torchvision_dense()):
+        loaded = _load_torchvision_dense(name, dense[name], weights, offline)
     else:
         raise KeyError(name)
     loaded.module.eval()
@@ -264,6 +276,40 @@ def _load_torchvision(name: str, weights_file: Path | None, offline: bool) -> Lo
         default_layer=default_layer(name, module, int(transforms.crop_size[0])),
         weights=str(path),
     )
+
+
+def _load_torchvision_dense(
+    name: str, task: str, weights_file: Path | None, offline: bool
+) -> LoadedModel:
+    """A torchvision detector or segmenter with its published (COCO / VOC) weights or a file.
+
+    A detector resizes and normalises the photos itself: camcli's own resize is unused and
+    kept small. A segmenter takes the normalised batch at its published size (520).
+    """
+    import torchvision.models as tvm
+
+    from camcli.models.own import IMAGENET_MEAN, IMAGENET_STD, dense_model
+
+    default = tvm.get_model_weights(name).DEFAULT
+    path = weights_file or _cached_or_downloaded(name, default.url, offline)
+    state = load_state_dict_file(path)
+    categories = [str(c) for c in default.meta["categories"]]
+    options: dict[str, Any] = {"weights": None, "weights_backbone": None}
+    options["num_classes"] = len(categories)
+    if task == "segment" and any(k.startswith("aux_classifier.") for k in state):
+        options["aux_loss"] = True
+    module = tvm.get_model(name, **options)
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as exc:
+        raise ModelUnavailable(f"weights file {path} does not fit {name}: {_short(exc)}") from None
+    if task == "segment":
+        transforms = default.transforms()
+        size = int(transforms.resize_size[0]) if transforms.resize_size else 520
+        prep = Preprocessing(size, size, tuple(transforms.mean), tuple(transforms.std))
+    else:
+        prep = Preprocessing(64, 64, IMAGENET_MEAN, IMAGENET_STD)
+    return dense_model(name, module, prep, str(path), task, ClassIndex(categories))
 
 
 def _with_other_head(

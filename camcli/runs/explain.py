@@ -163,6 +163,8 @@ def run_explain(
     Raises:
         WriteFailed: when an output cannot be written; files already written stay valid.
     """
+    if settings.task != "classify":
+        return _run_regions(items, model, settings, reporter, stop)
     label_indices = [model.classes.resolve(item.label) if item.label else None for item in items]
     averages = FaithfulnessAverages()
     summary = run_batches(
@@ -180,6 +182,38 @@ def run_explain(
     if averages.counts:
         summary.extra["faithfulness"] = averages.result()
     return summary
+
+
+def _run_regions(
+    items: Sequence[ImageItem],
+    model: LoadedModel,
+    settings: Settings,
+    reporter: Reporter,
+    stop: threading.Event | None,
+) -> RunSummary:
+    """A detector's or a segmenter's run (:mod:`camcli.runs.regions`)."""
+    from camcli.runs.regions import region_index_entry, region_work
+
+    static = {"model": model.name, "weights": model.weights, "layers": list(settings.layers),
+              "methods": list(settings.methods)}  # fmt: skip
+    return run_batches(
+        items,
+        model,
+        settings,
+        reporter,
+        settings_key(settings_payload(model, settings)),
+        lambda module: region_work(items, model, module, settings, static),
+        lambda item, record: region_index_entry(
+            item,
+            record,
+            record_path(settings.output_dir, item.relative)
+            .relative_to(settings.output_dir)
+            .as_posix(),
+        ),
+        stop,
+        write_files=write_image_files,
+        max_pending_bytes=MAX_PENDING_BYTES,
+    )
 
 
 class _Averaging:
@@ -342,6 +376,7 @@ def settings_payload(model: LoadedModel, settings: Settings) -> dict[str, Any]:
         "png_level": settings.png_level,
         "precision": settings.precision,
         "resized_on": "device" if settings.resize_on_device else "loader",
+        **_task_payload(settings),
         "method_options": {
             "chunk_size": None,  # a performance knob: does not change results
             "smooth_samples": options.smooth_samples,
@@ -351,6 +386,20 @@ def settings_payload(model: LoadedModel, settings: Settings) -> dict[str, Any]:
             **_new_method_options(settings),
         },
     }
+
+
+def _task_payload(settings: Settings) -> dict[str, Any]:
+    # Absent for a classifier, so its settings key (and resume) is unchanged.
+    if settings.task == "detect":
+        return {
+            "task": "detect",
+            "score_threshold": settings.score_threshold,
+            "max_detections": settings.max_detections,
+            **({"drise_masks": settings.drise_masks} if "drise" in settings.methods else {}),
+        }
+    if settings.task == "segment":
+        return {"task": "segment", "min_pixels": settings.min_pixels}
+    return {}
 
 
 def _extra_targets_payload(settings: Settings) -> dict[str, Any]:

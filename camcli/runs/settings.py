@@ -82,6 +82,11 @@ class Settings:
             writing tasks; see :mod:`camcli.runs.on_ray`).
         ray_address: the Ray cluster to join with ``engine="ray"`` (``None``: ``RAY_ADDRESS``,
             else a local Ray started for the run).
+        task: ``classify``, ``detect`` or ``segment`` (the model's, unless ``--task``).
+        score_threshold: a detector's least score of a detection that is explained.
+        max_detections: the most detections explained per image (best first).
+        min_pixels: the least share of the image a segment needs to be explained.
+        drise_masks: D-RISE's random masks per image.
 
     """
 
@@ -111,6 +116,11 @@ class Settings:
     engine: str = "local"
     ray_address: str | None = None
     verbose: bool = False
+    task: str = "classify"
+    score_threshold: float = 0.5
+    max_detections: int = 20
+    min_pixels: float = 0.01
+    drise_masks: int = 1000
 
     @property
     def index_name(self) -> str:

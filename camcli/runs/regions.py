@@ -1,0 +1,300 @@
+"""``explain`` on a detector or a segmenter: per detection and per class, maps and pictures.
+
+The run loop, resume, the index and the writes are the classifiers' (:mod:`camcli.runs.loop`);
+this module supplies the batch work:
+
+* a detector gets the original photos (``3 x H x W`` in [0, 1]) and resizes them itself;
+  each kept detection (``--score-threshold``, ``--max-detections``) gets its maps
+  (:mod:`camcli.methods.detection`), drawn on the photo at its size;
+* a segmenter gets the normalised batch; each class of the predicted mask that covers at
+  least ``--min-pixels`` of the image gets its maps (:mod:`camcli.methods.segmentation`),
+  resampled onto the photo as a classifier's are.
+
+Files per image: ``NAME.detections.png`` (boxes, names and scores) and per detection
+``NAME.det-K.METHOD.png`` and ``NAME.det-K.METHOD.overlay.png`` (with its box); or
+``NAME.mask.png`` (the predicted mask in a fixed palette, with a legend) and per class
+``NAME.CLASS.METHOD.png`` and its overlay.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from camcli.io.decode import Batch
+from camcli.io.discover import ImageItem
+from camcli.io.write import artifact_path, encode_png
+from camcli.methods.detection import DetectionResult, explain_detections
+from camcli.methods.forward import picture_maps
+from camcli.methods.segmentation import SegmentationResult, explain_segments
+from camcli.models.classes import ClassIndex
+from camcli.models.loaded import LoadedModel
+from camcli.pictures.regions import draw_boxes, mask_picture, palette
+from camcli.pictures.render import colorize, jet_lut, original_grid, overlay, sample_on_original
+from camcli.runs.settings import Settings
+from camcli.runs.work import BatchWork, FileJob, ImageOutput
+
+__all__ = ["region_index_entry", "region_work"]
+
+
+def class_name(classes: ClassIndex, index: int) -> str:
+    """A class's name; ``class_N`` for an index the names do not reach."""
+    return classes.name(index) if 0 <= index < len(classes) else f"class_{index}"
+
+
+@dataclass
+class _Work:
+    launch: Callable[[Batch, list[int], list[torch.Tensor], torch.Tensor], Any]
+    finish: Callable[[Any], list[ImageOutput]]
+
+
+def region_work(
+    items: Sequence[ImageItem],
+    model: LoadedModel,
+    module: torch.nn.Module,
+    settings: Settings,
+    static: dict[str, Any],
+) -> BatchWork:
+    """The batch work of a detector's or a segmenter's run."""
+    layer = settings.layers[0] if settings.layers else None
+    lut = jet_lut("cpu")
+
+    def launch(
+        part: Batch, positions: list[int], pixels: list[torch.Tensor], inputs: torch.Tensor
+    ) -> Any:
+        if settings.task == "detect":
+            photos = [p.permute(2, 0, 1).float() / 255.0 for p in pixels]
+            found: Sequence[DetectionResult | SegmentationResult] = explain_detections(
+                module,
+                photos,
+                layer,
+                settings.methods,
+                settings.score_threshold,
+                settings.max_detections,
+                settings.drise_masks,
+                settings.method_options.chunk_size or 16,
+                settings.method_options.seed,
+            )
+        else:
+            assert layer is not None
+            found = explain_segments(module, inputs, layer, settings.methods, settings.min_pixels)
+        host = [p.cpu().numpy() for p in pixels]
+        return part, positions, host, found, part.thetas
+
+    def finish(launched: Any) -> list[ImageOutput]:
+        _, positions, host, found, thetas = launched
+        outputs = []
+        for j, position in enumerate(positions):
+            item = items[position]
+            photo = host[j]
+            if settings.task == "detect":
+                record, jobs = _detection_outputs(item, photo, found[j], model, settings, lut)
+            else:
+                record, jobs = _segment_outputs(
+                    item, photo, found[j], thetas[j], model, settings, lut
+                )
+            outputs.append(ImageOutput({**static, **record}, jobs, photo.nbytes * (1 + len(jobs))))
+        return outputs
+
+    return _Work(launch, finish)
+
+
+def _peak(values: np.ndarray) -> dict[str, int]:
+    y, x = np.unravel_index(int(np.argmax(values)), values.shape)
+    return {"x": int(x), "y": int(y)}
+
+
+def _pictures(
+    method: str, maps: torch.Tensor, photo: np.ndarray, lut: torch.Tensor, alpha: float
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Heatmaps and overlays of ``(K, H, W)`` maps on the photo (the method's scaling)."""
+    units = picture_maps(method, maps.float())
+    heat = colorize(units, lut).numpy()
+    base = torch.from_numpy(photo)
+    return list(heat), [overlay(base, torch.from_numpy(h), alpha).numpy() for h in heat]
+
+
+def _rgb(colour: np.ndarray) -> tuple[int, int, int]:
+    return int(colour[0]), int(colour[1]), int(colour[2])
+
+
+def _png(array: np.ndarray, level: int | None) -> Callable[[], bytes]:
+    return lambda: encode_png(array, level)
+
+
+def _detection_outputs(
+    item: ImageItem,
+    photo: np.ndarray,
+    result: DetectionResult,
+    model: LoadedModel,
+    settings: Settings,
+    lut: torch.Tensor,
+) -> tuple[dict[str, Any], list[FileJob]]:
+    out, rel, level = settings.output_dir, item.relative, settings.png_level
+    height, width = photo.shape[:2]
+    colours = palette(max([d.label for d in result.detections] + [len(model.classes), 1]) + 1)
+    jobs: list[FileJob] = []
+    listing: dict[str, Any] = {}
+    sheet_path = artifact_path(out, rel, "detections.png")
+    captions = [f"{class_name(model.classes, d.label)} {d.score:.2f}" for d in result.detections]
+    box_colours = [_rgb(colours[d.label]) for d in result.detections]
+    sheet = draw_boxes(photo, [d.box for d in result.detections], captions, box_colours)
+    jobs.append((sheet_path, _png(sheet, level)))
+    listing["detections"] = sheet_path.name
+    shared: dict[str, Any] = {}
+    if "eigencam" in result.maps:
+        values = result.maps["eigencam"].cpu()
+        heat, over = _pictures("eigencam", values, photo, lut, settings.alpha)
+        for role, array in (("heatmap", heat[0]), ("overlay", over[0])):
+            suffix = "eigencam.png" if role == "heatmap" else "eigencam.overlay.png"
+            path = artifact_path(out, rel, suffix)
+            jobs.append((path, _png(array, level)))
+            shared.setdefault("eigencam", {})[role] = path.name
+        listing.update(shared)
+    detections = []
+    per_method = {m: v.cpu() for m, v in result.maps.items() if m != "eigencam"}
+    pictures = {
+        m: _pictures(m, v, photo, lut, settings.alpha) for m, v in per_method.items() if len(v)
+    }
+    for k, det in enumerate(result.detections):
+        files: dict[str, Any] = {}
+        maps: dict[str, Any] = {}
+        for method, values in per_method.items():
+            heat, over = pictures[method]
+            boxed = draw_boxes(over[k], [det.box], [""], [(255, 255, 255)])
+            for role, array in (("heatmap", heat[k]), ("overlay", boxed)):
+                stem = f"det-{k + 1}.{method}"
+                path = artifact_path(
+                    out, rel, f"{stem}.png" if role == "heatmap" else f"{stem}.overlay.png"
+                )
+                jobs.append((path, _png(array, level)))
+                files.setdefault(method, {})[role] = path.name
+            numbers = values[k].numpy()
+            maps[method] = {"max": round(float(numbers.max()), 6), "peak": _peak(numbers)}
+        detections.append(
+            {
+                "rank": k + 1,
+                "box": [round(v, 1) for v in det.box],
+                "index": det.label,
+                "name": class_name(model.classes, det.label),
+                "score": round(det.score, 4),
+                "maps": maps,
+                "files": files,
+            }
+        )
+        listing[f"det-{k + 1}"] = files
+    record = {
+        "image": str(item.relative),
+        "status": "ok",
+        "task": "detect",
+        "width": width,
+        "height": height,
+        "score_threshold": settings.score_threshold,
+        "detections": detections,
+        "files": listing,
+    }
+    if "eigencam" in shared:
+        record["eigencam"] = "one map per image (class-agnostic)"
+    return record, jobs
+
+
+def _file_stem(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._") or "class"
+
+
+def _segment_outputs(
+    item: ImageItem,
+    photo: np.ndarray,
+    result: SegmentationResult,
+    theta: torch.Tensor,
+    model: LoadedModel,
+    settings: Settings,
+    lut: torch.Tensor,
+) -> tuple[dict[str, Any], list[FileJob]]:
+    out, rel, level = settings.output_dir, item.relative, settings.png_level
+    height, width = photo.shape[:2]
+    grid, inside = original_grid(theta.cpu(), height, width)
+    mask = result.mask.cpu()[None, None].float()
+    sampled = F.grid_sample(mask, grid, mode="nearest", align_corners=False)[0, 0]
+    mask_on_photo = sampled.round().to(torch.int64).numpy()
+    names = list(model.classes.names)
+    jobs: list[FileJob] = []
+    mask_path = artifact_path(out, rel, "mask.png")
+    shown = [s.index for s in result.segments]
+    jobs.append((mask_path, _png(mask_picture(mask_on_photo, names, shown), level)))
+    listing: dict[str, Any] = {"mask": mask_path.name}
+    on_photo = {
+        m: sample_on_original(v.cpu().float(), grid, inside) for m, v in result.maps.items()
+    }
+    pictures = {
+        m: _pictures(m, v, photo, lut, settings.alpha) for m, v in on_photo.items() if len(v)
+    }
+    if "eigencam" in pictures:  # one map per image
+        heat, over = pictures.pop("eigencam")
+        for role, array in (("heatmap", heat[0]), ("overlay", over[0])):
+            path = artifact_path(
+                out, rel, "eigencam.png" if role == "heatmap" else "eigencam.overlay.png"
+            )
+            jobs.append((path, _png(array, level)))
+            listing.setdefault("eigencam", {})[role] = path.name
+    segments = []
+    for k, segment in enumerate(result.segments):
+        name = class_name(model.classes, segment.index)
+        stem = _file_stem(name)
+        files: dict[str, Any] = {}
+        maps: dict[str, Any] = {}
+        for method, (heat, over) in pictures.items():
+            for role, array in (("heatmap", heat[k]), ("overlay", over[k])):
+                suffix = (
+                    f"{stem}.{method}.png" if role == "heatmap" else f"{stem}.{method}.overlay.png"
+                )
+                path = artifact_path(out, rel, suffix)
+                jobs.append((path, _png(array, level)))
+                files.setdefault(method, {})[role] = path.name
+            numbers = on_photo[method][k].numpy()
+            maps[method] = {"max": round(float(numbers.max()), 6), "peak": _peak(numbers)}
+        segments.append(
+            {
+                "index": segment.index,
+                "name": name,
+                "pixels": int((mask_on_photo == segment.index).sum()),
+                "fraction": round(segment.fraction, 6),
+                "maps": maps,
+                "files": files,
+            }
+        )
+        listing[stem] = files
+    record = {
+        "image": str(item.relative),
+        "status": "ok",
+        "task": "segment",
+        "width": width,
+        "height": height,
+        "min_pixels": settings.min_pixels,
+        "segments": segments,
+        "files": listing,
+    }
+    if "eigencam" in listing:
+        record["eigencam"] = "one map per image (class-agnostic)"
+    return record, jobs
+
+
+def region_index_entry(item: ImageItem, record: dict[str, Any], record_file: str) -> dict[str, Any]:
+    """An index line of a detector's or segmenter's record: the counts."""
+    entry: dict[str, Any] = {
+        "image": str(item.relative),
+        "status": "ok",
+        "record": record_file,
+        "task": record["task"],
+    }
+    if record["task"] == "detect":
+        entry["detections"] = len(record["detections"])
+    else:
+        entry["segments"] = len(record["segments"])
+    return entry
