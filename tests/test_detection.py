@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
+from click.testing import CliRunner, Result
+from PIL import Image
 from torchvision.transforms.functional import pil_to_tensor
 
+from camcli.cli import main
 from camcli.methods.detection import box_iou, drise, explain_detections
 from camcli.methods.rise import RiseMasks
 from camcli.methods.segmentation import explain_segments
@@ -168,3 +174,138 @@ def test_box_iou_by_hand() -> None:
     a = torch.tensor([[0.0, 0.0, 10.0, 10.0]])
     b = torch.tensor([[5.0, 5.0, 15.0, 15.0], [20.0, 20.0, 30.0, 30.0], [0.0, 0.0, 10.0, 10.0]])
     torch.testing.assert_close(box_iou(a, b), torch.tensor([[25 / 175, 0.0, 1.0]]))
+
+
+# --- the command line ---------------------------------------------------------------------
+
+TINY_FILE = Path(__file__).with_name("tiny_detection.py")
+
+
+def _explain(*args: str | Path) -> Result:
+    return CliRunner().invoke(main, ["explain", *(str(a) for a in args)])
+
+
+@pytest.fixture
+def scenes(tmp_path: Path) -> Path:
+    root = tmp_path / "in"
+    (root / "b").mkdir(parents=True)
+    scene().save(root / "one.png")
+    scene(width=100, height=80, red=(60, 40, 90, 70), green=(5, 5, 30, 25)).save(
+        root / "b" / "two.png"
+    )
+    Image.new("RGB", (50, 40), (20, 20, 20)).save(root / "dark.png")
+    return root
+
+
+def test_explain_a_detector_per_detection(scenes: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    classes = tmp_path / "classes.txt"
+    classes.write_text("background\nred\ngreen\n")
+    args = [scenes, "--model", f"{TINY_FILE}:detector", "--classes", classes, "--method",
+            "gradcam,eigencam,drise", "--drise-masks", "64", "-o", out, "--jsonl"]  # fmt: skip
+    result = _explain(*args)
+    assert result.exit_code == 0, result.output
+    records = {r["image"]: r for r in map(json.loads, result.stdout.splitlines())}
+    assert set(records) == {"one.png", "b/two.png", "dark.png"}
+    assert records["dark.png"]["status"] == "ok" and records["dark.png"]["detections"] == []
+    assert (out / "dark.png.detections.png").is_file()
+    one = records["one.png"]
+    assert one["task"] == "detect" and one["layers"] == ["features"]
+    by_name = {d["name"]: d for d in one["detections"]}
+    assert set(by_name) == {"red", "green"} and [d["rank"] for d in one["detections"]] == [1, 2]
+    for name, (x1, y1, x2, y2) in (("red", (8, 10, 28, 30)), ("green", (50, 25, 72, 50))):
+        det = by_name[name]
+        peak = det["maps"]["gradcam"]["peak"]
+        assert x1 <= peak["x"] < x2 and y1 <= peak["y"] < y2
+        assert det["box"][0] < x1 + 3 and det["box"][2] > x2 - 3 and 0.5 <= det["score"] <= 1
+        for method in ("gradcam", "drise"):
+            for role in ("heatmap", "overlay"):
+                picture = Image.open(out / det["files"][method][role])
+                assert picture.size == (80, 60)
+    assert one["files"]["eigencam"]["overlay"] == "one.png.eigencam.overlay.png"
+    index = [json.loads(line) for line in (out / "index.jsonl").read_text().splitlines()]
+    assert {e["image"]: e["detections"] for e in index} == {"one.png": 2, "b/two.png": 2,
+                                                             "dark.png": 0}  # fmt: skip
+    again = _explain(*args)  # up to date: nothing redone
+    assert again.exit_code == 0
+    assert all(json.loads(line).get("reused") for line in again.stdout.splitlines())
+
+
+def test_explain_a_segmenter_per_class(scenes: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    classes = tmp_path / "classes.txt"
+    classes.write_text("background\nred\ngreen\n")
+    result = _explain(scenes / "one.png", "--model", f"{TINY_FILE}:segmenter", "--classes",
+                      classes, "--method", "gradcam,eigencam", "-o", out, "--jsonl")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.stdout)
+    assert record["task"] == "segment"
+    assert [s["name"] for s in record["segments"]] == ["green", "red"]
+    for segment, (x1, y1, x2, y2) in zip(
+        record["segments"], ((50, 25, 72, 50), (8, 10, 28, 30)), strict=True
+    ):
+        peak = segment["maps"]["gradcam"]["peak"]
+        assert x1 - 2 <= peak["x"] < x2 + 2 and y1 - 2 <= peak["y"] < y2 + 2
+        assert abs(segment["pixels"] - (x2 - x1) * (y2 - y1)) < 0.2 * (x2 - x1) * (y2 - y1)
+        assert Image.open(out / segment["files"]["gradcam"]["overlay"]).size == (80, 60)
+    mask = np.asarray(Image.open(out / "one.png.mask.png").convert("RGB"))
+    assert mask.shape == (60, 80, 3) and (out / "one.png.eigencam.png").is_file()
+    assert Path(record["segments"][1]["files"]["gradcam"]["heatmap"]).name.startswith(
+        "one.png.red."
+    )
+
+
+def test_a_zoo_detector_by_name_with_a_weights_file(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    name = "fasterrcnn_mobilenet_v3_large_320_fpn"
+    weights = tmp_path / "w.pt"
+    model = torchvision.models.detection.fasterrcnn_mobilenet_v3_large_320_fpn(
+        weights=None, weights_backbone=None
+    )
+    # Random weights spread the score over 91 classes (about 0.01 each, under the model's own
+    # 0.05 floor: nothing found, PITFALLS 19); a biased class head finds "person" everywhere.
+    with torch.no_grad():
+        model.roi_heads.box_predictor.cls_score.bias[1] = 8.0
+    torch.save(model.state_dict(), weights)
+    scene().save(tmp_path / "one.png")
+    result = _explain(tmp_path / "one.png", "--model", name, "--weights", weights,
+                      "--max-detections", "2", "-o", tmp_path / "out", "--jsonl")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.stdout)
+    assert record["task"] == "detect" and record["layers"] == ["backbone.body.16"]
+    assert 1 <= len(record["detections"]) <= 2
+    assert (
+        record["detections"][0]["name"]
+        in torchvision.models.get_model_weights(name).DEFAULT.meta["categories"]
+    )
+
+
+def test_wrong_use_is_one_sentence_and_exit_2(scenes: Path, tmp_path: Path) -> None:
+    odd = tmp_path / "odd.py"
+    odd.write_text(
+        "import torch\n"
+        "class Odd(torch.nn.Module):\n"
+        "    def __init__(self):\n        super().__init__()\n"
+        "        self.conv = torch.nn.Conv2d(3, 2, 3)\n"
+        "    def forward(self, x):\n        y = self.conv(x)\n        return y, y\n"
+        "def build():\n    return Odd()\n"
+    )
+    cases = [
+        (["--model", f"{odd}:build"], "'--model'", "returned a tuple of 2"),
+        (["--model", f"{TINY_FILE}:detector", "--score-threshold", "1.5"], "'--score-threshold'",
+         "1.5 is not in the range"),
+        (["--model", f"{TINY_FILE}:detector", "--method", "cam"], "'--method'",
+         "cam needs a classifier's global pooling and linear head; a detector's maps come from"),
+        (["--model", f"{TINY_FILE}:segmenter", "--method", "drise"], "'--method'",
+         "drise does not apply to a segmenter"),
+        (["--model", f"{TINY_FILE}:detector", "--task", "segment"], "'--task'",
+         "the model is a detector (found from what it returns), not a segmenter"),
+        (["--model", f"{TINY_FILE}:detector", "--target", "label"], "'--target'",
+         "does not apply to a detector"),
+    ]  # fmt: skip
+    for args, option, words in cases:
+        result = _explain(scenes / "one.png", "-o", tmp_path / "o", *args)
+        assert result.exit_code == 2, (args, result.output)
+        assert option in result.output and words in result.output, result.output
+        assert "Traceback" not in result.output
+    assert not (tmp_path / "o" / "one.png.json").exists()

@@ -278,7 +278,11 @@ def region_settings(
     for name, value, default in (("--metrics", metrics, ()), ("--target", own.target, "pred"),
                                  ("--save-raw", own.save_raw, False)):  # fmt: skip
         if value != default:
-            raise click.BadParameter(f"does not apply to a {_NOUNS[task]}", param_hint=name)
+            each = "detection" if task == "detect" else "class in the predicted mask"
+            raise click.BadParameter(
+                f"does not apply to a {_NOUNS[task]}: each {each} is explained",
+                param_hint=f"'{name}'",
+            )
     methods = tuple(m for m in allowed if m in chosen)
     layered = any(m != "drise" for m in methods)
     layers = checked_layers(run.model, own.layers) if layered else ()

@@ -10,7 +10,9 @@ this module supplies the batch work:
   least ``--min-pixels`` of the image gets its maps (:mod:`camcli.methods.segmentation`),
   resampled onto the photo as a classifier's are.
 
-Files per image: ``NAME.detections.png`` (boxes, names and scores) and per detection
+The record's ``files`` lists every file in two levels, as a classifier's record does (what
+resume checks): ``detections`` / ``mask``, ``eigencam``, ``det-K.METHOD`` / ``CLASS.METHOD``,
+each with its roles. Files per image: ``NAME.detections.png`` (boxes, names and scores) and per detection
 ``NAME.det-K.METHOD.png`` and ``NAME.det-K.METHOD.overlay.png`` (with its box); or
 ``NAME.mask.png`` (the predicted mask in a fixed palette, with a legend) and per class
 ``NAME.CLASS.METHOD.png`` and its overlay.
@@ -146,7 +148,7 @@ def _detection_outputs(
     box_colours = [_rgb(colours[d.label]) for d in result.detections]
     sheet = draw_boxes(photo, [d.box for d in result.detections], captions, box_colours)
     jobs.append((sheet_path, _png(sheet, level)))
-    listing["detections"] = sheet_path.name
+    listing["detections"] = {"sheet": sheet_path.name}
     shared: dict[str, Any] = {}
     if "eigencam" in result.maps:
         values = result.maps["eigencam"].cpu()
@@ -188,7 +190,7 @@ def _detection_outputs(
                 "files": files,
             }
         )
-        listing[f"det-{k + 1}"] = files
+        listing.update({f"det-{k + 1}.{m}": roles for m, roles in files.items()})
     record = {
         "image": str(item.relative),
         "status": "ok",
@@ -228,7 +230,7 @@ def _segment_outputs(
     mask_path = artifact_path(out, rel, "mask.png")
     shown = [s.index for s in result.segments]
     jobs.append((mask_path, _png(mask_picture(mask_on_photo, names, shown), level)))
-    listing: dict[str, Any] = {"mask": mask_path.name}
+    listing: dict[str, Any] = {"mask": {"mask": mask_path.name}}
     on_photo = {
         m: sample_on_original(v.cpu().float(), grid, inside) for m, v in result.maps.items()
     }
@@ -269,7 +271,7 @@ def _segment_outputs(
                 "files": files,
             }
         )
-        listing[stem] = files
+        listing.update({f"{stem}.{m}": roles for m, roles in files.items()})
     record = {
         "image": str(item.relative),
         "status": "ok",
