@@ -12,8 +12,8 @@ this module supplies the batch work:
 
 The record's ``files`` lists every file in two levels, as a classifier's record does (what
 resume checks): ``detections`` / ``mask``, ``eigencam``, ``det-K.METHOD`` / ``CLASS.METHOD``,
-each with its roles. Files per image: ``NAME.detections.png`` (boxes, names and scores) and per detection
-``NAME.det-K.METHOD.png`` and ``NAME.det-K.METHOD.overlay.png`` (with its box); or
+each with its roles. Files per image: ``NAME.detections.png`` (boxes, names and scores)
+and per detection ``NAME.det-K.METHOD.png`` and ``NAME.det-K.METHOD.overlay.png`` (with its box); or
 ``NAME.mask.png`` (the predicted mask in a fixed palette, with a legend) and per class
 ``NAME.CLASS.METHOD.png`` and its overlay.
 """
