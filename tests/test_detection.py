@@ -126,6 +126,22 @@ def test_each_detection_is_explained_by_its_own_object() -> None:
                 assert above[oy1:oy2, ox1:ox2].mean() < margin * inside, method
 
 
+def test_guided_backprop_per_detection_stays_on_its_object() -> None:
+    """Each detection's guided gradient (to the photo, through the detector's own resizing)
+    lies on its own object; the CAMs from the same forward pass equal those without it."""
+    model = detector()
+    photo = _photo()
+    both = explain_detections(model, [photo], "features", ["gradcam", "guided"], 0.5, 20)[0]
+    alone = explain_detections(model, [photo], "features", ["gradcam"], 0.5, 20)[0]
+    torch.testing.assert_close(both.maps["gradcam"], alone.maps["gradcam"])
+    assert both.gradients is not None and both.gradients.shape == (2, 3, 60, 80)
+    for k, det in enumerate(both.detections):
+        x1, y1, x2, y2 = (8, 10, 28, 30) if det.label == 1 else (50, 25, 72, 50)
+        energy = both.gradients[k].abs().sum(dim=0)
+        inside = energy[y1 - 1 : y2 + 1, x1 - 1 : x2 + 1].sum()
+        assert inside > 0.9 * energy.sum(), det.label
+
+
 def test_a_detector_that_finds_nothing_gives_no_maps() -> None:
     model = detector()
     dark = torch.full((3, 40, 50), 0.08)
@@ -202,7 +218,8 @@ def test_explain_a_detector_per_detection(scenes: Path, tmp_path: Path) -> None:
     classes = tmp_path / "classes.txt"
     classes.write_text("background\nred\ngreen\n")
     args = [scenes, "--model", f"{TINY_FILE}:detector", "--classes", classes, "--method",
-            "gradcam,eigencam,drise", "--drise-masks", "64", "-o", out, "--jsonl"]  # fmt: skip
+            "gradcam,eigencam,drise,guided", "--drise-masks", "64", "-o", out,
+            "--jsonl"]  # fmt: skip
     result = _explain(*args)
     assert result.exit_code == 0, result.output
     records = {r["image"]: r for r in map(json.loads, result.stdout.splitlines())}
@@ -223,6 +240,8 @@ def test_explain_a_detector_per_detection(scenes: Path, tmp_path: Path) -> None:
                 picture = Image.open(out / det["files"][method][role])
                 assert picture.size == (80, 60)
     assert one["files"]["eigencam"]["overlay"] == "one.png.eigencam.overlay.png"
+    guided = Image.open(out / by_name["red"]["files"]["guided"]["picture"])
+    assert guided.size == (80, 60) and guided.mode == "RGB"
     index = [json.loads(line) for line in (out / "index.jsonl").read_text().splitlines()]
     assert {e["image"]: e["detections"] for e in index} == {"one.png": 2, "b/two.png": 2,
                                                              "dark.png": 0}  # fmt: skip

@@ -13,6 +13,8 @@ itself.
   loses both).
 * ``eigencam``: the first principal component of the layer, one map per image (class- and
   detection-agnostic).
+* ``guided``: guided backpropagation of each detection's target to the photo (the rule of
+  :mod:`camcli.methods.guided`, from the same forward pass as the CAMs);
 * ``drise`` (Petsiuk et al. 2021): random masks of the photo; each masked photo's detections
   are scored against the target detection by IoU x class match x score (the best one counts)
   and the masks are averaged with those weights.
@@ -25,6 +27,7 @@ over the image instead).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,6 +38,7 @@ from torch import nn
 
 from camcli.methods.activation import eigencam
 from camcli.methods.gradient import gradcam, gradcam_plus_plus, hirescam, layercam, xgradcam
+from camcli.methods.guided import GuidedActivations
 from camcli.methods.rise import RiseMasks
 from camcli.models.hooks import LayerCapture, frozen_eval
 from camcli.models.tasks import describe_output
@@ -56,7 +60,7 @@ GRADIENT_CAMS = {
     "layercam": layercam,
     "hirescam": hirescam,
 }
-DETECTION_METHODS = (*GRADIENT_CAMS, "eigencam", "drise")
+DETECTION_METHODS = (*GRADIENT_CAMS, "eigencam", "drise", "guided")
 
 
 @dataclass(frozen=True)
@@ -76,10 +80,12 @@ class DetectionResult:
         detections: the detections kept (score at least the threshold, at most the limit).
         maps: per method, ``(K, H, W)`` float maps on the image's pixels, one per detection;
             ``eigencam``'s is ``(1, H, W)`` (one per image).
+        gradients: ``guided``'s input gradients, ``(K, 3, H, W)``, one per detection.
     """
 
     detections: list[Detection]
     maps: dict[str, torch.Tensor] = field(default_factory=dict)
+    gradients: torch.Tensor | None = None
 
 
 def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -198,16 +204,21 @@ def explain_detections(
     if unknown:
         raise ValueError(f"no detection method {unknown[0]!r} (one of {DETECTION_METHODS})")
     cams = [m for m in methods if m in GRADIENT_CAMS or m == "eigencam"]
+    guided = "guided" in methods
     frame = _FrameCapture(module)
     try:
         with frozen_eval(module), torch.enable_grad():
-            if cams and layer is not None:
-                with LayerCapture(module, [layer], detach=True) as capture:
-                    outputs = run_detector(module, images)
-                activations = capture.activations[layer]
-                results = _cam_maps(
-                    outputs, activations, images, cams, frame, score_threshold, max_detections
-                )
+            if (cams and layer is not None) or guided:
+                photos = [im.detach().clone().requires_grad_(guided) for im in images]
+                mode: Any = GuidedActivations() if guided else contextlib.nullcontext()
+                names = [layer] if cams and layer is not None else []
+                with LayerCapture(module, names, detach=not guided) as capture, mode:
+                    outputs = run_detector(module, photos)
+                activations = capture.activations[layer] if names and layer is not None else None
+                results = _gradient_maps(
+                    outputs, activations, photos, cams, frame, score_threshold,
+                    max_detections, mode if guided else None,
+                )  # fmt: skip
             else:
                 with torch.no_grad():
                     outputs = run_detector(module, images)
@@ -235,45 +246,57 @@ def _detections(output: dict[str, Any], kept: torch.Tensor) -> list[Detection]:
     ]
 
 
-def _cam_maps(
+def _gradient_maps(
     outputs: list[dict[str, Any]],
-    activations: torch.Tensor,
-    images: Sequence[torch.Tensor],
+    activations: torch.Tensor | None,
+    photos: Sequence[torch.Tensor],
     cams: list[str],
     frame: _FrameCapture,
     threshold: float,
     limit: int,
+    guided: GuidedActivations | None,
 ) -> list[DetectionResult]:
-    """The CAM methods' maps of every kept detection: one gradient per detection slot."""
-    if activations.dim() != 4 or activations.shape[0] != len(images):
+    """The CAMs and guided gradients of every kept detection: one backward per slot each."""
+    if activations is not None and (activations.dim() != 4 or activations.shape[0] != len(photos)):
         raise ValueError(
             f"the layer gives {tuple(activations.shape)}, not one (C, h, w) map per image: "
             "choose a backbone layer ('camcli layers MODEL')"
         )
     kept = [_kept(o, threshold, limit) for o in outputs]
     results = [DetectionResult(_detections(o, k)) for o, k in zip(outputs, kept, strict=True)]
-    sizes = [(int(im.shape[-2]), int(im.shape[-1])) for im in images]
-    gradient_cams = [m for m in cams if m in GRADIENT_CAMS]
+    sizes = [(int(im.shape[-2]), int(im.shape[-1])) for im in photos]
+    gradient_cams = [m for m in cams if m in GRADIENT_CAMS] if activations is not None else []
     per_image: list[dict[str, list[torch.Tensor]]] = [
-        {m: [] for m in gradient_cams} for _ in images
+        {m: [] for m in gradient_cams} for _ in photos
     ]
-    slots = max((len(k) for k in kept), default=0)
-    for slot in range(slots if gradient_cams else 0):
+    guided_rows: list[list[torch.Tensor]] = [[] for _ in photos]
+    slots = max((len(k) for k in kept), default=0) if gradient_cams or guided else 0
+    for slot in range(slots):
         owners = [i for i, k in enumerate(kept) if len(k) > slot]
-        target = activations.new_zeros(())
+        target = photos[0].new_zeros(())
         for i in owners:
             d = int(kept[i][slot])
             box = outputs[i]["boxes"][d : d + 1]
             target = target + outputs[i]["scores"][d] + box_iou(box, box.detach())[0, 0]
-        (gradients,) = torch.autograd.grad(
-            target, activations, retain_graph=slot + 1 < slots, allow_unused=True
-        )
-        if gradients is None:
-            gradients = torch.zeros_like(activations)
-        for method in gradient_cams:
-            maps = GRADIENT_CAMS[method](activations[owners].detach(), gradients[owners])
-            for row, i in enumerate(owners):
-                per_image[i][method].append(maps[row])
+        more = slot + 1 < slots
+        if gradient_cams and activations is not None:
+            if guided is not None:
+                guided.rule.guided = False
+            (gradients,) = torch.autograd.grad(
+                target, activations, retain_graph=more or guided is not None, allow_unused=True
+            )
+            if gradients is None:
+                gradients = torch.zeros_like(activations)
+            for method in gradient_cams:
+                maps = GRADIENT_CAMS[method](activations[owners].detach(), gradients[owners])
+                for row, i in enumerate(owners):
+                    per_image[i][method].append(maps[row])
+        if guided is not None:
+            guided.rule.guided = True
+            wanted = [photos[i] for i in owners]
+            grads = torch.autograd.grad(target, wanted, retain_graph=more, allow_unused=True)
+            for i, photo, grad in zip(owners, wanted, grads, strict=True):
+                guided_rows[i].append(torch.zeros_like(photo) if grad is None else grad.detach())
     for i, result in enumerate(results):
         height, width = sizes[i]
         for method in gradient_cams:
@@ -281,11 +304,16 @@ def _cam_maps(
             result.maps[method] = (
                 _on_image(torch.stack(stack), i, frame, height, width)
                 if stack
-                else activations.new_zeros((0, height, width))
+                else photos[i].new_zeros((0, height, width))
             )
-        if "eigencam" in cams:
+        if "eigencam" in cams and activations is not None:
             grid = eigencam(activations[i : i + 1].detach())
             result.maps["eigencam"] = _on_image(grid, i, frame, height, width)
+        if guided is not None:
+            rows = guided_rows[i]
+            result.gradients = (
+                torch.stack(rows) if rows else photos[i].new_zeros((0, 3, height, width))
+            )
     return results
 
 

@@ -38,7 +38,14 @@ from camcli.methods.segmentation import SegmentationResult, explain_segments
 from camcli.models.classes import ClassIndex
 from camcli.models.loaded import LoadedModel
 from camcli.pictures.regions import draw_boxes, mask_picture, palette
-from camcli.pictures.render import colorize, jet_lut, original_grid, overlay, sample_on_original
+from camcli.pictures.render import (
+    colorize,
+    guided_to_unit,
+    jet_lut,
+    original_grid,
+    overlay,
+    sample_on_original,
+)
 from camcli.runs.settings import Settings
 from camcli.runs.work import BatchWork, FileJob, ImageOutput
 
@@ -122,6 +129,12 @@ def _pictures(
     return list(heat), [overlay(base, torch.from_numpy(h), alpha).numpy() for h in heat]
 
 
+def _to_uint8(unit: torch.Tensor) -> list[np.ndarray]:
+    """``(K, 3, H, W)`` pictures in [0, 1] as ``(H, W, 3)`` uint8 arrays."""
+    pixels = unit.clamp(0, 1).mul(255).round().to(torch.uint8).permute(0, 2, 3, 1)
+    return list(pixels.numpy())
+
+
 def _rgb(colour: np.ndarray) -> tuple[int, int, int]:
     return int(colour[0]), int(colour[1]), int(colour[2])
 
@@ -164,6 +177,11 @@ def _detection_outputs(
     pictures = {
         m: _pictures(m, v, photo, lut, settings.alpha) for m, v in per_method.items() if len(v)
     }
+    guided_pictures = (
+        _to_uint8(guided_to_unit(result.gradients.cpu().float()))
+        if result.gradients is not None and len(result.gradients)
+        else []
+    )
     for k, det in enumerate(result.detections):
         files: dict[str, Any] = {}
         maps: dict[str, Any] = {}
@@ -190,6 +208,10 @@ def _detection_outputs(
                 "files": files,
             }
         )
+        if result.gradients is not None:
+            path = artifact_path(out, rel, f"det-{k + 1}.guided.png")
+            jobs.append((path, _png(guided_pictures[k], level)))
+            files["guided"] = {"picture": path.name}
         listing.update({f"det-{k + 1}.{m}": roles for m, roles in files.items()})
     record = {
         "image": str(item.relative),
