@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import shlex
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +23,7 @@ from camcli.methods.detection import box_iou, drise, explain_detections
 from camcli.methods.rise import RiseMasks
 from camcli.methods.segmentation import explain_segments
 
-from .tiny_detection import detector, scene, segmenter
+from .tiny_detection import MODELS, detector, scene, segmenter
 
 
 def _r(a: np.ndarray, b: np.ndarray) -> float:
@@ -194,7 +198,7 @@ def test_box_iou_by_hand() -> None:
 
 # --- the command line ---------------------------------------------------------------------
 
-TINY_FILE = Path(__file__).with_name("tiny_detection.py")
+TINY_FILE = MODELS
 
 
 def _explain(*args: str | Path) -> Result:
@@ -328,3 +332,29 @@ def test_wrong_use_is_one_sentence_and_exit_2(scenes: Path, tmp_path: Path) -> N
         assert option in result.output and words in result.output, result.output
         assert "Traceback" not in result.output
     assert not (tmp_path / "o" / "one.png.json").exists()
+
+
+def test_the_readme_example_runs_as_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """The README's detection and segmentation block, line by line, in a folder of its own."""
+    text = (MODELS.parents[2] / "README.md").read_text(encoding="utf-8")
+    block = next(b for b in text.split("```")[1::2] if "configs/regions/make_scenes.py" in b)
+    commands = [line.strip() for line in block.splitlines() if line.strip()]
+    assert commands[0].startswith("python configs/regions/make_scenes.py ")
+    shutil.copytree(MODELS.parent, tmp_path / "configs" / "regions")
+    monkeypatch.chdir(tmp_path)
+    made = subprocess.run([sys.executable, *shlex.split(commands[0])[1:]], capture_output=True,
+                          text=True, timeout=120)  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    for command in commands[1:]:
+        words = shlex.split(command)
+        assert words[:2] == ["camcli", "explain"]
+        result = CliRunner().invoke(main, words[1:])
+        assert result.exit_code == 0, (command, result.output)
+    detect = json.loads((tmp_path / "detect-out" / "scene-1.png.json").read_text())
+    assert sorted(d["name"] for d in detect["detections"]) == ["green", "red"]
+    assert set(detect["detections"][0]["files"]) == {"gradcam", "drise", "guided"}
+    dark = json.loads((tmp_path / "detect-out" / "dark.png.json").read_text())
+    assert dark["detections"] == []
+    segment = json.loads((tmp_path / "segment-out" / "scene-1.png.json").read_text())
+    assert sorted(s["name"] for s in segment["segments"]) == ["green", "red"]
+    assert (tmp_path / "segment-out" / "scene-1.png.mask.png").is_file()
