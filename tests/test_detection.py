@@ -358,3 +358,18 @@ def test_the_readme_example_runs_as_written(tmp_path: Path, monkeypatch: pytest.
     segment = json.loads((tmp_path / "segment-out" / "scene-1.png.json").read_text())
     assert sorted(s["name"] for s in segment["segments"]) == ["green", "red"]
     assert (tmp_path / "segment-out" / "scene-1.png.mask.png").is_file()
+
+
+def test_layers_lists_a_detectors_and_summarize_says_what_it_needs(
+    scenes: Path, tmp_path: Path
+) -> None:
+    listed = CliRunner().invoke(main, ["layers", f"{MODELS}:detector"])
+    assert listed.exit_code == 0 and "features" in listed.stdout and "default" in listed.stdout
+    missing = CliRunner().invoke(main, ["layers", str(tmp_path / "none.py") + ":build"])
+    assert missing.exit_code == 2 and "factory file" in missing.output
+    assert "Traceback" not in missing.output
+    out = tmp_path / "out"
+    assert _explain(scenes / "one.png", "--model", f"{MODELS}:detector", "-o", out).exit_code == 0
+    summary = CliRunner().invoke(main, ["summarize", str(out)])
+    assert summary.exit_code == 2
+    assert "holds a detector's records; summarize clusters a classifier's maps" in summary.output

@@ -49,6 +49,7 @@ def layers(model_name: str, weights: Path | None, offline: bool, spatial_only: b
     """
     from camcli.cli.frame import check_model_name
     from camcli.models.loaded import ModelUnavailable
+    from camcli.models.own import ModelSpecError, OutputMismatch
     from camcli.models.probe import model_for_probing, probe_layers
 
     try:
@@ -59,6 +60,8 @@ def layers(model_name: str, weights: Path | None, offline: bool, spatial_only: b
         loaded, pretrained = model_for_probing(model_name, weights, offline)
     except ModelUnavailable as exc:
         raise click.ClickException(str(exc)) from None
+    except (ModelSpecError, OutputMismatch) as exc:
+        raise click.BadParameter(str(exc), param_hint="'MODEL'") from None
     if not pretrained:
         click.echo(
             f"camcli: weights of {model_name} are not available; shapes from the "

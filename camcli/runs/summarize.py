@@ -217,8 +217,11 @@ def read_maps(
     else:
         names = [relative for _path, relative in explain_record_files(output_dir)]
     raw: list[tuple[str, dict[str, Any]]] = []
+    tasks: set[str] = set()
     for relative in names:
         record = _read_json(output_dir / relative)
+        if isinstance(record, dict) and record.get("task") in ("detect", "segment"):
+            tasks.add(str(record["task"]))
         if (
             isinstance(record, dict)
             and isinstance(record.get("image"), str)
@@ -227,6 +230,13 @@ def read_maps(
             and isinstance(record.get("maps"), dict)
         ):
             raw.append((relative, record))
+    if not raw and tasks:
+        nouns = " and ".join(sorted({"detect": "a detector's", "segment": "a segmenter's"}[t]
+                                     for t in tasks))  # fmt: skip
+        raise SummaryInputError(
+            f"{output_dir} holds {nouns} records; summarize clusters a classifier's maps per "
+            "predicted class"
+        )
     if not raw:
         raise SummaryInputError(
             f"{output_dir} holds no record of camcli explain: run 'camcli explain INPUT "
