@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -373,3 +374,30 @@ def test_layers_lists_a_detectors_and_summarize_says_what_it_needs(
     summary = CliRunner().invoke(main, ["summarize", str(out)])
     assert summary.exit_code == 2
     assert "holds a detector's records; summarize clusters a classifier's maps" in summary.output
+
+
+def test_the_report_shows_detections_and_says_when_there_is_none(
+    browser: Any, scenes: Path, tmp_path: Path
+) -> None:
+    from .browser import Page
+
+    out = tmp_path / "out"
+    result = _explain(scenes, "--model", f"{MODELS}:detector", "--classes",
+                      MODELS.with_name("classes.txt"), "-o", out, "--report")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    page = Page(browser)
+    tab = page.open(out / "report" / "index.html")
+    captions = tab.eval_on_selector_all("#grid .card", "cs => cs.map(c => c.innerText)")
+    assert any("2 detections" in c for c in captions) and any("no detection" in c for c in captions)
+    tab = page.open(out / "report" / "image.html", "?image=one.png")
+    tab.wait_for_function("() => document.getElementById('verdict').textContent.length > 0")
+    assert tab.inner_text("#verdict") == "2 detections with a score of at least 0.5"
+    rows = tab.eval_on_selector_all("section table tr", "rs => rs.map(r => r.innerText)")
+    assert any(r.startswith("1\t") and ("red" in r or "green" in r) for r in rows), rows
+    shown = page.images_resolve()
+    assert len(shown) == 5 and all(width > 0 for _src, width in shown)  # sheet + 2 x 2 maps
+    tab = page.open(out / "report" / "image.html", "?image=dark.png")
+    tab.wait_for_function("() => document.getElementById('verdict').textContent.length > 0")
+    assert tab.inner_text("#verdict") == "no detection with a score of at least 0.5"
+    assert page.problems == []
+    page.close()

@@ -282,7 +282,13 @@ def _pictures(entry: ReportEntry) -> tuple[list[tuple[str, str]], list[tuple[str
 
 
 def _thumb_source(pictures: list[tuple[str, str]]) -> str | None:
-    """The picture a thumbnail shows: the first overlay, else the first picture."""
+    """The picture a thumbnail shows.
+
+    A detector's sheet or a segmenter's mask, else the first overlay, else the first picture.
+    """
+    for caption, path in pictures:
+        if caption.startswith(("detections", "mask")):
+            return path
     for caption, path in pictures:
         if "overlay" in caption:
             return path
@@ -374,6 +380,9 @@ def _grid_item(entry: ReportEntry, thumb: str | None, size: Any) -> dict[str, An
     record = entry.record
     item["s"] = str(record.get("status", "ok"))
     top = _top1(record)
+    found = _regions_found(record)
+    if found is not None:
+        item["p"] = found
     if top is not None:
         item["p"] = str(top.get("name", top.get("index", "")))
         probability = _number(top.get("probability"))
@@ -397,6 +406,17 @@ def _grid_item(entry: ReportEntry, thumb: str | None, size: Any) -> dict[str, An
     return item
 
 
+def _regions_found(record: dict[str, Any]) -> str | None:
+    """What a detector's or segmenter's record found, in a few words (the grid's caption)."""
+    if record.get("task") == "detect" and isinstance(record.get("detections"), list):
+        count = len(record["detections"])
+        return f"{count} detection{'s' if count != 1 else ''}" if count else "no detection"
+    if record.get("task") == "segment" and isinstance(record.get("segments"), list):
+        count = len(record["segments"])
+        return f"{count} class{'es' if count != 1 else ''}" if count else "no class"
+    return None
+
+
 def _detail(entry: ReportEntry) -> dict[str, Any]:
     """The full entry of ``details/K.js`` (what the page of one image shows)."""
     detail: dict[str, Any] = {"image": entry.image}
@@ -415,7 +435,8 @@ def _detail(entry: ReportEntry) -> dict[str, Any]:
         detail["error"] = record.get("error")
     if isinstance(record.get("predictions"), list):
         detail["predictions"] = [p for p in record["predictions"] if isinstance(p, dict)]
-    for key in ("target", "targets", "maps", "rows"):
+    for key in ("target", "targets", "maps", "rows", "task", "detections", "segments",
+                "score_threshold", "min_pixels"):  # fmt: skip
         if key in record:
             detail[key] = record[key]
     return detail

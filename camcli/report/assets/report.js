@@ -363,6 +363,24 @@
     return text;
   }
 
+  function regionsVerdict(detail) {
+    if (detail.task === "detect") {
+      var n = (detail.detections || []).length;
+      var at = " with a score of at least " + detail.score_threshold;
+      return n ? n + (n === 1 ? " detection" : " detections") + at : "no detection" + at;
+    }
+    var k = (detail.segments || []).length;
+    var share = " covering at least " + percent(detail.min_pixels) + " of the image";
+    return k ? k + (k === 1 ? " class" : " classes") + share : "no class" + share;
+  }
+
+  function peaks(maps) {
+    return Object.keys(maps || {}).map(function (method) {
+      var p = maps[method].peak || {};
+      return method + " (" + p.x + ", " + p.y + ")";
+    }).join("; ");
+  }
+
   function renderDetail(position, detail) {
     var item = ITEMS[position];
     var main = document.getElementById("detail");
@@ -371,6 +389,8 @@
     verdict.className = "verdict " + verdictClass(item);
     if (item.s === "error" || detail.error) {
       verdict.textContent = "failed: " + (detail.error || item.e || "");
+    } else if (detail.task === "detect" || detail.task === "segment") {
+      verdict.textContent = regionsVerdict(detail);
     } else {
       var text = "predicted " + (item.p !== undefined ? item.p : "?");
       if (typeof item.q === "number") text += " (" + percent(item.q) + ")";
@@ -405,6 +425,22 @@
       });
       gallery.appendChild(row);
       main.appendChild(gallery);
+    }
+    if (Array.isArray(detail.detections) && detail.detections.length) {
+      var found = section("Detections");
+      found.appendChild(table(["rank", "class", "index", "score", "box (x1, y1, x2, y2)", "peaks"],
+        detail.detections.map(function (d) {
+          return [d.rank, d.name, d.index, d.score, (d.box || []).join(", "), peaks(d.maps)];
+        })));
+      main.appendChild(found);
+    }
+    if (Array.isArray(detail.segments) && detail.segments.length) {
+      var classes = section("Segments");
+      classes.appendChild(table(["class", "index", "pixels", "share", "peaks"],
+        detail.segments.map(function (c) {
+          return [c.name, c.index, c.pixels, percent(c.fraction), peaks(c.maps)];
+        })));
+      main.appendChild(classes);
     }
     if (detail.predictions && detail.predictions.length) {
       var top = section("Top-" + detail.predictions.length + " predictions");
