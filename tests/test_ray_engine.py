@@ -451,3 +451,30 @@ def test_rays_core_log_lines_stay_out_of_stderr_unless_verbose(mode: str) -> Non
         assert kept in lines
     assert ("core_worker.cc" in lines) == (mode == "verbose")
     assert lines.index("camcli: before") < lines.index("progress") < lines.index("camcli: after")
+
+
+@pytest.mark.parametrize("factory", ["detector", "segmenter"])
+def test_ray_explains_an_own_detector_and_segmenter_as_the_local_engine(
+    local_ray: None, actor_threads: int, tmp_path: Path, factory: str
+) -> None:
+    """An own model from a file (its code travels to the actors by value) and the regions'
+    batch work: the same records and pictures byte for byte. One photo per batch: a
+    detector pads a batch to its largest photo, so its maps depend on the batch's company."""
+    from tests.tiny_detection import MODELS, scene
+
+    photos = tmp_path / "in"
+    photos.mkdir()
+    scene().save(photos / "one.png")
+    scene(width=100, height=80, red=(60, 40, 90, 70), green=(5, 5, 30, 25)).save(photos / "two.png")
+    model = ["--model", f"{MODELS}:{factory}", "--classes", str(MODELS.with_name("classes.txt")),
+             "-b", "1"]  # fmt: skip
+    local = explain(photos, tmp_path / "local", *model)
+    on_ray = explain(photos, tmp_path / "ray", *model, *ENGINE_RAY)
+    assert local.exit_code == on_ray.exit_code == 0, on_ray.output
+    mine, theirs = outputs(tmp_path / "local"), outputs(tmp_path / "ray")
+    assert sorted(mine) == sorted(theirs) and len(mine) > 6
+    for name in mine:
+        if name != "index.jsonl":
+            assert mine[name] == theirs[name], name
+    record = json.loads(mine["one.png.json"])
+    assert record["task"] == ("detect" if factory == "detector" else "segment")

@@ -157,16 +157,14 @@ def _on_image(
     maps: torch.Tensor, index: int, frame: _FrameCapture, height: int, width: int
 ) -> torch.Tensor:
     """Layer-grid maps ``(K, h, w)`` of image ``index`` on its pixels ``(K, H, W)``."""
+    maps = maps[:, None].float()
     if frame.sizes is not None and frame.padded is not None:
-        (rh, rw), (ph, pw) = frame.sizes[index], frame.padded
-        h, w = maps.shape[-2:]
-        # the image's part of the padded frame, in layer cells (at least one)
-        ch = max(1, min(h, round(h * rh / ph)))
-        cw = max(1, min(w, round(w * rw / pw)))
-        maps = maps[..., :ch, :cw]
-    return F.interpolate(
-        maps[:, None].float(), size=(height, width), mode="bilinear", align_corners=False
-    )[:, 0]
+        # onto the padded frame's pixels, then the image's part of it: exact whatever the
+        # padding (a crop in whole layer cells would depend on the batch's largest image)
+        (rh, rw), padded = frame.sizes[index], frame.padded
+        maps = F.interpolate(maps, size=padded, mode="bilinear", align_corners=False)
+        maps = maps[..., :rh, :rw]
+    return F.interpolate(maps, size=(height, width), mode="bilinear", align_corners=False)[:, 0]
 
 
 def explain_detections(

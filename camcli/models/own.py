@@ -66,6 +66,9 @@ class OutputMismatch(ValueError):
     """The model does not take the stated input or returns something other than logits."""
 
 
+FACTORY_MODULE_PREFIX = "camcli_factory_"  # the name a FILE.py of --model is imported under
+
+
 def _call_factory(spec: str) -> nn.Module:
     """Import the module of ``spec`` and call its factory (code the user asked to run)."""
     location, _, function = spec.rpartition(":")
@@ -76,7 +79,7 @@ def _call_factory(spec: str) -> nn.Module:
             if not path.is_file():
                 raise ModelSpecError(f"factory file {location} does not exist")
             digest = hashlib.sha1(str(path).encode("utf-8", "surrogateescape")).hexdigest()[:12]
-            module_name = f"camcli_factory_{path.stem}_{digest}"
+            module_name = f"{FACTORY_MODULE_PREFIX}{path.stem}_{digest}"
             spec_obj = importlib.util.spec_from_file_location(module_name, path)
             if spec_obj is None or spec_obj.loader is None:
                 raise ModelSpecError(f"cannot import {location} as Python code")

@@ -340,6 +340,19 @@ def _quiet_ray_core_logs(enabled: bool) -> Iterator[None]:
             os.close(original)
 
 
+def _pickle_factory_files_by_value(cloudpickle: Any) -> None:
+    """Ship the code of ``--model FILE.py:FUNC`` with the model.
+
+    The file was imported under a name of camcli's own; Ray's workers cannot import it by
+    that name, so its classes and functions travel by value, as a notebook's do.
+    """
+    from camcli.models.own import FACTORY_MODULE_PREFIX
+
+    for name, module in list(sys.modules.items()):
+        if name.startswith(FACTORY_MODULE_PREFIX):
+            cloudpickle.register_pickle_by_value(module)
+
+
 def _pipeline(run: EngineRun, stop: threading.Event | None) -> None:
     import ray
     import ray.data
@@ -356,6 +369,7 @@ def _pipeline(run: EngineRun, stop: threading.Event | None) -> None:
     logging.getLogger("ray.data._internal.execution.streaming_executor").setLevel(logging.ERROR)
     # ... and its note that progress bars are off (camcli's own bar counts the images).
     logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
+    _pickle_factory_files_by_value(cloudpickle)
     payload = cloudpickle.dumps(
         {
             "model": run.model,
