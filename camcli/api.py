@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,7 @@ from camcli.models.own import load_module_model
 from camcli.models.registry import load_model
 from camcli.pictures.render import (
     colorize,
+    guided_to_unit,
     jet_lut,
     original_grid,
     overlay,
@@ -84,6 +85,30 @@ class Prediction:
 
 
 @dataclass
+class Region:
+    """A detection or a segment of an image, with its maps (detectors and segmenters).
+
+    Attributes:
+        index: the class index (0 is the background).
+        name: the class name.
+        maps: per method, ``(H, W)`` float32 in [0, 1] at the image's own size, as the
+            command line draws them; ``guided`` is ``(H, W, 3)``.
+        score: a detection's score (``None`` for a segment).
+        box: a detection's box ``(x1, y1, x2, y2)`` in the image's pixels.
+        pixels: a segment's predicted pixels at the model's input (``None`` for a detection).
+        fraction: a segment's share of the image.
+    """
+
+    index: int
+    name: str
+    maps: dict[str, np.ndarray]
+    score: float | None = None
+    box: tuple[float, float, float, float] | None = None
+    pixels: int | None = None
+    fraction: float | None = None
+
+
+@dataclass
 class ExplainResult:
     """What :meth:`Explainer.explain` gives for one image.
 
@@ -97,15 +122,23 @@ class ExplainResult:
             pictures (guided, guided-gradcam, smoothgrad, lrp, ig), as the command line
             draws them.
         seen: with ``crop``, where the model saw the image, ``(H, W)`` bool; else ``None``.
+        task: ``classify``, ``detect`` or ``segment``.
+        detections: a detector's detections (score at least the threshold), best first.
+        segments: a segmenter's classes present, largest first.
 
+    A detector's or segmenter's result has no predictions and no target (``None``); its
+    ``maps`` hold the per-image ``eigencam``, and each detection or segment its own maps.
     """
 
     image: Image.Image
     source: str | None
     predictions: list[Prediction]
-    target: Prediction
+    target: Prediction | None
     maps: dict[str, np.ndarray]
     seen: np.ndarray | None = None
+    task: str = "classify"
+    detections: list[Region] = field(default_factory=list)
+    segments: list[Region] = field(default_factory=list)
 
     def heatmap(self, method: str) -> Image.Image:
         """The map of a map method coloured with JET (as ``NAME.METHOD.png``)."""
@@ -182,6 +215,10 @@ class Explainer:
         crop: bool = False,
         batch_size: int | None = None,
         method_options: MethodOptions | None = None,
+        score_threshold: float = 0.5,
+        max_detections: int = 20,
+        min_pixels: float = 0.01,
+        drise_masks: int = 1000,
     ) -> None:
         _check_arguments(
             model, methods, layers, device, weights, target, top_k, crop, batch_size,
@@ -206,10 +243,19 @@ class Explainer:
             if weights is not None and not Path(weights).expanduser().is_file():
                 raise ArgumentError("weights", f"{str(weights)!r} is not a file")
             self.model = load_model(model, Path(weights) if weights else None, offline)
-        try:
-            self.methods = parse_methods(list(methods))
-        except ValueError as exc:
-            raise ArgumentError("methods", str(exc)) from None
+        self.task = self.model.task
+        self.regions = _RegionOptions(score_threshold, max_detections, min_pixels, drise_masks)
+        if self.task != "classify":
+            self.methods = _region_methods(self.task, methods)
+            if str(target) != "pred":
+                raise ArgumentError(
+                    "target", f"a {_NOUNS[self.task]}'s detections or classes are its targets"
+                )
+        else:
+            try:
+                self.methods = parse_methods(list(methods))
+            except ValueError as exc:
+                raise ArgumentError("methods", str(exc)) from None
         self.layers = tuple(dict.fromkeys(layers)) or (self.model.default_layer,)
         for name in self.layers:
             resolve_layer(self.model.module, name)
@@ -256,14 +302,15 @@ class Explainer:
             )
         if isinstance(images, str | Path | Image.Image):  # one image: a batch of one
             images = [images]
+        explain = self._explain_batch if self.task == "classify" else self._explain_regions
         pending: list[tuple[Image.Image, str | None]] = []
         for image in _as_images(images):
             pending.append(image)
             if len(pending) == self.batch_size:
-                yield from self._explain_batch(pending)
+                yield from explain(pending)
                 pending = []
         if pending:
-            yield from self._explain_batch(pending)
+            yield from explain(pending)
 
     def explain_folder(
         self,
@@ -328,6 +375,11 @@ class Explainer:
             extra_targets=self.extra_targets,
             top_k=self.top_k,
             crop=self.crop,
+            task=self.task,
+            score_threshold=self.regions.score_threshold,
+            max_detections=self.regions.max_detections,
+            min_pixels=self.regions.min_pixels,
+            drise_masks=self.regions.drise_masks,
             **chosen,
         )
 
@@ -345,6 +397,10 @@ class Explainer:
         from camcli.runs.explain import run_explain
 
         return run_explain(items, self.model, settings, reporter or _QuietReporter(), stop)
+
+    def _explain_regions(self, batch: list[tuple[Image.Image, str | None]]) -> list[ExplainResult]:
+        with torch.inference_mode(False):
+            return _region_results(self, batch)
 
     def _explain_batch(self, batch: list[tuple[Image.Image, str | None]]) -> list[ExplainResult]:
         prep = self.model.preprocessing
@@ -409,6 +465,118 @@ class Explainer:
                 )
             )
         return out
+
+
+_NOUNS = {"detect": "detector", "segment": "segmenter"}
+
+
+@dataclass(frozen=True)
+class _RegionOptions:
+    score_threshold: float
+    max_detections: int
+    min_pixels: float
+    drise_masks: int
+
+
+def _region_methods(task: str, methods: Sequence[str]) -> tuple[str, ...]:
+    """A detector's or segmenter's methods (the classifiers' default: its Grad-CAM)."""
+    from camcli.methods.detection import DETECTION_METHODS
+    from camcli.methods.segmentation import SEGMENTATION_METHODS
+
+    allowed = DETECTION_METHODS if task == "detect" else SEGMENTATION_METHODS
+    if isinstance(methods, str):
+        methods = [methods]
+    chosen = [m.strip().lower() for v in methods for m in str(v).split(",") if m.strip()]
+    if tuple(chosen) == DEFAULT_METHODS:
+        chosen = ["gradcam", "guided"] if task == "detect" else ["gradcam"]
+    wrong = [m for m in chosen if m not in allowed]
+    if wrong or not chosen:
+        raise ArgumentError(
+            "methods",
+            f"{(wrong or ['nothing'])[0]} does not apply to a {_NOUNS[task]}; its maps come from "
+            + ", ".join(allowed),
+        )
+    return tuple(m for m in allowed if m in chosen)
+
+
+def _region_results(
+    explainer: Explainer, batch: list[tuple[Image.Image, str | None]]
+) -> list[ExplainResult]:
+    """A detector's or segmenter's results for a batch (see :class:`ExplainResult`)."""
+    from camcli.methods.detection import explain_detections
+    from camcli.methods.forward import picture_maps
+    from camcli.methods.segmentation import explain_segments
+    from camcli.runs.regions import class_name
+
+    model, options = explainer.model, explainer.regions
+    layer = explainer.layers[0] if explainer.layers else None
+    out = []
+    if explainer.task == "detect":
+        photos = [
+            torch.from_numpy(np.asarray(image, dtype=np.uint8).copy())
+            .permute(2, 0, 1)
+            .float()
+            .div_(255.0)
+            .to(explainer.device)
+            for image, _ in batch
+        ]
+        found = explain_detections(
+            model.module, photos, layer, explainer.methods, options.score_threshold,
+            options.max_detections, options.drise_masks,
+            explainer.method_options.chunk_size, explainer.method_options.seed,
+        )  # fmt: skip
+        for (image, source), result in zip(batch, found, strict=True):
+            units = {m: picture_maps(m, v.float()).cpu().numpy() for m, v in result.maps.items()}
+            guided = (
+                guided_to_unit(result.gradients.float()).permute(0, 2, 3, 1).cpu().numpy()
+                if result.gradients is not None and len(result.gradients)
+                else None
+            )
+            regions = []
+            for k, det in enumerate(result.detections):
+                maps = {m: u[k] for m, u in units.items() if m != "eigencam"}
+                if guided is not None:
+                    maps["guided"] = guided[k]
+                regions.append(Region(det.label, class_name(model.classes, det.label), maps,
+                                      score=det.score, box=det.box))  # fmt: skip
+            per_image = {"eigencam": units["eigencam"][0]} if "eigencam" in units else {}
+            out.append(ExplainResult(image, source, [], None, per_image, task="detect",
+                                     detections=regions))  # fmt: skip
+        return out
+    prep = model.preprocessing
+    arrays, geometries = [], []
+    for image, _source in batch:
+        array, geometry = model_input(image, prep, False)
+        arrays.append(torch.from_numpy(array.copy()))
+        geometries.append(geometry)
+    x = torch.stack(arrays).permute(0, 3, 1, 2).float().div_(255.0)
+    mean = torch.tensor(prep.mean).view(1, -1, 1, 1)
+    std = torch.tensor(prep.std).view(1, -1, 1, 1)
+    inputs = ((x - mean) / std).to(explainer.device)
+    assert layer is not None
+    found_segments = explain_segments(
+        model.module, inputs, layer, explainer.methods, options.min_pixels
+    )
+    for i, ((image, source), segmented) in enumerate(zip(batch, found_segments, strict=True)):
+        grid, inside = _grid(geometries[i])
+        units = {
+            m: sample_on_original(picture_maps(m, v.float()).cpu(), grid, inside).numpy()
+            for m, v in segmented.maps.items()
+        }
+        regions = [
+            Region(
+                s.index,
+                class_name(model.classes, s.index),
+                {m: u[k] for m, u in units.items() if m != "eigencam"},
+                pixels=s.pixels,
+                fraction=s.fraction,
+            )
+            for k, s in enumerate(segmented.segments)
+        ]
+        per_image = {"eigencam": units["eigencam"][0]} if "eigencam" in units else {}
+        out.append(ExplainResult(image, source, [], None, per_image, task="segment",
+                                 segments=regions))  # fmt: skip
+    return out
 
 
 def _grid(geometry: ViewGeometry) -> tuple[torch.Tensor, torch.Tensor]:

@@ -401,3 +401,43 @@ def test_the_report_shows_detections_and_says_when_there_is_none(
     assert tab.inner_text("#verdict") == "no detection with a score of at least 0.5"
     assert page.problems == []
     page.close()
+
+
+def test_the_library_explains_a_detector_and_a_segmenter(scenes: Path, tmp_path: Path) -> None:
+    """``camcli.Explainer`` on own models: the results carry the detections or segments and
+    their maps at the photo's size; explain_folder writes what the command line writes."""
+    import camcli
+    from camcli.models.registry import load_model
+
+    explainer = camcli.Explainer(
+        load_model(f"{MODELS}:detector"), ["gradcam", "guided", "eigencam"], device="cpu"
+    )
+    result = next(explainer.explain(scenes / "one.png"))
+    assert result.task == "detect" and result.predictions == [] and result.target is None
+    assert sorted(d.index for d in result.detections) == [1, 2]
+    assert result.maps["eigencam"].shape == (60, 80)
+    for det in result.detections:
+        x1, y1, x2, y2 = (8, 10, 28, 30) if det.index == 1 else (50, 25, 72, 50)
+        values = det.maps["gradcam"]
+        assert values.shape == (60, 80) and values.max() == pytest.approx(1.0)
+        y, x = np.unravel_index(int(values.argmax()), values.shape)
+        assert x1 <= x < x2 and y1 <= y < y2
+        assert det.maps["guided"].shape == (60, 80, 3) and det.score is not None
+    segmenter = camcli.Explainer(load_model(f"{MODELS}:segmenter"), device="cpu")
+    assert segmenter.methods == ("gradcam",)
+    segmented = next(segmenter.explain(scenes / "one.png"))
+    assert [s.index for s in segmented.segments] == [2, 1]
+    assert segmented.segments[0].maps["gradcam"].shape == (60, 80)
+    with pytest.raises(
+        ValueError, match="drise does not apply to a segmenter; its maps come from gradcam"
+    ):
+        camcli.Explainer(load_model(f"{MODELS}:segmenter"), ["drise"], device="cpu")
+    written = explainer.explain_folder(scenes, tmp_path / "lib")
+    assert written.explained == 3
+    by_cli = _explain(scenes, "--model", f"{MODELS}:detector", "--method",
+                      "gradcam,eigencam,guided", "-o", tmp_path / "cli", "-b", "8")  # fmt: skip
+    assert by_cli.exit_code == 0, by_cli.output
+    for name in ("one.png.json", "b/two.png.json", "dark.png.json"):
+        lib = json.loads((tmp_path / "lib" / name).read_text())
+        cli = json.loads((tmp_path / "cli" / name).read_text())
+        assert lib["detections"] == cli["detections"], name
