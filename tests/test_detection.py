@@ -359,6 +359,18 @@ def test_the_readme_example_runs_as_written(tmp_path: Path, monkeypatch: pytest.
     segment = json.loads((tmp_path / "segment-out" / "scene-1.png.json").read_text())
     assert sorted(s["name"] for s in segment["segments"]) == ["green", "red"]
     assert (tmp_path / "segment-out" / "scene-1.png.mask.png").is_file()
+    # the library's example, in the same folder
+    code = next(
+        b.removeprefix("python\n")
+        for b in text.split("```")[1::2]
+        if b.startswith("python\n") and "configs/regions/models.py:detector" in b
+    )
+    printed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             timeout=120, cwd=tmp_path)  # fmt: skip
+    assert printed.returncode == 0, printed.stderr
+    lines = printed.stdout.splitlines()
+    assert len(lines) == 2 and all(line.endswith("(150, 200)") for line in lines), lines
+    assert sorted(line.split()[0] for line in lines) == ["1", "2"]
 
 
 def test_layers_lists_a_detectors_and_summarize_says_what_it_needs(
