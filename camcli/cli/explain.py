@@ -24,6 +24,7 @@ from camcli.cli.options import (
     runtime_options,
     top_k_option,
 )
+from camcli.cli.regions import RegionOptions, checked_task, region_options, region_settings
 from camcli.methods.names import (
     ALL_METHODS,
     DEFAULT_METHODS,
@@ -93,41 +94,7 @@ __all__ = ["ExplainOptions", "explain", "explain_settings"]
     help="Also write the raw CAM (model input resolution) and guided gradient as .npy.",
 )
 @alpha_option
-@click.option(
-    "--task",
-    type=click.Choice(["auto", "classify", "detect", "segment"]),
-    default="auto",
-    show_default=True,
-    help="What the model does, found from what it returns; a value here must agree.",
-)
-@click.option(
-    "--score-threshold",
-    type=click.FloatRange(0.0, 1.0),
-    default=0.5,
-    show_default=True,
-    help="Detectors: the least score of a detection that is explained.",
-)
-@click.option(
-    "--max-detections",
-    type=click.IntRange(min=1),
-    default=20,
-    show_default=True,
-    help="Detectors: the most detections explained per image (best first).",
-)
-@click.option(
-    "--min-pixels",
-    type=click.FloatRange(0.0, 1.0),
-    default=0.01,
-    show_default=True,
-    help="Segmenters: the least share of the image a class covers to be explained.",
-)
-@click.option(
-    "--drise-masks",
-    type=click.IntRange(min=1),
-    default=1000,
-    show_default=True,
-    help="Detectors: D-RISE's random masks per image.",
-)
+@region_options
 @click.option(
     "--report",
     is_flag=True,
@@ -162,7 +129,7 @@ def explain(ctx: click.Context, **options: Any) -> None:
       141  stdout closed by the reader
     """
     raw_methods, guided = options.pop("methods"), options.pop("guided")
-    regions = RegionOptions(**{k: options.pop(k) for k in RegionOptions.__dataclass_fields__})
+    regions = RegionOptions.take(options)
     try:
         chosen_methods = _methods(raw_methods, guided)
     except ValueError as exc:
@@ -190,7 +157,7 @@ def explain(ctx: click.Context, **options: Any) -> None:
 
     run = prepare_run(common)
     model = run.model
-    task = _task(regions.task, model.task)
+    task = checked_task(regions.task, model.task)
     if task == "classify":
         explainer, settings = explain_settings(run, own, chosen_methods, metrics)
 
@@ -200,7 +167,18 @@ def explain(ctx: click.Context, **options: Any) -> None:
     else:
         from camcli.runs.explain import run_explain
 
-        settings = region_settings(run, own, regions, raw_methods, task, metrics)
+        refused = {"--metrics": bool(metrics), "--target": own.target != "pred",
+                   "--save-raw": own.save_raw}  # fmt: skip
+        settings = region_settings(
+            run,
+            own.layers,
+            regions,
+            raw_methods,
+            task,
+            refused,
+            own.method_settings.seed,
+            alpha=own.alpha,
+        )
 
         def body(reporter: Reporter, stop: StopRequest) -> RunSummary:
             return run_explain(run.items, model, settings, reporter, stop.event)
@@ -217,86 +195,6 @@ def explain(ctx: click.Context, **options: Any) -> None:
     if own.report and (run.rank is None or run.rank.rank == 0):
         code = report_after_run(run.output_dir, code)
     ctx.exit(code)
-
-
-@dataclass(frozen=True)
-class RegionOptions:
-    """``explain``'s options for detectors and segmenters."""
-
-    task: str
-    score_threshold: float
-    max_detections: int
-    min_pixels: float
-    drise_masks: int
-
-
-def _task(wanted: str, found: str) -> str:
-    if wanted not in ("auto", found):
-        raise click.BadParameter(
-            f"the model is a {_NOUNS[found]} (found from what it returns), not a {_NOUNS[wanted]}",
-            param_hint="'--task'",
-        )
-    return found
-
-
-_NOUNS = {"classify": "classifier", "detect": "detector", "segment": "segmenter"}
-
-
-def region_settings(
-    run: PreparedRun,
-    own: ExplainOptions,
-    regions: RegionOptions,
-    raw_methods: tuple[str, ...],
-    task: str,
-    metrics: tuple[str, ...],
-) -> Settings:
-    """The settings of a detector's or a segmenter's run (usage errors: exit 2).
-
-    Raises:
-        click.BadParameter: a method, option or layer that does not apply to the task.
-    """
-    from camcli.cli.frame import checked_layers
-    from camcli.methods.batch import MethodOptions
-    from camcli.methods.detection import DETECTION_METHODS
-    from camcli.methods.segmentation import SEGMENTATION_METHODS
-
-    allowed = DETECTION_METHODS if task == "detect" else SEGMENTATION_METHODS
-    chosen = [m.strip().lower() for v in raw_methods for m in v.split(",") if m.strip()]
-    chosen = [{"grad-cam": "gradcam", "grad-cam++": "gradcam++"}.get(m, m) for m in chosen]
-    chosen = chosen or ["gradcam"]
-    for method in chosen:
-        if method not in allowed:
-            why = (
-                "needs a classifier's global pooling and linear head"
-                if method == "cam"
-                else f"does not apply to a {_NOUNS[task]}"
-            )
-            raise click.BadParameter(
-                f"{method} {why}; a {_NOUNS[task]}'s maps come from {', '.join(allowed)}",
-                param_hint="'--method'",
-            )
-    for name, value, default in (("--metrics", metrics, ()), ("--target", own.target, "pred"),
-                                 ("--save-raw", own.save_raw, False)):  # fmt: skip
-        if value != default:
-            each = "detection" if task == "detect" else "class in the predicted mask"
-            raise click.BadParameter(
-                f"does not apply to a {_NOUNS[task]}: each {each} is explained",
-                param_hint=f"'{name}'",
-            )
-    methods = tuple(m for m in allowed if m in chosen)
-    layered = any(m != "drise" for m in methods)
-    layers = checked_layers(run.model, own.layers) if layered else ()
-    return run.settings(
-        layers=layers,
-        methods=methods,
-        method_options=MethodOptions(chunk_size=run.chunk_size, seed=own.method_settings.seed),
-        alpha=own.alpha,
-        task=task,
-        score_threshold=regions.score_threshold,
-        max_detections=regions.max_detections,
-        min_pixels=regions.min_pixels,
-        drise_masks=regions.drise_masks,
-    )
 
 
 @dataclass(frozen=True)

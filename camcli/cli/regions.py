@@ -1,0 +1,162 @@
+"""Options and settings of ``explain`` and ``evaluate`` on detectors and segmenters."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import click
+
+if TYPE_CHECKING:
+    from camcli.cli.frame import PreparedRun
+    from camcli.runs.settings import Settings
+
+__all__ = ["RegionOptions", "checked_task", "region_options", "region_settings"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def region_options(command: F) -> F:
+    """The options of detectors and segmenters, on a command.
+
+    ``--task``, ``--score-threshold``, ``--max-detections``, ``--min-pixels`` and
+    ``--drise-masks``.
+    """
+    options = [
+        click.option(
+            "--task",
+            type=click.Choice(["auto", "classify", "detect", "segment"]),
+            default="auto",
+            show_default=True,
+            help="What the model does, found from what it returns; a value here must agree.",
+        ),
+        click.option(
+            "--score-threshold",
+            type=click.FloatRange(0.0, 1.0),
+            default=0.5,
+            show_default=True,
+            help="Detectors: the least score of a detection that is explained.",
+        ),
+        click.option(
+            "--max-detections",
+            type=click.IntRange(min=1),
+            default=20,
+            show_default=True,
+            help="Detectors: the most detections explained per image (best first).",
+        ),
+        click.option(
+            "--min-pixels",
+            type=click.FloatRange(0.0, 1.0),
+            default=0.01,
+            show_default=True,
+            help="Segmenters: the least share of the image a class covers to be explained.",
+        ),
+        click.option(
+            "--drise-masks",
+            type=click.IntRange(min=1),
+            default=1000,
+            show_default=True,
+            help="Detectors: D-RISE's random masks per image.",
+        ),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+@dataclass(frozen=True)
+class RegionOptions:
+    """``explain``'s options for detectors and segmenters."""
+
+    task: str
+    score_threshold: float
+    max_detections: int
+    min_pixels: float
+    drise_masks: int
+
+    @classmethod
+    def take(cls, options: dict[str, Any]) -> RegionOptions:
+        """Take these options out of Click's keyword arguments (changed in place)."""
+        return cls(**{name: options.pop(name) for name in cls.__dataclass_fields__})
+
+
+def checked_task(wanted: str, found: str) -> str:
+    """The run's task: the model's; ``--task`` other than ``auto`` must agree (exit 2)."""
+    if wanted not in ("auto", found):
+        raise click.BadParameter(
+            f"the model is a {NOUNS[found]} (found from what it returns), not a {NOUNS[wanted]}",
+            param_hint="'--task'",
+        )
+    return found
+
+
+NOUNS = {"classify": "classifier", "detect": "detector", "segment": "segmenter"}
+
+
+def region_settings(
+    run: PreparedRun,
+    layers: tuple[str, ...],
+    regions: RegionOptions,
+    raw_methods: tuple[str, ...],
+    task: str,
+    refused: dict[str, bool],
+    seed: int,
+    **fields: Any,
+) -> Settings:
+    """The settings of a detector's or a segmenter's run (usage errors: exit 2).
+
+    Args:
+        run: the prepared run (its model's task is ``task``).
+        layers: ``--layer`` values.
+        regions: the detection and segmentation options.
+        raw_methods: ``--method`` values as given.
+        task: ``detect`` or ``segment``.
+        refused: options of the classifiers, by name: whether each was given.
+        seed: the masks' seed.
+        fields: more settings (``alpha``, ``kind``).
+
+    Raises:
+        click.BadParameter: a method, option or layer that does not apply to the task.
+    """
+    from camcli.cli.frame import checked_layers
+    from camcli.methods.batch import MethodOptions
+    from camcli.methods.detection import DETECTION_METHODS
+    from camcli.methods.segmentation import SEGMENTATION_METHODS
+
+    allowed = DETECTION_METHODS if task == "detect" else SEGMENTATION_METHODS
+    chosen = [m.strip().lower() for v in raw_methods for m in v.split(",") if m.strip()]
+    chosen = [{"grad-cam": "gradcam", "grad-cam++": "gradcam++"}.get(m, m) for m in chosen]
+    chosen = chosen or ["gradcam"]
+    for method in chosen:
+        if method not in allowed:
+            why = (
+                "needs a classifier's global pooling and linear head"
+                if method == "cam"
+                else f"does not apply to a {NOUNS[task]}"
+            )
+            raise click.BadParameter(
+                f"{method} {why}; a {NOUNS[task]}'s maps come from {', '.join(allowed)}",
+                param_hint="'--method'",
+            )
+    for name, given in refused.items():
+        if given:
+            each = "detection" if task == "detect" else "class in the predicted mask"
+            raise click.BadParameter(
+                f"does not apply to a {NOUNS[task]}: each {each} is explained",
+                param_hint=f"'{name}'",
+            )
+    methods = tuple(m for m in allowed if m in chosen)
+    layered = any(m != "drise" for m in methods)
+    layers = checked_layers(run.model, layers) if layered else ()
+    return run.settings(
+        layers=layers,
+        methods=methods,
+        method_options=MethodOptions(chunk_size=run.chunk_size, seed=seed),
+        task=task,
+        score_threshold=regions.score_threshold,
+        max_detections=regions.max_detections,
+        min_pixels=regions.min_pixels,
+        drise_masks=regions.drise_masks,
+        **fields,
+    )
