@@ -70,6 +70,10 @@ HELP_SECTIONS = (
          "ig_baseline", "smooth_samples", "smooth_noise", "smooth_guided", "seed",
          "chunk_size"),
     ),
+    (
+        "Detectors and segmenters",
+        ("task", "score_threshold", "max_detections", "min_pixels", "drise_masks"),
+    ),
     ("Pictures and files", ("alpha", "save_raw", "force", "png_level")),
     ("Input", ("null", "root", "shard", "max_pixels")),
     (
