@@ -351,6 +351,18 @@ def test_the_readme_example_runs_as_written(tmp_path: Path, monkeypatch: pytest.
         assert words[:2] == ["camcli", "explain"]
         result = CliRunner().invoke(main, words[1:])
         assert result.exit_code == 0, (command, result.output)
+    # the evaluate example, on the same photos and their boxes
+    evaluate = next(
+        line.strip()
+        for b in text.split("```")[1::2]
+        for line in b.splitlines()
+        if line.startswith("camcli evaluate regions-demo")
+    )
+    result = CliRunner().invoke(main, shlex.split(evaluate)[1:])
+    assert result.exit_code == 0, result.output
+    evaluation = json.loads((tmp_path / "camcli-out" / "evaluation.json").read_text())
+    assert evaluation["objects"] == evaluation["matched"] == 8  # 4 scenes x 2 boxes
+    assert evaluation["methods"]["gradcam"]["pointing_game"] == 1.0
     detect = json.loads((tmp_path / "detect-out" / "scene-1.png.json").read_text())
     assert sorted(d["name"] for d in detect["detections"]) == ["green", "red"]
     assert set(detect["detections"][0]["files"]) == {"gradcam", "drise", "guided"}
@@ -453,3 +465,73 @@ def test_the_library_explains_a_detector_and_a_segmenter(scenes: Path, tmp_path:
         lib = json.loads((tmp_path / "lib" / name).read_text())
         cli = json.loads((tmp_path / "cli" / name).read_text())
         assert lib["detections"] == cli["detections"], name
+
+
+def _voc(path: Path, objects: list[tuple[str, tuple[int, int, int, int]]]) -> None:
+    body = "".join(
+        f"<object><name>{name}</name><bndbox><xmin>{x1 + 1}</xmin><ymin>{y1 + 1}</ymin>"
+        f"<xmax>{x2}</xmax><ymax>{y2}</ymax></bndbox></object>"
+        for name, (x1, y1, x2, y2) in objects
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"<annotation>{body}</annotation>")
+
+
+def test_evaluate_matches_detections_to_boxes_and_scores_their_maps(
+    scenes: Path, tmp_path: Path
+) -> None:
+    boxes = tmp_path / "boxes"
+    _voc(boxes / "one.xml", [("red", (8, 10, 28, 30)), ("green", (50, 25, 72, 50))])
+    # two.png: its green box is annotated as red (no match), its red one is right
+    _voc(boxes / "b" / "two.xml", [("red", (60, 40, 90, 70)), ("red", (5, 5, 30, 25))])
+    out = tmp_path / "out"
+    model = ["--model", f"{MODELS}:detector", "--classes", str(MODELS.with_name("classes.txt"))]
+    explained = _explain(scenes, *model, "-o", out)
+    assert explained.exit_code == 0
+    before = {p: p.read_bytes() for p in out.rglob("*.png")}
+    result = CliRunner().invoke(main, ["evaluate", str(scenes), *model, "--boxes", str(boxes),
+                                       "--method", "gradcam,drise", "--drise-masks", "64",
+                                       "-o", str(out), "--jsonl"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert {p: p.read_bytes() for p in out.rglob("*.png")} == before  # explain's pictures
+    records = {r["image"]: r for r in map(json.loads, result.stdout.splitlines())}
+    one = records["one.png"]
+    assert one["annotated"] == {"objects": 2, "matched": 2}
+    for det in one["detections"]:
+        assert det["match"]["name"] == det["name"] and det["match"]["iou"] >= 0.5
+        assert det["localisation"]["gradcam"]["pointing_game"] == 1.0
+        assert det["localisation"]["gradcam"]["energy_pointing_game"] > 0.5
+    two = records["b/two.png"]
+    assert two["annotated"] == {"objects": 2, "matched": 1}
+    assert [d["match"] is None for d in two["detections"]].count(True) == 1
+    assert records["dark.png"].get("annotated") is None  # no box file
+    assert (out / "one.png.evaluate.json").is_file() and (out / "one.png.json").is_file()
+    summary = json.loads((out / "evaluation.json").read_text())
+    assert summary["task"] == "detect" and summary["matched"] == 3 and summary["objects"] == 4
+    assert summary["methods"]["gradcam"]["pointing_game"] == 1.0
+    assert summary["methods"]["gradcam"]["images"] == 3
+    assert "| gradcam | 1.000 |" in (out / "evaluation.md").read_text()
+    report = CliRunner().invoke(main, ["report", str(out)])
+    assert report.exit_code == 0, report.output
+    assert "gradcam" in (out / "report" / "evaluation.html").read_text()
+
+
+def test_evaluate_scores_each_segment_against_the_annotated_mask(
+    scenes: Path, tmp_path: Path
+) -> None:
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    truth = np.zeros((60, 80), np.uint8)
+    truth[10:30, 8:28] = 1
+    truth[25:50, 50:72] = 2
+    Image.fromarray(truth).save(masks / "one.png")
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["evaluate", str(scenes / "one.png"), "--model",
+                                       f"{MODELS}:segmenter", "--masks", str(masks), "-o",
+                                       str(out), "--jsonl"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.stdout)
+    assert record["annotated"] == {"objects": 2, "matched": 2}
+    for segment in record["segments"]:
+        assert segment["localisation"]["gradcam"]["pointing_game"] == 1.0
+    assert json.loads((out / "evaluation.json").read_text())["matched"] == 2

@@ -23,6 +23,7 @@ from camcli.cli.options import (
     runtime_options,
     top_k_option,
 )
+from camcli.cli.regions import RegionOptions, checked_task, region_options, region_settings
 from camcli.methods.names import LAYER_METHODS, parse_methods, parse_metrics
 
 if TYPE_CHECKING:
@@ -111,6 +112,7 @@ EVALUATE_METHODS = ("gradcam", "gradcam++", "layercam", "guided", "guided-gradca
     "(OUTPUT/report/evaluation.html) shows the leaderboard and the plots.",
 )
 @method_setting_options
+@region_options
 @runtime_options
 @config_option
 @click.version_option(__version__, "--version", prog_name="camcli")
@@ -137,10 +139,14 @@ def evaluate(ctx: click.Context, **options: Any) -> None:
            not have, an unknown method or layer)
       130  stopped by SIGINT; 143 by SIGTERM; 141 stdout closed
     """
+    raw_methods = options.pop("methods")
+    regions = RegionOptions.take(options)
     try:
-        methods = parse_methods(options.pop("methods") or EVALUATE_METHODS)
+        methods = parse_methods(raw_methods or EVALUATE_METHODS)
     except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="'--method'") from None
+        if "drise" not in ",".join(raw_methods).lower():
+            raise click.BadParameter(str(exc), param_hint="'--method'") from None
+        methods = ()  # a detector's method: checked once the model's task is known
     metrics_text = options.pop("metrics")
     parts = [p.strip().lower() for p in metrics_text.split(",")]
     road = "road" in parts or "all" in parts
@@ -171,8 +177,24 @@ def evaluate(ctx: click.Context, **options: Any) -> None:
     from camcli.runs.work import RunSummary
 
     run = prepare_run(common)
-    settings = evaluate_settings(run, own, methods, method_settings)
     model = run.model
+    task = checked_task(regions.task, model.task)
+    if task != "classify":
+        given = ctx.get_parameter_source("metrics") == click.core.ParameterSource.COMMANDLINE
+        refused = {"--metrics": given and (bool(metrics) or road), "--sanity": own.sanity,
+                   "--target": own.target not in ("annotated", "pred")}  # fmt: skip
+        settings = region_settings(
+            run,
+            own.layers,
+            regions,
+            raw_methods,
+            task,
+            refused,
+            method_settings.seed,
+            kind="evaluate",
+        )
+    else:
+        settings = evaluate_settings(run, own, methods, method_settings)
     try:
         annotations = load_annotations(
             own.boxes, own.masks, [item.relative for item in run.items], model.classes.resolve
@@ -186,6 +208,9 @@ def evaluate(ctx: click.Context, **options: Any) -> None:
         if matching.images and not matching.matched and not part_of_run:
             raise click.BadParameter(matching.nothing_matched(), param_hint=f"'{matching.option}'")
         click.echo(f"camcli: {matching.summary()}", err=True)
+    if task != "classify":
+        _evaluate_regions(ctx, run, settings, own, annotations)
+        return
     evaluate_options = EvaluateOptions(
         metrics=metrics,
         road=road,
@@ -320,6 +345,65 @@ class _Totals:
                 f"were left out (e.g. in {image})"
             )
         return lines
+
+
+def _evaluate_regions(
+    ctx: click.Context,
+    run: PreparedRun,
+    settings: Settings,
+    own: EvaluateCommandOptions,
+    annotations: Any,
+) -> None:
+    """``evaluate`` on a detector or segmenter: match, score, and write evaluation.json."""
+    from camcli.cli.frame import Reporter, run_in_frame
+    from camcli.runs.explain import run_regions
+    from camcli.runs.regions import region_evaluation, write_region_evaluation
+    from camcli.runs.runtime import StopRequest
+    from camcli.runs.work import RunSummary
+
+    model = run.model
+    records: list[dict[str, Any]] = []
+
+    class _Keep:
+        def __init__(self, reporter: Reporter) -> None:
+            self.reporter = reporter
+
+        def record(self, record: dict[str, Any]) -> None:
+            if record.get("status") == "ok":
+                records.append(record)
+            self.reporter.record(record)
+
+        def advance(self, count: int) -> None:
+            self.reporter.advance(count)
+
+        def passes(self, done: int, planned: int, method: str) -> None:
+            self.reporter.passes(done, planned, method)
+
+    payload = {"annotations": annotations.source, "tolerance": own.pointing_tolerance}
+
+    def body(reporter: Reporter, stop: StopRequest) -> RunSummary:
+        summary = run_regions(
+            run.items, model, settings, _Keep(reporter), stop.event, annotations,
+            own.pointing_tolerance, payload,
+        )  # fmt: skip
+        result = region_evaluation(records, settings.methods)
+        result.update(model=model.name, weights=model.weights, layers=list(settings.layers),
+                      status=summary.status)  # fmt: skip
+        name = write_region_evaluation(settings.output_dir, result, settings.name_suffix)
+        summary.extra["evaluation"] = {"file": name, "images": result["images"],
+                                       "annotated": result["annotated"]}  # fmt: skip
+        return summary
+
+    code = run_in_frame(
+        run,
+        body,
+        {**payload, "task": settings.task},
+        f"{model.name} ({', '.join(settings.methods)})",
+        {},
+        verb="evaluated",
+        kind="evaluate",
+    )
+    ctx.exit(code)
 
 
 @dataclass(frozen=True)

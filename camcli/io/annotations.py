@@ -448,3 +448,35 @@ def read_mask(path: Path, height: int, width: int) -> np.ndarray:
             f"{width} x {height}"
         )
     return array != 0
+
+
+VOID = 255  # Pascal VOC's boundary and "difficult" pixels in a class mask
+
+
+def read_class_mask(path: Path, height: int, width: int) -> np.ndarray:
+    """A class mask PNG as ``(H, W)`` class indices (a segmenter's ground truth).
+
+    A palette PNG (Pascal VOC's ``SegmentationClass``) gives its palette indices, a grey one
+    its values; 255 (VOC's boundaries) belongs to no class. 0 is the background.
+
+    Raises:
+        AnnotationError: it cannot be read, is in colour, or its size is not the image's.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            if image.mode not in ("P", "L", "I", "I;16"):
+                raise AnnotationError(
+                    f"the mask {path} is {image.mode}: a class mask holds one class index per "
+                    "pixel (a palette or grey PNG)"
+                )
+            array = np.asarray(image).astype(np.int64)
+    except (OSError, UnidentifiedImageError) as exc:
+        raise AnnotationError(f"the mask {path} cannot be read: {exc}") from None
+    if array.shape != (height, width):
+        raise AnnotationError(
+            f"the mask {path} is {array.shape[1]} x {array.shape[0]} pixels, the image "
+            f"{width} x {height}"
+        )
+    return array

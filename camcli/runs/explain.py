@@ -23,6 +23,7 @@ import torch
 from PIL import Image
 
 from camcli import __version__
+from camcli.io.annotations import Annotations
 from camcli.io.decode import Batch
 from camcli.io.discover import ImageItem
 from camcli.io.mapgrid import encode_grid
@@ -33,6 +34,7 @@ from camcli.io.write import artifact_path, encode_npy, encode_png, record_path, 
 from camcli.methods.batch import BatchMethods, compute_methods
 from camcli.methods.forward import class_probabilities, normalise_maps, top_predictions
 from camcli.methods.guided import GUIDED_RULE
+from camcli.methods.localisation import POINTING_TOLERANCE
 from camcli.methods.metrics import FaithfulnessAverages
 from camcli.methods.names import LRP_COMPOSITE
 from camcli.models.loaded import LoadedModel
@@ -77,6 +79,7 @@ __all__ = [
     "RunSummary",
     "WriteFailed",
     "run_explain",
+    "run_regions",
     "settings_payload",
 ]
 
@@ -164,7 +167,7 @@ def run_explain(
         WriteFailed: when an output cannot be written; files already written stay valid.
     """
     if settings.task != "classify":
-        return _run_regions(items, model, settings, reporter, stop)
+        return run_regions(items, model, settings, reporter, stop)
     label_indices = [model.classes.resolve(item.label) if item.label else None for item in items]
     averages = FaithfulnessAverages()
     summary = run_batches(
@@ -184,29 +187,45 @@ def run_explain(
     return summary
 
 
-def _run_regions(
+def run_regions(
     items: Sequence[ImageItem],
     model: LoadedModel,
     settings: Settings,
     reporter: Reporter,
-    stop: threading.Event | None,
+    stop: threading.Event | None = None,
+    annotations: Annotations | None = None,
+    tolerance: float = POINTING_TOLERANCE,
+    payload: dict[str, Any] | None = None,
 ) -> RunSummary:
-    """A detector's or a segmenter's run (:mod:`camcli.runs.regions`)."""
+    """A detector's or a segmenter's run (:mod:`camcli.runs.regions`).
+
+    Args:
+        items: the images.
+        model: a detector or segmenter.
+        settings: the run's settings (``kind`` ``evaluate`` with ``annotations``).
+        reporter: receives records and progress.
+        stop: set it to end the run early and cleanly.
+        annotations: ``camcli evaluate``'s boxes or masks: each detection or segment is
+            matched and its maps scored.
+        tolerance: the pointing game's tolerance in pixels.
+        payload: more of what shapes the records (the annotations' source, the tolerance).
+    """
     from camcli.runs.regions import region_index_entry, region_work
 
     static = {"model": model.name, "weights": model.weights, "layers": list(settings.layers),
               "methods": list(settings.methods)}  # fmt: skip
+    key = settings_key({**settings_payload(model, settings), **(payload or {})})
     return run_batches(
         items,
         model,
         settings,
         reporter,
-        settings_key(settings_payload(model, settings)),
-        lambda module: region_work(items, model, module, settings, static),
+        key,
+        lambda module: region_work(items, model, module, settings, static, annotations, tolerance),
         lambda item, record: region_index_entry(
             item,
             record,
-            record_path(settings.output_dir, item.relative)
+            record_path(settings.output_dir, item.relative, settings.kind)
             .relative_to(settings.output_dir)
             .as_posix(),
         ),

@@ -20,20 +20,35 @@ and per detection ``NAME.det-K.METHOD.png`` and ``NAME.det-K.METHOD.overlay.png`
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from camcli.io.annotations import (
+    VOID,
+    AnnotationError,
+    Annotations,
+    fit_boxes,
+    read_class_mask,
+)
 from camcli.io.decode import Batch
 from camcli.io.discover import ImageItem
-from camcli.io.write import artifact_path, encode_png
-from camcli.methods.detection import DetectionResult, explain_detections
+from camcli.io.write import artifact_path, atomic_write_bytes, encode_png
+from camcli.methods.detection import DetectionResult, box_iou, explain_detections
 from camcli.methods.forward import picture_maps
+from camcli.methods.localisation import (
+    POINTING_TOLERANCE,
+    energy_pointing_game,
+    pointing_game,
+    region_of,
+)
 from camcli.methods.segmentation import SegmentationResult, explain_segments
 from camcli.models.classes import ClassIndex
 from camcli.models.loaded import LoadedModel
@@ -69,8 +84,17 @@ def region_work(
     module: torch.nn.Module,
     settings: Settings,
     static: dict[str, Any],
+    annotations: Annotations | None = None,
+    tolerance: float = POINTING_TOLERANCE,
 ) -> BatchWork:
-    """The batch work of a detector's or a segmenter's run."""
+    """The batch work of a detector's or a segmenter's run.
+
+    With ``annotations`` (``camcli evaluate``), each detection is matched to an annotated
+    box (IoU >= 0.5, same class, best score first, each box once) and each segment to its
+    class's pixels of the annotated mask; each matched one's maps are scored (pointing game,
+    energy in the box or mask). An evaluate run writes records only: the pictures are
+    ``explain``'s.
+    """
     layer = settings.layers[0] if settings.layers else None
     lut = jet_lut("cpu")
 
@@ -108,6 +132,10 @@ def region_work(
                 record, jobs = _segment_outputs(
                     item, photo, found[j], thetas[j], model, settings, lut
                 )
+            if annotations is not None:
+                jobs = []  # evaluate writes its records; the pictures are explain's
+                record["files"] = {}
+                _score_regions(record, item, found[j], thetas[j], annotations, tolerance)
             outputs.append(ImageOutput({**static, **record}, jobs, photo.nbytes * (1 + len(jobs))))
         return outputs
 
@@ -307,6 +335,163 @@ def _segment_outputs(
     if "eigencam" in listing:
         record["eigencam"] = "one map per image (class-agnostic)"
     return record, jobs
+
+
+def _score_regions(
+    record: dict[str, Any],
+    item: ImageItem,
+    result: DetectionResult | SegmentationResult,
+    theta: torch.Tensor,
+    annotations: Annotations,
+    tolerance: float,
+) -> None:
+    """Match the record's detections or segments to the annotations and score their maps."""
+    height, width = int(record["height"]), int(record["width"])
+    if isinstance(result, DetectionResult):
+        objects = annotations.objects(item.relative)
+        if objects is None:
+            return
+        fitted = fit_boxes(objects, width, height)
+        record.update(fitted.notes())
+        boxes = fitted.objects
+        taken: set[int] = set()
+        matched = 0
+        for k, (entry, det) in enumerate(zip(record["detections"], result.detections, strict=True)):
+            best, best_iou = None, 0.5
+            for b, obj in enumerate(boxes):
+                if b in taken or obj.index != det.label:
+                    continue
+                iou = float(box_iou(torch.tensor([det.box]), torch.tensor(
+                    [[obj.box.x0, obj.box.y0, obj.box.x1, obj.box.y1]]))[0, 0])  # fmt: skip
+                if iou >= best_iou:
+                    best, best_iou = b, iou
+            entry["match"] = None
+            if best is None:
+                continue
+            taken.add(best)
+            matched += 1
+            obj = boxes[best]
+            entry["match"] = {"box": [obj.box.x0, obj.box.y0, obj.box.x1, obj.box.y1],
+                              "name": obj.name, "iou": round(best_iou, 4)}  # fmt: skip
+            region = region_of(height, width, boxes=[obj.box], tolerance=tolerance)
+            entry["localisation"] = _localisation(
+                {m: v[k] for m, v in result.maps.items() if m != "eigencam"}, region
+            )
+        record["annotated"] = {"objects": len(boxes), "matched": matched}
+        return
+    mask_file = annotations.mask_path(item.relative)
+    if mask_file is None:
+        return
+    try:
+        truth = read_class_mask(mask_file, height, width)
+    except AnnotationError as exc:  # this image is not scored; the run goes on
+        record["annotation_error"] = str(exc)
+        return
+    grid, inside = original_grid(theta.cpu(), height, width)
+    matched = 0
+    for k, (entry, segment) in enumerate(zip(record["segments"], result.segments, strict=True)):
+        own = truth == segment.index
+        if not own.any():
+            entry["match"] = None
+            continue
+        matched += 1
+        entry["match"] = {"pixels": int(own.sum())}
+        region = region_of(height, width, mask=own, tolerance=tolerance)
+        on_photo = {
+            m: sample_on_original(v[k : k + 1].cpu().float(), grid, inside)[0]
+            for m, v in result.maps.items()
+            if m != "eigencam"
+        }
+        entry["localisation"] = _localisation(on_photo, region)
+    present = {int(c) for c in np.unique(truth) if c not in (0, VOID)}
+    record["annotated"] = {"objects": len(present), "matched": matched}
+
+
+def _localisation(maps: dict[str, torch.Tensor], region: Any) -> dict[str, Any]:
+    """Pointing game and energy of each method's map (the picture's scaling) in a region."""
+    near = torch.from_numpy(region.near)
+    inside = torch.from_numpy(region.inside)
+    scores = {}
+    for method, values in maps.items():
+        unit = picture_maps(method, values[None].float().cpu())[0]
+        energy = energy_pointing_game(unit, inside)
+        scores[method] = {
+            "pointing_game": pointing_game(unit, near),
+            "energy_pointing_game": None if energy is None else round(energy, 6),
+        }
+    return scores
+
+
+def region_evaluation(records: Sequence[dict[str, Any]], methods: Sequence[str]) -> dict[str, Any]:
+    """``evaluation.json`` of a detector's or segmenter's evaluate run.
+
+    Per method the means over the matched detections or segments (``images`` counts them),
+    and the counts of the run.
+    """
+    task = str(records[0].get("task", "detect")) if records else "detect"
+    kind = "detections" if task == "detect" else "segments"
+    scored: dict[str, dict[str, list[float]]] = {
+        m: {"pointing_game": [], "energy_pointing_game": []} for m in methods
+    }
+    found = matched = objects = annotated = 0
+    for record in records:
+        entries = record.get(kind) or []
+        found += len(entries)
+        if "annotated" in record:
+            annotated += 1
+            objects += record["annotated"]["objects"]
+            matched += record["annotated"]["matched"]
+        for entry in entries:
+            for method, scores in (entry.get("localisation") or {}).items():
+                for name, value in scores.items():
+                    if value is not None and method in scored:
+                        scored[method][name].append(float(value))
+    table = {}
+    for method, columns in scored.items():
+        if not columns["pointing_game"]:
+            continue
+        table[method] = {
+            name: round(float(np.mean(v)), 6) if v else None for name, v in columns.items()
+        }
+        table[method]["images"] = len(columns["pointing_game"])  # matched detections or segments
+    return {
+        "task": task,
+        "images": len(records),
+        "annotated": annotated,
+        kind: found,
+        "objects": objects,
+        "matched": matched,
+        "target": f"each matched {kind[:-1]}",
+        "methods": table,
+        "sanity": {},
+        "pictures": {},
+    }
+
+
+def write_region_evaluation(output_dir: Path, result: dict[str, Any], name_suffix: str) -> str:
+    """Write ``evaluation.json`` and ``evaluation.md`` (the leaderboard); the JSON's name."""
+    from camcli.report.evaluation import HIGHER_IS_BETTER
+
+    name = f"evaluation{name_suffix}.json"
+    atomic_write_bytes(output_dir / name, (json.dumps(result, indent=2) + "\n").encode())
+    kind = "detections" if result["task"] == "detect" else "segments"
+    lines = [
+        f"# Which map to trust: {result.get('model', '')}",
+        "",
+        f"{result['images']} image(s), {result['annotated']} annotated, {result[kind]} "
+        f"{kind}; {result['matched']} of {result['objects']} annotated object(s) matched "
+        f"(scores are means over the matched {kind}).",
+        "",
+        "| method | pointing game | energy pointing | matched |",
+        "| --- | --- | --- | --- |",
+    ]
+    for method, scores in result["methods"].items():
+        cells = [scores.get(n) for n in HIGHER_IS_BETTER if n in scores]
+        shown = " | ".join("-" if v is None else f"{v:.3f}" for v in cells)
+        lines.append(f"| {method} | {shown} | {scores['images']} |")
+    markdown = f"evaluation{name_suffix}.md"
+    atomic_write_bytes(output_dir / markdown, ("\n".join(lines) + "\n").encode())
+    return name
 
 
 def region_index_entry(item: ImageItem, record: dict[str, Any], record_file: str) -> dict[str, Any]:
