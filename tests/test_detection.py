@@ -535,3 +535,19 @@ def test_evaluate_scores_each_segment_against_the_annotated_mask(
     for segment in record["segments"]:
         assert segment["localisation"]["gradcam"]["pointing_game"] == 1.0
     assert json.loads((out / "evaluation.json").read_text())["matched"] == 2
+
+
+def test_a_class_file_shorter_than_the_labels_is_said_and_nothing_is_lost(
+    scenes: Path, tmp_path: Path
+) -> None:
+    short = tmp_path / "short.txt"
+    short.write_text("background\nred\n")
+    result = _explain(scenes / "one.png", "--model", f"{MODELS}:detector", "--classes", short,
+                      "-o", tmp_path / "out", "--jsonl")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert (
+        f"--classes {short} names 2 classes (index 0 the background), but the detector "
+        "returned labels 2 (1 detection): they are named class_N in the records"
+    ) in result.stderr
+    names = sorted(d["name"] for d in json.loads(result.stdout)["detections"])
+    assert names == ["class_2", "red"]

@@ -24,7 +24,13 @@ from camcli.cli.options import (
     runtime_options,
     top_k_option,
 )
-from camcli.cli.regions import RegionOptions, checked_task, region_options, region_settings
+from camcli.cli.regions import (
+    LabelCheck,
+    RegionOptions,
+    checked_task,
+    region_options,
+    region_settings,
+)
 from camcli.methods.names import (
     ALL_METHODS,
     DEFAULT_METHODS,
@@ -181,7 +187,11 @@ def explain(ctx: click.Context, **options: Any) -> None:
         )
 
         def body(reporter: Reporter, stop: StopRequest) -> RunSummary:
-            return run_explain(run.items, model, settings, reporter, stop.event)
+            check = LabelCheck(reporter, len(model.classes), model.classes_source)
+            summary = run_explain(run.items, model, settings, check, stop.event)
+            if (note := check.note()) is not None:
+                click.echo(f"camcli: {note}", err=True)
+            return summary
 
     code = run_in_frame(
         run,

@@ -12,7 +12,13 @@ if TYPE_CHECKING:
     from camcli.cli.frame import PreparedRun
     from camcli.runs.settings import Settings
 
-__all__ = ["RegionOptions", "checked_task", "region_options", "region_settings"]
+__all__ = [
+    "LabelCheck",
+    "RegionOptions",
+    "checked_task",
+    "region_options",
+    "region_settings",
+]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -160,3 +166,48 @@ def region_settings(
         drise_masks=regions.drise_masks,
         **fields,
     )
+
+
+class LabelCheck:
+    """A reporter that notes a detector's labels past the end of its class names.
+
+    A ``--classes`` file shorter than the labels the detector returns is found only when it
+    returns them: the detections keep their index and are named ``class_N``, and the run
+    says so at its end (one line; nothing is lost).
+    """
+
+    def __init__(self, reporter: Any, names: int, source: str | None) -> None:
+        self.reporter = reporter
+        self.names = names
+        self.source = source
+        self.unnamed: dict[int, int] = {}
+
+    def record(self, record: dict[str, Any]) -> None:
+        """Pass the record on, noting its unnamed labels."""
+        for detection in record.get("detections") or []:
+            index = detection.get("index")
+            if isinstance(index, int) and index >= self.names:
+                self.unnamed[index] = self.unnamed.get(index, 0) + 1
+        self.reporter.record(record)
+
+    def advance(self, count: int) -> None:
+        """Pass the progress on."""
+        self.reporter.advance(count)
+
+    def passes(self, done: int, planned: int, method: str) -> None:
+        """Pass the progress within a batch on."""
+        passes = getattr(self.reporter, "passes", None)
+        if passes is not None:
+            passes(done, planned, method)
+
+    def note(self) -> str | None:
+        """The closing line about unnamed labels, or ``None``."""
+        if not self.unnamed:
+            return None
+        labels = ", ".join(f"{i} ({n} detection{'s' if n != 1 else ''})"
+                           for i, n in sorted(self.unnamed.items()))  # fmt: skip
+        where = f"--classes {self.source.split(' (')[0]}" if self.source else "the model's classes"
+        return (
+            f"{where} names {self.names} classes (index 0 the background), but the detector "
+            f"returned labels {labels}: they are named class_N in the records"
+        )
