@@ -551,3 +551,34 @@ def test_a_class_file_shorter_than_the_labels_is_said_and_nothing_is_lost(
     ) in result.stderr
     names = sorted(d["name"] for d in json.loads(result.stdout)["detections"])
     assert names == ["class_2", "red"]
+
+
+def test_shards_of_a_detector_run_are_the_whole_run(scenes: Path, tmp_path: Path) -> None:
+    """Two shards write the files of one run over every photo; the merging run redoes none."""
+    whole, sharded = tmp_path / "whole", tmp_path / "sharded"
+    common = ["--model", f"{MODELS}:detector", "--classes", MODELS.parent / "classes.txt",
+              "--method", "gradcam,guided"]  # fmt: skip
+    assert _explain(scenes, "-o", whole, *common).exit_code == 0
+    seen: list[str] = []
+    for k in (0, 1):
+        result = _explain(scenes, "-o", sharded, *common, "--shard", f"{k}/2", "--jsonl")
+        assert result.exit_code == 0, result.output
+        seen += [json.loads(line)["image"] for line in result.stdout.splitlines()]
+        assert (sharded / f"index.shard-{k}-of-2.jsonl").is_file()
+    assert sorted(seen) == ["b/two.png", "dark.png", "one.png"]
+    merged = _explain(scenes, "-o", sharded, *common, "--jsonl")
+    assert merged.exit_code == 0, merged.output
+    assert all(json.loads(line).get("reused") for line in merged.stdout.splitlines())
+
+    def pictures(folder: Path) -> dict[str, bytes]:
+        return {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*.png")}
+
+    assert pictures(sharded) == pictures(whole) and len(pictures(whole)) == 3 + 2 * 2 * 3
+    for name in ("one.png.json", "b/two.png.json"):
+        assert (
+            json.loads((sharded / name).read_text())["detections"]
+            == json.loads((whole / name).read_text())["detections"]
+        )
+    index = [json.loads(line) for line in (sharded / "index.jsonl").read_text().splitlines()]
+    assert sorted((e["image"], e["detections"]) for e in index) == [
+        ("b/two.png", 2), ("dark.png", 0), ("one.png", 2)]  # fmt: skip

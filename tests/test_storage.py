@@ -284,3 +284,48 @@ def test_summarize_reads_and_writes_object_storage(
     assert {n for n in written if n.startswith("summary/")} == {
         p.relative_to(local).as_posix() for p in (local / "summary").rglob("*") if p.is_file()
     }
+
+
+@pytest.mark.parametrize("model", ["detector", "segmenter"])
+def test_a_detector_and_a_segmenter_read_and_write_object_storage(
+    endpoint: dict[str, str], tmp_path: Path, model: str
+) -> None:
+    """Scenes in a bucket, explained into a bucket: the local run's files; a rerun reuses."""
+    from tests.tiny_detection import MODELS, scene
+
+    photos = tmp_path / "scenes"
+    (photos / "b").mkdir(parents=True)
+    scene().save(photos / "one.png")
+    scene(width=100, height=80, red=(60, 40, 90, 70), green=(5, 5, 30, 25)).save(
+        photos / "b" / "two.png"
+    )
+    fs = s3()
+    fs.put(str(photos) + "/", f"{BUCKET}/scenes-{model}/", recursive=True)
+    classes = MODELS.parent / "classes.txt"
+    common = ["--model", f"{MODELS}:{model}", "--classes", str(classes),
+              "--method", "gradcam,eigencam"]  # fmt: skip
+    local = tmp_path / "local"
+    result = CliRunner().invoke(main, ["explain", str(photos), "-o", str(local), *common])
+    assert result.exit_code == 0, result.output
+    remote = f"s3://{BUCKET}/regions-{model}"
+    args = ["explain", f"s3://{BUCKET}/scenes-{model}", "-o", remote, *common, "--jsonl"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    found = "detections" if model == "detector" else "segments"
+    assert len(records) == 2 and all(len(r[found]) == 2 for r in records)
+    assert {r["source"] for r in records} == {
+        f"s3://{BUCKET}/scenes-{model}/{name}" for name in ("one.png", "b/two.png")
+    }
+    written = objects(f"{BUCKET}/regions-{model}")
+    same_outputs(written, files(local))
+    assert any(name.endswith(".det-1.gradcam.overlay.png" if model == "detector"
+                             else ".red.gradcam.overlay.png") for name in written)  # fmt: skip
+    index = [json.loads(line) for line in written["index.jsonl"].decode().splitlines()]
+    assert sorted(e[found] for e in index) == [2, 2]
+    again = CliRunner().invoke(main, args)
+    assert again.exit_code == 0, again.output
+    assert all(json.loads(line).get("reused") for line in again.stdout.splitlines())
+    fs.invalidate_cache()
+    counts = json.loads(fs.cat_file(f"{BUCKET}/regions-{model}/run.json"))["counts"]
+    assert counts["skipped"] == 2 and counts["explained"] == 0

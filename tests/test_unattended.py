@@ -563,7 +563,7 @@ def test_a_forked_child_outliving_the_lock_holder_does_not_keep_the_lock(tmp_pat
 
 
 def test_record_source_resolves_links_like_path_resolve(tmp_path: Path):
-    from camcli.runs.explain import resolved_source
+    from camcli.io.discover import resolved_source
 
     real = tmp_path / "real"
     (real / "sub").mkdir(parents=True)

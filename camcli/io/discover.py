@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import re
@@ -9,7 +10,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from camcli.io.storage import Source, list_remote_images
+from camcli.io.storage import Source, is_uri, list_remote_images
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -21,6 +22,7 @@ __all__ = [
     "in_shard",
     "natural_key",
     "read_path_list",
+    "resolved_source",
 ]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
@@ -203,3 +205,25 @@ def in_shard(item: ImageItem, index: int, count: int, salt: str = "") -> bool:
     key = (salt + str(item.relative)).encode("utf-8", "surrogateescape")
     digest = hashlib.sha1(key).digest()
     return int.from_bytes(digest[:8], "big") % count == index
+
+
+@functools.lru_cache(maxsize=4096)
+def _real_directory(directory: str) -> str:
+    return os.path.realpath(directory)
+
+
+def resolved_source(path: Path | str) -> str:
+    """The absolute path of an input with symbolic links resolved, as ``Path.resolve``.
+
+    Directories are resolved once and remembered (a run reads many files per folder): one
+    ``lstat`` per file instead of one per path component. A URI is its own name.
+    """
+    if isinstance(path, str) and is_uri(path):
+        return path
+    if ".." in Path(path).parts:  # a ".." after a linked directory must follow the link
+        return os.path.realpath(path)
+    text = os.path.abspath(path)
+    if os.path.islink(text):
+        return os.path.realpath(text)
+    directory, name = os.path.split(text)
+    return os.path.join(_real_directory(directory), name)

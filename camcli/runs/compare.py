@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from camcli import __version__
 from camcli.io.decode import Batch
-from camcli.io.discover import ImageItem
+from camcli.io.discover import ImageItem, resolved_source
 from camcli.io.resume import settings_key
 from camcli.io.transfer import HostCopy
 from camcli.io.write import artifact_path, encode_png, record_path
@@ -37,7 +37,7 @@ from camcli.methods.forward import class_probabilities
 from camcli.models.loaded import LoadedModel
 from camcli.pictures.render import jet_lut
 from camcli.pictures.sheet import SheetLayout, compose_sheet, label_sheet, sheet_layout
-from camcli.runs.explain import image_seed, resolved_source
+from camcli.runs.explain import image_seed
 from camcli.runs.loop import reusable_records, run_batches
 from camcli.runs.settings import Settings
 from camcli.runs.work import ImageOutput, Reporter, RunSummary

@@ -23,7 +23,7 @@ import torch
 
 from camcli.io.annotations import AnnotationError, Annotations, fit_boxes, read_mask
 from camcli.io.decode import Batch
-from camcli.io.discover import ImageItem
+from camcli.io.discover import ImageItem, resolved_source
 from camcli.io.resume import settings_key
 from camcli.io.write import artifact_path, encode_png, record_path
 from camcli.methods.batch import BatchMethods, compute_methods
@@ -44,7 +44,7 @@ from camcli.models.hooks import frozen_eval
 from camcli.models.loaded import LoadedModel
 from camcli.pictures.render import original_grid, sample_on_original
 from camcli.pictures.sheet import sanity_sheet
-from camcli.runs.explain import image_seed, resolved_source, settings_payload
+from camcli.runs.explain import image_seed, settings_payload
 from camcli.runs.loop import run_batches
 from camcli.runs.settings import Settings
 from camcli.runs.targets import target_indices

@@ -9,9 +9,7 @@ is what explain does per batch.
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
-import os
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -25,10 +23,9 @@ from PIL import Image
 from camcli import __version__
 from camcli.io.annotations import Annotations
 from camcli.io.decode import Batch
-from camcli.io.discover import ImageItem
+from camcli.io.discover import ImageItem, resolved_source
 from camcli.io.mapgrid import encode_grid
 from camcli.io.resume import settings_key
-from camcli.io.storage import is_uri
 from camcli.io.transfer import HostCopy
 from camcli.io.write import artifact_path, encode_npy, encode_png, record_path, write_image_files
 from camcli.methods.batch import BatchMethods, compute_methods
@@ -82,28 +79,6 @@ __all__ = [
     "run_regions",
     "settings_payload",
 ]
-
-
-@functools.lru_cache(maxsize=4096)
-def _real_directory(directory: str) -> str:
-    return os.path.realpath(directory)
-
-
-def resolved_source(path: Path | str) -> str:
-    """The absolute path of an input with symbolic links resolved, as ``Path.resolve``.
-
-    Directories are resolved once and remembered (a run reads many files per folder): one
-    ``lstat`` per file instead of one per path component. A URI is its own name.
-    """
-    if isinstance(path, str) and is_uri(path):
-        return path
-    if ".." in Path(path).parts:  # a ".." after a linked directory must follow the link
-        return os.path.realpath(path)
-    text = os.path.abspath(path)
-    if os.path.islink(text):
-        return os.path.realpath(text)
-    directory, name = os.path.split(text)
-    return os.path.join(_real_directory(directory), name)
 
 
 def image_seed(item: ImageItem) -> int:

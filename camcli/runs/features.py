@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from camcli.io.decode import Batch
-from camcli.io.discover import ImageItem
+from camcli.io.discover import ImageItem, resolved_source
 from camcli.io.resume import settings_key
 from camcli.io.transfer import HostCopy
 from camcli.io.write import artifact_path, encode_npy, encode_png, record_path
@@ -32,7 +32,7 @@ from camcli.pictures.grids import (
     select_channels,
     viridis_lut,
 )
-from camcli.runs.explain import resolved_source, settings_payload
+from camcli.runs.explain import settings_payload
 from camcli.runs.loop import run_batches
 from camcli.runs.settings import Settings
 from camcli.runs.work import FileJob, ImageOutput, Reporter, RunSummary

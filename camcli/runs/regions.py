@@ -39,7 +39,7 @@ from camcli.io.annotations import (
     read_class_mask,
 )
 from camcli.io.decode import Batch
-from camcli.io.discover import ImageItem
+from camcli.io.discover import ImageItem, resolved_source
 from camcli.io.write import artifact_path, atomic_write_bytes, encode_png
 from camcli.methods.detection import DetectionResult, box_iou, explain_detections
 from camcli.methods.forward import picture_maps
@@ -243,6 +243,7 @@ def _detection_outputs(
         listing.update({f"det-{k + 1}.{m}": roles for m, roles in files.items()})
     record = {
         "image": str(item.relative),
+        "source": resolved_source(item.path),
         "status": "ok",
         "task": "detect",
         "width": width,
@@ -324,6 +325,7 @@ def _segment_outputs(
         listing.update({f"{stem}.{m}": roles for m, roles in files.items()})
     record = {
         "image": str(item.relative),
+        "source": resolved_source(item.path),
         "status": "ok",
         "task": "segment",
         "width": width,
