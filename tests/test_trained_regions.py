@@ -1,5 +1,5 @@
-"""A tiny detector trained here, from random weights, on scenes with a red and a green object
-(either may be absent): each detection's map lies on its own object."""
+"""A tiny detector and a tiny segmenter trained here, from random weights, on scenes with a red
+and a green object: each detection's and each segment's map lies on its own object."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from camcli.methods.detection import explain_detections
+from camcli.methods.segmentation import explain_segments
 
 SIDE = 48
 
@@ -45,14 +46,18 @@ def _scenes(
 
 
 class Segmenter(nn.Module):
+    """Two convolutions and a 1 x 1 head without bias: a class's logit comes only from the
+    features at its pixels (with a bias, an under-trained head scores the background too)."""
+
     def __init__(self) -> None:
         super().__init__()
-        # the explained layer ends in a convolution, not a ReLU: a class whose evidence is
-        # the absence of a feature (a negative pre-activation) still shows in its map
         self.features = nn.Sequential(
-            nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1)
+            nn.Conv2d(3, 8, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(8, 8, 3, padding=1),
+            nn.ReLU(),
         )
-        self.head = nn.Sequential(nn.ReLU(), nn.Conv2d(8, 3, 1))
+        self.head = nn.Conv2d(8, 3, 1, bias=False)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"out": self.head(self.features(x))}
@@ -123,3 +128,31 @@ def test_a_trained_detector_explains_each_detection_by_its_own_object() -> None:
                 y, x = divmod(int(values.argmax()), SIDE)
                 assert x1 - 2 <= x < x2 + 2 and y1 - 2 <= y < y2 + 2, (method, det.label)
                 assert values[own].mean() > 2 * values[other].mean(), (method, det.label)
+
+
+def test_a_trained_segmenter_explains_each_class_by_its_own_pixels() -> None:
+    torch.manual_seed(0)
+    model = Segmenter()
+    photos, masks, _ = _scenes(64, seed=2)
+    optimiser = torch.optim.Adam(model.parameters(), lr=0.02)
+    for step in range(200):
+        start = (step * 16) % 64
+        logits = model(photos[start : start + 16])["out"]
+        loss = F.cross_entropy(logits, masks[start : start + 16])
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    assert float(loss) < 0.05, float(loss)
+    test_photos, test_masks, test_boxes = _scenes(6, seed=77)
+    results = explain_segments(model.eval(), test_photos, "features", ["gradcam", "hirescam"], 0.01)
+    for result, truth, placed in zip(results, test_masks, test_boxes, strict=True):
+        assert sorted(s.index for s in result.segments) == [1, 2]
+        for k, segment in enumerate(result.segments):
+            x1, y1, x2, y2 = placed[segment.index]
+            own = truth == segment.index
+            other = (truth != segment.index) & (truth != 0)
+            for method in ("gradcam", "hirescam"):
+                values = result.maps[method][k]
+                y, x = divmod(int(values.argmax()), SIDE)
+                assert x1 - 2 <= x < x2 + 2 and y1 - 2 <= y < y2 + 2, (method, segment.index)
+                assert values[own].mean() > 2 * values[other].mean(), (method, segment.index)
