@@ -37,8 +37,9 @@ from camcli.models import EMBEDDED_MODEL
 from camcli.models.hooks import resolve_layer
 from camcli.models.loaded import LoadedModel
 from camcli.models.names import unknown_model
-from camcli.models.own import load_module_model
+from camcli.models.own import OptionProblem, load_module_model, with_task
 from camcli.models.registry import load_model
+from camcli.models.tasks import TASK_NOUNS
 from camcli.pictures.render import (
     colorize,
     guided_to_unit,
@@ -191,6 +192,13 @@ class Explainer:
         batch_size: images per forward pass [default: 64 on CUDA, 8 on CPU].
         method_options: settings of the methods that make extra passes (RISE's masks,
             IG's steps, ...); the command line's defaults unless given.
+        score_threshold: detectors: the least score of a detection that is explained.
+        max_detections: detectors: the most detections explained per image.
+        min_pixels: segmenters: the least share of the image a class covers.
+        drise_masks: detectors: D-RISE's random masks per image.
+        task: ``auto`` (found from what the model returns) or ``classify``, ``detect``,
+            ``segment`` (``--task``): ``classify`` runs a segmenter as a classifier of its
+            per-pixel logits averaged; other values must agree with the model.
 
     Raises:
         ValueError: an unknown model, method, target or device, or a value out of range
@@ -219,6 +227,7 @@ class Explainer:
         max_detections: int = 20,
         min_pixels: float = 0.01,
         drise_masks: int = 1000,
+        task: str = "auto",
     ) -> None:
         _check_arguments(
             model, methods, layers, device, weights, target, top_k, crop, batch_size,
@@ -243,13 +252,21 @@ class Explainer:
             if weights is not None and not Path(weights).expanduser().is_file():
                 raise ArgumentError("weights", f"{str(weights)!r} is not a file")
             self.model = load_model(model, Path(weights) if weights else None, offline)
+        if task not in ("auto", *TASK_NOUNS):
+            raise ArgumentError(
+                "task", f"{task!r} is not 'auto', 'classify', 'detect' or 'segment'"
+            )
+        try:
+            self.model = with_task(self.model, task)
+        except OptionProblem as exc:
+            raise ArgumentError("task", str(exc)) from None
         self.task = self.model.task
         self.regions = _RegionOptions(score_threshold, max_detections, min_pixels, drise_masks)
         if self.task != "classify":
             self.methods = _region_methods(self.task, methods)
             if str(target) != "pred":
                 raise ArgumentError(
-                    "target", f"a {_NOUNS[self.task]}'s detections or classes are its targets"
+                    "target", f"a {TASK_NOUNS[self.task]}'s detections or classes are its targets"
                 )
         else:
             try:
@@ -467,9 +484,6 @@ class Explainer:
         return out
 
 
-_NOUNS = {"detect": "detector", "segment": "segmenter"}
-
-
 @dataclass(frozen=True)
 class _RegionOptions:
     score_threshold: float
@@ -493,8 +507,8 @@ def _region_methods(task: str, methods: Sequence[str]) -> tuple[str, ...]:
     if wrong or not chosen:
         raise ArgumentError(
             "methods",
-            f"{(wrong or ['nothing'])[0]} does not apply to a {_NOUNS[task]}; its maps come from "
-            + ", ".join(allowed),
+            f"{(wrong or ['nothing'])[0]} does not apply to a {TASK_NOUNS[task]}; its maps come "
+            f"from {', '.join(allowed)}",
         )
     return tuple(m for m in allowed if m in chosen)
 

@@ -323,7 +323,10 @@ def test_wrong_use_is_one_sentence_and_exit_2(scenes: Path, tmp_path: Path) -> N
         (["--model", f"{TINY_FILE}:segmenter", "--method", "drise"], "'--method'",
          "drise does not apply to a segmenter"),
         (["--model", f"{TINY_FILE}:detector", "--task", "segment"], "'--task'",
-         "the model is a detector (found from what it returns), not a segmenter"),
+         "the model is a detector: it returns one dict of boxes, labels and scores per image, "
+         "and a segmenter returns N x C x H x W logits"),
+        (["--model", f"{TINY_FILE}:segmenter", "--task", "detect"], "'--task'",
+         "the model is a segmenter: it returns N x C x H x W logits, and a detector returns"),
         (["--model", f"{TINY_FILE}:detector", "--target", "label"], "'--target'",
          "does not apply to a detector"),
     ]  # fmt: skip
@@ -333,6 +336,52 @@ def test_wrong_use_is_one_sentence_and_exit_2(scenes: Path, tmp_path: Path) -> N
         assert option in result.output and words in result.output, result.output
         assert "Traceback" not in result.output
     assert not (tmp_path / "o" / "one.png.json").exists()
+
+
+def test_task_classify_runs_a_segmenter_as_a_classifier_of_its_mean_logits(
+    tmp_path: Path,
+) -> None:
+    """``--task classify`` on a segmenter: its predictions are the softmax of its per-pixel
+    logits averaged (computed here from the module), its record says so, its maps are a
+    classifier's; the library's ``task`` argument does the same, and a run without it is
+    a segmenter's run that redoes the image."""
+    import camcli
+
+    photo = tmp_path / "in" / "s.png"
+    photo.parent.mkdir()
+    # 64 x 64, the model's input size: the model sees the photo's pixels as they are
+    scene(width=64, height=64, red=(8, 8, 40, 48), green=(44, 20, 60, 30)).save(photo)
+    out = tmp_path / "out"
+    args = [photo, "--model", f"{TINY_FILE}:segmenter", "--method", "gradcam", "-o", out]
+    result = _explain(*args, "--task", "classify", "--jsonl")
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.stdout)
+    assert record["task"] == "classify" and "segments" not in record
+    assert record["pooled"] == "a segmenter's per-pixel logits, averaged over the image"
+    pixels = pil_to_tensor(Image.open(photo)).float()[None] / 255
+    with torch.no_grad():
+        logits = segmenter()((pixels - 0.5) / 0.5)["out"].mean(dim=(2, 3))[0]
+    chances = logits.softmax(0)
+    # the red object covers the most pixels: class 1 is the top-1
+    assert [p["index"] for p in record["predictions"]] == logits.argsort(descending=True).tolist()
+    assert record["predictions"][0]["index"] == 1
+    for prediction in record["predictions"]:
+        assert prediction["probability"] == pytest.approx(
+            float(chances[prediction["index"]]), abs=1e-5
+        )
+        assert prediction["logit"] == pytest.approx(float(logits[prediction["index"]]), abs=1e-3)
+    peak = record["maps"]["gradcam"]["peak"]
+    assert 8 <= peak["x"] < 40 and 8 <= peak["y"] < 48
+    as_segmenter = _explain(*args, "--jsonl")  # another task: redone, not reused
+    assert as_segmenter.exit_code == 0, as_segmenter.output
+    again = json.loads(as_segmenter.stdout)
+    assert again["task"] == "segment" and not again.get("reused")
+    library = camcli.Explainer(f"{TINY_FILE}:segmenter", ["gradcam"], device="cpu", task="classify")
+    explained = next(library.explain(photo))
+    assert explained.task == "classify" and explained.predictions[0].index == 1
+    assert explained.predictions[0].probability == pytest.approx(float(chances[1]), abs=1e-5)
+    with pytest.raises(ValueError, match="task: the model is a segmenter: it returns"):
+        camcli.Explainer(f"{TINY_FILE}:segmenter", device="cpu", task="detect")
 
 
 def test_the_readme_example_runs_as_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):

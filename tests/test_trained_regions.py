@@ -142,7 +142,7 @@ def test_a_trained_segmenter_explains_each_class_by_its_own_pixels() -> None:
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
-    assert float(loss) < 0.05, float(loss)
+    assert loss.item() < 0.05, loss.item()
     test_photos, test_masks, test_boxes = _scenes(6, seed=77)
     results = explain_segments(model.eval(), test_photos, "features", ["gradcam", "hirescam"], 0.01)
     for result, truth, placed in zip(results, test_masks, test_boxes, strict=True):

@@ -23,7 +23,7 @@ from camcli.cli.options import (
     runtime_options,
     top_k_option,
 )
-from camcli.cli.regions import RegionOptions, checked_task, region_options, region_settings
+from camcli.cli.regions import RegionOptions, region_options, region_settings, run_as_task
 from camcli.methods.names import LAYER_METHODS, parse_methods, parse_metrics
 
 if TYPE_CHECKING:
@@ -176,9 +176,9 @@ def evaluate(ctx: click.Context, **options: Any) -> None:
     from camcli.runs.runtime import StopRequest
     from camcli.runs.work import RunSummary
 
-    run = prepare_run(common)
+    run = run_as_task(prepare_run(common), regions.task)
     model = run.model
-    task = checked_task(regions.task, model.task)
+    task = model.task
     if task != "classify":
         given = ctx.get_parameter_source("metrics") == click.core.ParameterSource.COMMANDLINE
         refused = {"--metrics": given and (bool(metrics) or road), "--sanity": own.sanity,

@@ -27,9 +27,9 @@ from camcli.cli.options import (
 from camcli.cli.regions import (
     LabelCheck,
     RegionOptions,
-    checked_task,
     region_options,
     region_settings,
+    run_as_task,
 )
 from camcli.methods.names import (
     ALL_METHODS,
@@ -161,9 +161,9 @@ def explain(ctx: click.Context, **options: Any) -> None:
     from camcli.runs.runtime import StopRequest
     from camcli.runs.work import RunSummary
 
-    run = prepare_run(common)
+    run = run_as_task(prepare_run(common), regions.task)
     model = run.model
-    task = checked_task(regions.task, model.task)
+    task = model.task
     if task == "classify":
         explainer, settings = explain_settings(run, own, chosen_methods, metrics)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
@@ -15,9 +15,9 @@ if TYPE_CHECKING:
 __all__ = [
     "LabelCheck",
     "RegionOptions",
-    "checked_task",
     "region_options",
     "region_settings",
+    "run_as_task",
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -35,7 +35,10 @@ def region_options(command: F) -> F:
             type=click.Choice(["auto", "classify", "detect", "segment"]),
             default="auto",
             show_default=True,
-            help="What the model does, found from what it returns; a value here must agree.",
+            help=(
+                "What the model does, found from what it returns; classify runs a segmenter "
+                "as a classifier of its per-pixel logits averaged."
+            ),
         ),
         click.option(
             "--score-threshold",
@@ -87,14 +90,19 @@ class RegionOptions:
         return cls(**{name: options.pop(name) for name in cls.__dataclass_fields__})
 
 
-def checked_task(wanted: str, found: str) -> str:
-    """The run's task: the model's; ``--task`` other than ``auto`` must agree (exit 2)."""
-    if wanted not in ("auto", found):
-        raise click.BadParameter(
-            f"the model is a {NOUNS[found]} (found from what it returns), not a {NOUNS[wanted]}",
-            param_hint="'--task'",
-        )
-    return found
+def run_as_task(run: PreparedRun, wanted: str) -> PreparedRun:
+    """The run with its model run as ``--task`` (``auto``: the task found from its output).
+
+    Raises:
+        click.BadParameter: naming ``--task``, when the model cannot be run as that task.
+    """
+    from camcli.models.own import OptionProblem, with_task
+
+    try:
+        model = with_task(run.model, wanted)
+    except OptionProblem as exc:
+        raise click.BadParameter(str(exc), param_hint="'--task'") from None
+    return run if model is run.model else replace(run, model=model)
 
 
 NOUNS = {"classify": "classifier", "detect": "detector", "segment": "segmenter"}

@@ -49,6 +49,8 @@ class LoadedModel:
             (``None``: the model's own names).
         task: ``classify``, ``detect`` or ``segment`` (see :mod:`camcli.models.tasks`); for a
             detector or segmenter, class index 0 is the background.
+        pooled: a segmenter run as a classifier (``--task classify``): its logits are the
+            per-pixel logits averaged over the image.
 
     """
 
@@ -61,6 +63,7 @@ class LoadedModel:
     binary: bool = False
     classes_source: str | None = None
     task: str = "classify"
+    pooled: bool = False
 
 
 ModelLoader = Callable[[Path | None, bool], LoadedModel]

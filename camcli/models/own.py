@@ -51,6 +51,7 @@ __all__ = [
     "parse_floats",
     "present_binary",
     "probe_outputs",
+    "with_task",
 ]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -266,6 +267,47 @@ def present_binary(loaded: LoadedModel) -> LoadedModel:
     loaded.module.register_forward_hook(_signed_logits)
     classes = loaded.classes if len(loaded.classes) == 2 else ClassIndex(list(BINARY_NAMES))
     return replace(loaded, classes=classes, binary=True)
+
+
+def _pooled_logits(_module: nn.Module, _inputs: Any, output: Any) -> torch.Tensor:
+    logits = output["out"] if isinstance(output, dict) else output
+    return logits.mean(dim=(2, 3))
+
+
+_RETURNS = {
+    "classify": "N x C logits",
+    "detect": "one dict of boxes, labels and scores per image",
+    "segment": "N x C x H x W logits",
+}
+
+
+def with_task(loaded: LoadedModel, wanted: str) -> LoadedModel:
+    """The model run as the task ``wanted`` (``auto``: its own, found from what it returns).
+
+    The one override that can be made: a segmenter run as a classifier (a fully
+    convolutional classifier), whose logits are its per-pixel logits averaged over the image,
+    through a forward hook (layer names stay the module's). Its classes and default layer
+    stay the segmenter's; a one-channel segmenter becomes a binary classifier.
+
+    Raises:
+        OptionProblem: naming ``--task``, when the model's output cannot be read as
+            ``wanted``.
+    """
+    from camcli.models.tasks import TASK_NOUNS
+
+    found = loaded.task
+    if wanted in ("auto", found):
+        return loaded
+    if (found, wanted) == ("segment", "classify"):
+        loaded.module.register_forward_hook(_pooled_logits)
+        pooled = replace(loaded, task="classify", pooled=True)
+        return present_binary(pooled) if len(loaded.classes) == 1 else pooled
+    raise OptionProblem(
+        "--task",
+        f"the model is a {TASK_NOUNS[found]}: it returns {_RETURNS[found]}, and a "
+        f"{TASK_NOUNS[wanted]} returns {_RETURNS[wanted]} (the one override is --task classify "
+        "on a segmenter, whose per-pixel logits are then averaged)",
+    )
 
 
 def _finish(name: str, module: nn.Module, prep: Preprocessing, weights: str) -> LoadedModel:

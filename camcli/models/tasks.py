@@ -22,6 +22,7 @@ from camcli.models.preprocessing import Preprocessing
 
 __all__ = [
     "TASKS",
+    "TASK_NOUNS",
     "Task",
     "TaskMismatch",
     "dense_default_layer",
@@ -32,6 +33,12 @@ __all__ = [
 
 Task = Literal["classify", "detect", "segment"]
 TASKS: tuple[Task, ...] = ("classify", "detect", "segment")
+TASK_NOUNS: dict[str, str] = {
+    "classify": "classifier",
+    "detect": "detector",
+    "segment": "segmenter",
+}
+"""What a model of each task is called in messages."""
 CONVENTIONS = (
     "camcli explains classifiers (N x C logits), detectors (one dict per image with boxes, "
     "labels and scores, as torchvision's) and segmenters ({'out': N x C x H x W} logits, or "

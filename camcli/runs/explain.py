@@ -602,6 +602,8 @@ def _static_fields(model: LoadedModel, settings: Settings) -> dict[str, Any]:
     if settings.crop:
         view["resize_size"] = prep.resize_size
     own: dict[str, Any] = {"head": "sigmoid (one logit z; classes -z, z)"} if model.binary else {}
+    if model.pooled:
+        own["pooled"] = "a segmenter's per-pixel logits, averaged over the image"
     if model.classes_source is not None:
         own["classes"] = model.classes_source  # other names: other records
     return {
@@ -653,6 +655,7 @@ def _record(
         "image": str(item.relative),
         "source": resolved_source(item.path),
         "status": "ok",
+        "task": "classify",
         "width": width,
         "height": height,
         **static,
