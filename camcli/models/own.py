@@ -271,7 +271,9 @@ def present_binary(loaded: LoadedModel) -> LoadedModel:
 
 def _pooled_logits(_module: nn.Module, _inputs: Any, output: Any) -> torch.Tensor:
     logits = output["out"] if isinstance(output, dict) else output
-    return logits.mean(dim=(2, 3))
+    # already pooled: the same module run as a classifier twice (two Explainers) adds the
+    # hook twice
+    return logits.mean(dim=(2, 3)) if logits.dim() == 4 else logits
 
 
 _RETURNS = {
