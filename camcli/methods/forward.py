@@ -65,12 +65,16 @@ def grad_cam(activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor
     return (weights * activations).sum(dim=1).clamp(min=0)
 
 
-FLOOR_METHODS = ("rise",)
+FLOOR_METHODS = ("rise", "drise")
 """Map methods whose maps have a floor far above zero: their pictures span min to max.
 
-A RISE map is a mean of masked class probabilities (0.60 to 0.74 on a photo): divided by its
-maximum it would fill only the red end of the colour map. The other map methods' maps are
-rectified (zero means no evidence) and are divided by their maximum.
+These are the perturbation methods whose map is a mean over random masks: a RISE map is a
+mean of masked class probabilities (0.60 to 0.74 on a photo), a D-RISE map a mean of masks
+weighted by the masked photo's match with the detection (every mask that keeps a part of the
+object scores). Divided by its maximum either would fill only the red end of the colour map.
+The other map methods' maps are rectified (zero means no evidence) and are divided by their
+maximum: Score-CAM, the other perturbation method, is ``ReLU`` of a softmax-weighted sum of
+the layer's non-negative channels, zero where no channel fires, as Grad-CAM's.
 """
 
 
