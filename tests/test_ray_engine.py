@@ -478,3 +478,26 @@ def test_ray_explains_an_own_detector_and_segmenter_as_the_local_engine(
             assert mine[name] == theirs[name], name
     record = json.loads(mine["one.png.json"])
     assert record["task"] == ("detect" if factory == "detector" else "segment")
+
+
+def test_an_exception_inside_the_model_fails_only_its_image_on_ray(
+    local_ray: None, tmp_path: Path
+) -> None:
+    """As the local engine: a batch whose forward pass raises is retried image by image in
+    the actor, and only the marked photo fails, with the model's message."""
+    import numpy as np
+
+    from tests.conftest import save_image
+    from tests.test_image_failures import RAISING, _check_run, _good_scenes
+
+    factory = tmp_path / "raising.py"
+    factory.write_text(RAISING)
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    good = _good_scenes(folder, 2)
+    save_image(folder / "marked.png", np.full((48, 64, 3), 90, dtype=np.uint8))
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["explain", str(folder), "--model", f"{factory}:classifier",
+                                       "--method", "gradcam", "-o", str(out), "-b", "4",
+                                       *ENGINE_RAY])  # fmt: skip
+    _check_run(out, result, good, {"marked.png": "ValueError: marked input"})

@@ -241,6 +241,14 @@ def test_disk_full_stops_with_one_sentence_and_the_next_run_resumes(
     done = records(out)
     assert 1 <= len(done) < 6
     assert_outputs_valid(out)
+    # run.json says the run failed, and why; the index lists what was written, in full
+    summary = json.loads((out / "run.json").read_text())
+    assert summary["status"] == "failed" and summary["exit_code"] == 1
+    assert "No space left on device" in summary["error"]
+    assert summary["counts"]["explained"] == len(done)
+    assert not list(out.rglob("*.partial"))
+    indexed = [json.loads(line) for line in (out / "index.jsonl").read_text().splitlines()]
+    assert len(indexed) == len(done) and {e["status"] for e in indexed} == {"ok"}
     monkeypatch.setattr(camcli.io.write, "atomic_write_bytes", real)
     resumed = explain(folder, out)
     assert resumed.exit_code == 0

@@ -29,6 +29,7 @@ import os
 import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -64,6 +65,7 @@ from camcli.models.own import (
 )
 from camcli.models.registry import load_model
 from camcli.runs.explain import RunSummary, WriteFailed
+from camcli.runs.failures import failure_reason
 from camcli.runs.on_ray import RayUnavailable
 from camcli.runs.runtime import (
     Rank,
@@ -146,6 +148,7 @@ class PreparedRun:
     ray_address: str | None = None
     verbose: bool = False
     progress_interval: float = PROGRESS_INTERVAL
+    debug: bool = False
 
     def common_fields(self) -> dict[str, Any]:
         """The :class:`Settings` fields the common options decide (all but the output's)."""
@@ -164,6 +167,7 @@ class PreparedRun:
             "engine": self.engine,
             "ray_address": self.ray_address,
             "verbose": self.verbose,
+            "debug": self.debug,
         }
 
     def settings(self, **fields: Any) -> Settings:
@@ -351,6 +355,7 @@ def prepare_run(common: CommonOptions) -> PreparedRun:
         ray_address=runtime.ray_address,
         verbose=runtime.verbose,
         progress_interval=runtime.progress_interval,
+        debug=runtime.debug,
     )
 
 
@@ -649,7 +654,11 @@ def run_in_frame(
         shard=f"{shard_k}/{shard_n}" if shard_n > 1 else None,
     )
     record.update(summary.extra)  # a command's own fields (explain: faithfulness means)
+    if summary.error is not None:
+        record["error"] = summary.error
     _write_summaries(record, run, kind)
+    if summary.status == "failed":
+        raise click.ClickException(f"{summary.error or 'the run failed'}; {_counted(summary)}")
     if summary.status != "broken-pipe":
         _report(summary, output_dir, described, verb, wall, run.rank)
     return code
@@ -662,8 +671,12 @@ def _run_body(
     reporter = Reporter(run.jsonl, len(run.items), stop.event, run.progress_interval)
     try:
         summary = body(reporter, stop)
-    except (WriteFailed, RayUnavailable) as exc:
+    except RayUnavailable as exc:
         raise click.ClickException(str(exc)) from None
+    except WriteFailed as exc:
+        failed = exc.summary or RunSummary(total=len(run.items))
+        failed.status, failed.error = "failed", str(exc)
+        return failed, 1
     except BrokenPipeError:
         # stdout closed by the reader (| head): stop quietly; the files written are valid.
         _silence_stdout()
@@ -676,9 +689,17 @@ def _run_body(
         for kind, option in usage_errors.items():
             if isinstance(exc, kind):
                 raise click.BadParameter(str(exc), param_hint=f"'{option}'") from None
-        raise
+        if run.debug:
+            traceback.print_exception(exc, file=sys.stderr)
+        # A fault of the run, not of one image: run.json says so, with the reason.
+        error = f"the run failed: {failure_reason(exc)}" + (
+            "" if run.debug else " (--debug prints the traceback)"
+        )
+        return RunSummary(total=len(run.items), status="failed", error=error), 1
     finally:
         reporter.close()
+    if summary.status == "failed":
+        return summary, 1
     if reporter.broken and stop.exit_code is None:
         summary.status = "broken-pipe"  # what was written is counted and indexed
         return summary, 141
@@ -761,4 +782,12 @@ def _report(
         f"camcli: {verb} {summary.explained} of {summary.total} images{failed} with "
         f"{described} in {wall:.1f} s{rate}; outputs in {output_dir}",
         err=True,
+    )
+
+
+def _counted(summary: RunSummary) -> str:
+    """What a failed run did before it stopped, for its closing sentence."""
+    return (
+        f"{summary.explained} of {summary.total} images were written before it stopped "
+        "(run.json says why; a rerun redoes the rest)"
     )

@@ -79,7 +79,7 @@ HELP_SECTIONS = (
     (
         "Runtime",
         ("batch_size", "workers", "precision", "channels_last", "resize_on", "engine",
-         "ray_address", "progress_interval", "verbose"),
+         "ray_address", "progress_interval", "verbose", "debug"),
     ),
 )  # fmt: skip
 
@@ -311,6 +311,12 @@ runtime_options = _group(
         is_flag=True,
         help="Also show the engine's own log lines on stderr (Ray's internal warnings, which "
         "camcli keeps out of its stderr by default).",
+    ),
+    click.option(
+        "--debug",
+        is_flag=True,
+        help="Print the traceback of each image's failure (and of a run that fails) on "
+        "stderr; without it, one line per image names the error.",
     ),
 )
 
@@ -577,6 +583,7 @@ class RuntimeOptions:
     ray_address: str | None = None
     verbose: bool = False
     progress_interval: float = PROGRESS_INTERVAL
+    debug: bool = False
 
 
 @dataclass(frozen=True)

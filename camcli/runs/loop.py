@@ -16,6 +16,7 @@ import contextlib
 import sys
 import threading
 import time
+import traceback
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -32,6 +33,7 @@ from camcli.io.storage import Source
 from camcli.io.write import IndexWriter, atomic_write_bytes, record_path
 from camcli.methods.stopping import Stopped, stop_between_chunks
 from camcli.models.loaded import LoadedModel
+from camcli.runs.failures import failure_reason
 from camcli.runs.settings import Settings
 from camcli.runs.work import (
     MAX_PENDING_BYTES,
@@ -106,7 +108,8 @@ def run_batches(
         Counts and failures; ``status`` is ``complete`` or ``interrupted``.
 
     Raises:
-        WriteFailed: when an output cannot be written; files already written stay valid.
+        WriteFailed: when an output cannot be written; files already written stay valid and
+            are indexed, and the exception's ``summary`` counts them (status ``failed``).
 
     """
     start = time.perf_counter()
@@ -182,6 +185,13 @@ def run_batches(
                     )  # fmt: skip
                     loop.run(start_work(module), stop)
         completed = True
+    except WriteFailed as exc:
+        # The files written so far are complete and indexed; run.json says why it stopped.
+        summary.status, summary.error = "failed", str(exc)
+        summary.seconds = time.perf_counter() - start
+        exc.summary = summary
+        completed = True
+        raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
         index.close(complete=completed)
@@ -316,6 +326,12 @@ class _Loop:
             entry.future.result()
         except OSError as exc:
             raise WriteFailed(f"cannot write outputs for {entry.item.relative}: {exc}") from exc
+        except Exception as exc:  # a picture that cannot be made: this image's
+            # record is not written (it is written last), so nothing of it counts as done
+            if self.settings.debug:
+                traceback.print_exception(exc, file=sys.stderr)
+            self.fail(entry.item, failure_reason(exc))
+            return
         self.summary.explained += 1
         self.reporter.record(entry.record)
         self.index.add(self.index_entry(entry.item, entry.record))
@@ -327,8 +343,22 @@ class _Loop:
         return _Launched(part, positions, self.work.launch(part, positions, pixels, inputs))
 
     def _finish_part(self, done: _Launched) -> None:
-        """Records and file jobs of a launched batch, once its copies have landed."""
-        outputs = self.work.finish(done.work)
+        """Records and file jobs of a launched batch, once its copies have landed.
+
+        When the batch's work fails as a whole, its images are done again one by one: the
+        one that fails alone gets its error record, the others their outputs.
+        """
+        try:
+            outputs = self.work.finish(done.work)
+        except (Stopped, WriteFailed):
+            raise
+        except Exception as exc:  # one image's failure is that image's record
+            self._one_by_one(done.part, exc)
+            return
+        self._submit(done, outputs)
+
+    def _submit(self, done: _Launched, outputs: list[ImageOutput]) -> None:
+        """Queue the writes of a finished batch's outputs (error records are reported)."""
         for j, (position, output) in enumerate(zip(done.positions, outputs, strict=True)):
             item = self.items[position]
             record = output.record
@@ -360,10 +390,18 @@ class _Loop:
 
     def _with_fallback(self, part: Batch) -> None:
         out_of_memory = False
+        failure: Exception | None = None
         try:
             self._step(part)
         except torch.OutOfMemoryError:
             out_of_memory = True
+        except (Stopped, WriteFailed):
+            raise
+        except Exception as exc:  # the launch of ``part`` failed
+            failure = exc
+        if failure is not None:
+            self._one_by_one(part, failure)
+            return
         # Retry outside the except block: its traceback would keep the failed attempt's
         # activations and graph alive while the smaller batches run.
         if out_of_memory:
@@ -383,3 +421,40 @@ class _Loop:
             )
             for half in part.split(self.largest_ok):
                 self._with_fallback(half)
+
+    def _one_by_one(self, part: Batch, exc: Exception) -> None:
+        """A batch whose work raised: each image alone, so only the failing ones fail."""
+        if len(part) == 1:
+            self._image_failed(part.indices[0], exc)
+            return
+        print(
+            f"camcli: a batch of {len(part)} images failed ({failure_reason(exc)}); "
+            "retrying its images one by one",
+            file=sys.stderr,
+        )
+        for single in part.split(1):
+            try:
+                launched = self._launch(single)
+                outputs = self.work.finish(launched.work)
+            except (Stopped, WriteFailed):
+                raise
+            except Exception as alone:  # this image's failure
+                if self.settings.device.type == "cuda" and isinstance(
+                    alone, torch.OutOfMemoryError
+                ):
+                    torch.cuda.empty_cache()
+                self._image_failed(single.indices[0], alone)
+                continue
+            self._submit(launched, outputs)
+
+    def _image_failed(self, index: int, exc: Exception) -> None:
+        """Report the image at ``index`` of the loop's todo list as failed by ``exc``."""
+        item = self.items[self.todo[index]]
+        if isinstance(exc, torch.OutOfMemoryError):
+            message = "out of memory even as a batch of one image"
+        else:
+            message = failure_reason(exc)
+        if self.settings.debug:
+            print(f"camcli: traceback of {item.relative}:", file=sys.stderr)
+            traceback.print_exception(exc, file=sys.stderr)
+        self.fail(item, message)

@@ -42,6 +42,7 @@ import torch
 from camcli.io.decode import Batch
 from camcli.io.storage import STORAGE_ENV
 from camcli.io.write import record_path
+from camcli.runs.failures import failure_reason
 from camcli.runs.ray_tasks import decode_rows, write_rows
 from camcli.runs.settings import Settings
 from camcli.runs.work import (
@@ -194,18 +195,21 @@ class _ExplainActor:
                 positions = [int(rows["position"][j]) for j in part.indices]
                 outputs = self.work.finish(self.work.launch(part, positions, pixels, inputs))
         except torch.OutOfMemoryError:
-            outputs = None
+            outputs, failure = None, "out of memory even as a batch of one image"
+            size = max(1, len(part) // 2)
+        except Exception as exc:  # as the local engine: one by one
+            outputs, failure, size = None, failure_reason(exc), 1
         if outputs is not None:
             yield from zip(part.indices, outputs, strict=True)
             return
         if self.settings.device.type == "cuda":
             torch.cuda.empty_cache()
         if len(part) == 1:  # as the local engine: this image fails, the run goes on
-            failed = {"status": "error", "error": "out of memory even as a batch of one image"}
+            failed = {"status": "error", "error": failure}
             yield part.indices[0], ImageOutput(failed, [], 0)
             return
-        for half in part.split(max(1, len(part) // 2)):
-            yield from self._explain(half, rows)
+        for smaller in part.split(size):
+            yield from self._explain(smaller, rows)
 
 
 CPU_ACTOR_THREADS = 1

@@ -17,6 +17,7 @@ from camcli.io.images import decode_source
 from camcli.io.storage import Source, is_uri, location
 from camcli.io.write import atomic_write_bytes
 from camcli.models.preprocessing import Preprocessing
+from camcli.runs.failures import failure_reason
 
 __all__ = ["decode_rows", "write_rows"]
 
@@ -101,6 +102,9 @@ def write_rows(rows: dict[str, np.ndarray], writer: bytes) -> dict[str, np.ndarr
             write_files(jobs, location(record_file), json.loads(str(rows["record"][i])))
         except OSError as exc:
             status[i], errors[i] = "write_error", str(exc)
+            continue
+        except Exception as exc:  # a picture that cannot be made: this image's
+            status[i], errors[i] = "error", failure_reason(exc)  # record is not written
             continue
         for path, produce in after:
             with contextlib.suppress(OSError):

@@ -82,6 +82,7 @@ class Settings:
             writing tasks; see :mod:`camcli.runs.on_ray`).
         ray_address: the Ray cluster to join with ``engine="ray"`` (``None``: ``RAY_ADDRESS``,
             else a local Ray started for the run).
+        debug: print each failed image's traceback on stderr (not part of the settings key).
         task: ``classify``, ``detect`` or ``segment`` (the model's, unless ``--task``).
         score_threshold: a detector's least score of a detection that is explained.
         max_detections: the most detections explained per image (best first).
@@ -116,6 +117,7 @@ class Settings:
     engine: str = "local"
     ray_address: str | None = None
     verbose: bool = False
+    debug: bool = False
     task: str = "classify"
     score_threshold: float = 0.5
     max_detections: int = 20

@@ -44,7 +44,15 @@ __all__ = [
 
 
 class WriteFailed(RuntimeError):
-    """An output file could not be written (disk full, permissions); the run stops."""
+    """An output file could not be written (disk full, permissions); the run stops.
+
+    Attributes:
+        summary: the run's counts when it stopped (status ``failed``), set by the run loop;
+            the files it counts are complete and indexed.
+
+    """
+
+    summary: RunSummary | None = None
 
 
 class Reporter(Protocol):
@@ -85,6 +93,7 @@ class RunSummary:
     status: str = "complete"
     failures: list[tuple[str, str]] = field(default_factory=list)
     seconds: float = 0.0
+    error: str | None = None  # why a run with status "failed" stopped
     extra: dict[str, Any] = field(default_factory=dict)  # more fields for run.json
 
 
