@@ -71,7 +71,7 @@ def test_a_run_stopped_before_its_first_batch_says_its_wall_time_and_no_rate(
     assert result.exit_code == 130, result.output
     last = result.stderr.strip().splitlines()[-1]
     assert "explained 0 of 3 images" in last and "images/s" not in last
-    seconds = float(re.search(r" in (\d+\.\d) s", last).group(1))
+    seconds = float(re.search(r"; (\d+\.\d) s in all", last).group(1))
     assert seconds >= 0.2
     summary = json.loads((tmp_path / "out" / "run.json").read_text())
     assert summary["wall_seconds"] >= 0.2
@@ -146,6 +146,6 @@ def test_the_closing_line_names_a_layer_only_for_methods_that_read_one(
         "32",
     )
     assert layerless.exit_code == 0, layerless.output
-    assert f"with {TINY} (guided, ig) in" in layerless.stderr
+    assert f"with {TINY} (guided, ig); " in layerless.stderr
     with_layer = run("explain", photos, "-o", tmp_path / "b", "--model", TINY, "-j", "0")
-    assert f"with {TINY} at features.3 in" in with_layer.stderr
+    assert f"with {TINY} at features.3; " in with_layer.stderr

@@ -604,9 +604,11 @@ def test_without_a_terminal_a_progress_line_comes_at_a_steady_interval(
     assert re.fullmatch(r"camcli: \d+ of 24 images after \d+:\d\d(, .*)?", lines[0])
     assert any(re.search(r", [\d.e+]+ images/s, about \d+:\d\d left$", line) for line in lines)
     assert done.stdout == ""  # stdout stays pure data
-    # The closing line: the run's wall time, one rate unit.
+    # The closing line: the command's whole time, and the loop's time with its rate, named.
     assert re.search(
-        r"explained 24 of 24 images .* in \d+\.\d s \([\d.e+]+ images/s\);", done.stderr
+        r"explained 24 of 24 images .*; \d+\.\d s in all, \d+\.\d s of it on the 24 images "
+        r"\([\d.e+]+ images/s\); outputs in ",
+        done.stderr,
     )
     # Up to date: the wall time, no rate; the lines count only what is left to do.
     again = subprocess.run(
@@ -617,7 +619,7 @@ def test_without_a_terminal_a_progress_line_comes_at_a_steady_interval(
     assert " images after " not in again.stderr  # 0: no lines
     closing = again.stderr.strip().splitlines()[-1]
     assert "24 up to date (reused)" in closing and "images/s" not in closing
-    wall = float(re.search(r" in (\d+\.\d) s", closing).group(1))
+    wall = float(re.search(r"; (\d+\.\d) s in all", closing).group(1))
     assert wall > 0.0
 
 

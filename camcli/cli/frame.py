@@ -769,20 +769,25 @@ def _report(
             err=True,
         )
         return
-    failed = f", {summary.failed} failed" if summary.failed else ""
+    parts = [f"camcli: {verb} {summary.explained} of {summary.total} images with {described}"]
+    if summary.failed:
+        # The images failed, not the model: their reasons are in the index and run.json.
+        parts.append(f"{summary.failed} failed (the reasons are in the index and run.json)")
     if summary.skipped:
-        failed += f", {summary.skipped} up to date (reused)"
+        parts.append(f"{summary.skipped} up to date (reused)")
     if summary.status == "interrupted":
-        failed += ", interrupted"
-    # A rate only where images were processed (not "0.0 images/s" for a reused run), over
-    # the images processed and the time the loop took to process them.
-    busy = summary.seconds if summary.seconds > 0 else wall
-    rate = f" ({format_rate(summary.explained / busy)})" if summary.explained and busy > 0 else ""
-    click.echo(
-        f"camcli: {verb} {summary.explained} of {summary.total} images{failed} with "
-        f"{described} in {wall:.1f} s{rate}; outputs in {output_dir}",
-        err=True,
-    )
+        parts.append("interrupted")
+    # The command's whole time (start-up and model loading included) and, where images were
+    # processed, the time the loop took for them and its rate: two numbers, each named.
+    timing = f"{wall:.1f} s in all"
+    if summary.explained and summary.seconds > 0:
+        timing += (
+            f", {summary.seconds:.1f} s of it on the {summary.explained} images "
+            f"({format_rate(summary.explained / summary.seconds)})"
+        )
+    parts.append(timing)
+    parts.append(f"outputs in {output_dir}")
+    click.echo("; ".join(parts), err=True)
 
 
 def _counted(summary: RunSummary) -> str:
