@@ -17,6 +17,7 @@ from PIL import Image
 import camcli.cli.frame as common
 import camcli.models.registry as registry
 from camcli.cli import main
+from camcli.models import EMBEDDED_MODEL
 from camcli.models.registry import load_model
 from camcli.pictures.sheet import sheet_layout
 
@@ -133,8 +134,11 @@ def test_compare_usage_errors_and_a_corrupt_file(squares: Path, tmp_path: Path):
     assert guided.exit_code == 2 and "'--method': guided gives no map" in guided.stderr
     unknown = run("compare", squares, "-m", "resnet1")
     assert unknown.exit_code == 2 and "'--model': unknown model 'resnet1'" in unknown.stderr
-    missing = run("compare", squares)
-    assert missing.exit_code == 2 and "'--model'" in missing.stderr
+    names = squares / "left.png"
+    counted = compare(squares, tmp_path / "o0", *["--classes", names] * 3)
+    assert counted.exit_code == 2
+    assert "'--classes': given 3 times for 2 models: give it once" in counted.stderr
+    assert not (tmp_path / "o0").exists()
     (squares / "broken.jpg").write_bytes(b"nope")
     corrupt = compare(squares, tmp_path / "o2", "--jsonl")
     assert corrupt.exit_code == 1
@@ -262,3 +266,68 @@ def test_missing_weights_of_several_models_are_one_line_each(
     assert lines[0] == "Error: weights of 3 models are missing:"
     assert [line.split()[2] for line in lines[1:]] == ["resnet18", "resnet50", "vgg11"]
     assert all(len(line) < 300 for line in lines)
+
+
+def test_without_model_it_compares_the_default_model_as_every_command(
+    squares: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    loaded: list[str] = []
+
+    def loading(name: str, *args: Any, **kw: Any) -> Any:
+        loaded.append(name)  # the embedded model, stood in for by the tiny one (fast)
+        return load_model(TINY, *args, **kw)
+
+    monkeypatch.setattr(common, "load_model", loading)
+    out = tmp_path / "out"
+    result = run("compare", squares, "-o", out, "--method", "gradcam", "-j", "0")
+    assert result.exit_code == 0, result.output
+    assert loaded == [EMBEDDED_MODEL]
+    record = json.loads((out / "left.png.compare.json").read_text())
+    assert record["models"] == [EMBEDDED_MODEL] and len(record["cells"]) == 1
+    assert f"[default: {EMBEDDED_MODEL}]" in run("compare", "--help").stdout
+
+
+def _class_file(path: Path, prefix: str, count: int = 1000) -> Path:
+    path.write_text("".join(f"{prefix}{i}\n" for i in range(count)))
+    return path
+
+
+def test_classes_once_for_every_model_or_once_per_model(squares: Path, tmp_path: Path) -> None:
+    shared = _class_file(tmp_path / "shared.txt", "s")
+    out = tmp_path / "out"
+    once = compare(squares, out, "--method", "gradcam", "--classes", shared, "--jsonl")
+    assert once.exit_code == 0, once.output
+    for record in map(json.loads, once.stdout.splitlines()):
+        names = [row["prediction"]["name"] for row in record["rows"]]
+        assert [n.startswith("s") for n in names] == [True, True]
+        assert (
+            record["rows"][0]["prediction"]["name"]
+            == f"s{record['rows'][0]['prediction']['index']}"
+        )
+    # one per model, in --model order: other names, so no record is reused
+    other = _class_file(tmp_path / "other.txt", "o")
+    each = compare(squares, out, "--method", "gradcam", "--classes", shared, "--classes", other,
+                   "--jsonl")  # fmt: skip
+    assert each.exit_code == 0 and "up to date" not in each.stderr
+    for record in map(json.loads, each.stdout.splitlines()):
+        assert [row["prediction"]["name"][0] for row in record["rows"]] == ["s", "o"]
+    same = compare(squares, out, "--method", "gradcam", "--classes", shared, "--classes", other)
+    assert same.exit_code == 0 and "3 up to date (reused)" in same.stderr
+    # and without --classes, each model's own (ImageNet) names again
+    own = compare(squares, out, "--method", "gradcam", "--jsonl")
+    assert own.exit_code == 0 and "up to date" not in own.stderr
+    assert json.loads(own.stdout.splitlines()[0])["rows"][1]["prediction"]["name"][0] not in "so"
+
+
+def test_a_class_file_that_does_not_fit_a_later_model_is_refused_before_the_run(
+    squares: Path, tmp_path: Path
+) -> None:
+    shared = _class_file(tmp_path / "shared.txt", "s")
+    short = _class_file(tmp_path / "short.txt", "x", 10)
+    out = tmp_path / "out"
+    result = compare(squares, out, "--classes", shared, "--classes", short)
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "'--classes': " in result.stderr and "names 10 classes, but the model has 1000" in (
+        result.stderr
+    )
+    assert not out.exists()  # refused before the run took the output directory

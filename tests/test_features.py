@@ -149,6 +149,25 @@ def test_layers_of_a_torchvision_model_without_its_weights():
     assert shapes["conv1"] == [64, 112, 112] and shapes["fc"] == [1000]
 
 
+def test_layers_of_a_zoo_detector_need_no_weights_file():
+    # CAMCLI_OFFLINE and an empty torch cache (conftest): no published weights at hand
+    result = run("layers", "fasterrcnn_mobilenet_v3_large_320_fpn", "--json")
+    assert result.exit_code == 0, result.output
+    assert result.stderr.strip().splitlines() == [
+        "camcli: weights of fasterrcnn_mobilenet_v3_large_320_fpn are not available; shapes "
+        "from the architecture with random weights"
+    ]
+    document = json.loads(result.stdout)
+    assert document["weights"] == "none (architecture only)"
+    layers = {layer["name"]: layer for layer in document["layers"]}
+    # the default layer of a detector: the backbone's last stage, as with its weights
+    assert document["default_layer"] == "backbone.body.16"
+    assert layers["backbone.body.16"]["default"] and layers["backbone.body.16"]["spatial"]
+    assert "backbone.fpn" in layers and "roi_heads.box_predictor.cls_score" in layers
+    # 91 COCO categories: the head has the published shape
+    assert layers["roi_heads.box_predictor.cls_score"]["parameters"] == 91 * 1024 + 91
+
+
 def test_layers_unknown_model_is_a_usage_error():
     result = run("layers", "resnet1")
     assert result.exit_code == 2

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from camcli import __version__
+from camcli.cli.features import refuse_region_model, zoo_region_task
 from camcli.cli.options import (
     CONTEXT,
     CommonOptions,
@@ -20,6 +22,10 @@ from camcli.cli.options import (
     runtime_options,
 )
 from camcli.methods.names import MAP_METHODS, parse_methods
+from camcli.models import EMBEDDED_MODEL
+
+if TYPE_CHECKING:
+    from camcli.models.loaded import LoadedModel
 
 __all__ = ["CompareCommandOptions", "compare"]
 
@@ -32,9 +38,20 @@ __all__ = ["CompareCommandOptions", "compare"]
     "--model",
     "model_name",
     multiple=True,
-    required=True,
-    help="A model to compare (one row each, in the order given); repeat for several. "
-    "Each uses its default Grad-CAM layer (see 'camcli layers MODEL').",
+    default=(EMBEDDED_MODEL,),
+    show_default=True,
+    help="A classifier to compare (one row each, in the order given); repeat for several. "
+    "Each uses its default Grad-CAM layer (see 'camcli layers MODEL'). Names as in "
+    "'camcli explain --model'; detectors and segmenters are refused.",
+)
+@click.option(
+    "--classes",
+    "classes_files",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Class names, as 'camcli explain --classes' reads them. Given once, for every "
+    "--model (each must have as many outputs as it names); given once per --model, one "
+    "each, in the same order. Without it, each model's own classes.",
 )
 @click.option(
     "--method",
@@ -96,11 +113,18 @@ def compare(ctx: click.Context, **options: Any) -> None:
       2    usage error
       130  stopped by SIGINT; 143 by SIGTERM; 141 stdout closed
     """
-    from camcli.cli.frame import Reporter, check_model_name, prepare_run, run_in_frame
+    from camcli.cli.frame import (
+        Reporter,
+        check_model_name,
+        load_checked_model,
+        prepare_run,
+        run_in_frame,
+    )
 
-    names = tuple(dict.fromkeys(options.pop("model_name")))
+    names, classes = _models_and_classes(options.pop("model_name"), options.pop("classes_files"))
     for name in names:
         check_model_name(name)
+        refuse_region_model("compare", name, zoo_region_task(name))
     try:
         methods = parse_methods(options.pop("methods") or ("gradcam,gradcam++",))
     except ValueError as exc:
@@ -112,7 +136,11 @@ def compare(ctx: click.Context, **options: Any) -> None:
             param_hint="'--method'",
         )
     offline = options.pop("offline")
-    common = CommonOptions.take(options, ModelOptions(model_name=names[0], offline=offline))
+    wanted = [
+        ModelOptions(model_name=n, offline=offline, classes_file=c)
+        for n, c in zip(names, classes, strict=True)
+    ]
+    common = CommonOptions.take(options, wanted[0])
     own = CompareCommandOptions(**options)
 
     from camcli.cli.early import refuse_early
@@ -121,18 +149,30 @@ def compare(ctx: click.Context, **options: Any) -> None:
     from camcli.methods.activation import CamNotApplicable
     from camcli.methods.batch import MethodOptions
     from camcli.models.hooks import LayerUnusable
-    from camcli.models.loaded import LoadedModel, ModelUnavailable
-    from camcli.models.registry import load_model
     from camcli.runs.compare import CompareOptions, compare_payload, run_compare
     from camcli.runs.runtime import StopRequest
     from camcli.runs.work import RunSummary
 
     _check_weights(names, offline)
+    # Own models' tasks (and another --classes file's fit) are known once loaded: each is
+    # loaded and released here, before the first model, so a wrong one is refused before
+    # the run starts and one model is in memory at a time.
+    sources: list[str | None] = [None] * len(names)  # each model's --classes, with a digest
+    for index, later in enumerate(wanted[1:], start=1):
+        if _known_classifier(later):
+            continue
+        loaded = load_checked_model(later)
+        refuse_region_model("compare", later.model_name, loaded.task)
+        sources[index] = loaded.classes_source
+        del loaded
     run = prepare_run(common)
+    refuse_region_model("compare", names[0], run.model.task)
+    sources[0] = run.model.classes_source
     settings = run.settings(layers=(), methods=methods, alpha=own.alpha, kind="compare")
     compare_options = CompareOptions(
         models=names,
         methods=methods,
+        classes=tuple(sources) if any(sources) else (),
         cell=own.cell_size,
         method_options=MethodOptions(
             chunk_size=own.chunk_size or run.chunk_size,
@@ -145,10 +185,9 @@ def compare(ctx: click.Context, **options: Any) -> None:
     def load(index: int) -> LoadedModel:
         if index == 0:
             return first.pop()
-        try:
-            return load_model(names[index], None, offline)
-        except ModelUnavailable as exc:
-            raise click.ClickException(str(exc)) from None
+        loaded = _load_row(wanted[index])
+        refuse_region_model("compare", names[index], loaded.task)  # a registered detector
+        return loaded
 
     run.model = None  # type: ignore[assignment]  # one model in memory at a time
 
@@ -196,3 +235,55 @@ def _check_weights(names: tuple[str, ...], offline: bool) -> None:
             f"weights of {len(missing)} models are missing:\n"
             + "\n".join(f"  {m}" for m in missing)
         )
+
+
+def _models_and_classes(
+    models: tuple[str, ...], files: tuple[Path, ...]
+) -> tuple[tuple[str, ...], tuple[Path | None, ...]]:
+    """The ``--model`` names without repeats, each with its ``--classes`` file or ``None``.
+
+    Raises:
+        click.BadParameter: naming ``--classes``, for a count that is neither one nor one
+            per ``--model`` (exit 2).
+
+    """
+    if len(files) not in (0, 1, len(models)):
+        raise click.BadParameter(
+            f"given {len(files)} times for {len(models)} models: give it once (for every "
+            "--model) or once per --model, in the same order",
+            param_hint="'--classes'",
+        )
+    paired: dict[str, Path | None] = {}
+    for index, name in enumerate(models):
+        file = files[0] if len(files) == 1 else files[index] if files else None
+        paired.setdefault(name, file)
+    return tuple(paired), tuple(paired.values())
+
+
+def _known_classifier(wanted: ModelOptions) -> bool:
+    """Whether a model needs no check before the run: named, and given no class file.
+
+    Torchvision's detectors and segmenters are refused by name; an own model
+    (``FILE.py:FUNC``) is known only once loaded, as is whether a ``--classes`` file fits.
+    """
+    from camcli.models.names import is_factory_spec
+
+    return wanted.classes_file is None and not is_factory_spec(wanted.model_name)
+
+
+def _load_row(wanted: ModelOptions) -> LoadedModel:
+    """Load a later row's model with its class file (checked before the run where needed)."""
+    from camcli.models.loaded import ModelUnavailable
+    from camcli.models.own import ModelSpecError, OptionProblem, OutputMismatch, customise_model
+    from camcli.models.registry import load_model
+
+    try:
+        loaded = load_model(wanted.model_name, None, wanted.offline)
+    except ModelUnavailable as exc:
+        raise click.ClickException(str(exc)) from None
+    except (ModelSpecError, OutputMismatch) as exc:
+        raise click.BadParameter(str(exc), param_hint="'--model'") from None
+    try:
+        return customise_model(loaded, classes_file=wanted.classes_file)
+    except OptionProblem as exc:
+        raise click.BadParameter(str(exc), param_hint=f"'{exc.option}'") from None

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
+import re
 from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -25,7 +29,13 @@ if TYPE_CHECKING:
     from camcli.cli.frame import PreparedRun
     from camcli.runs.settings import Settings
 
-__all__ = ["FeaturesCommandOptions", "features", "features_settings"]
+__all__ = [
+    "FeaturesCommandOptions",
+    "features",
+    "features_settings",
+    "refuse_region_model",
+    "zoo_region_task",
+]
 
 
 @click.command(cls=SectionedCommand, context_settings=CONTEXT)
@@ -74,6 +84,9 @@ __all__ = ["FeaturesCommandOptions", "features", "features_settings"]
 def features(ctx: click.Context, **options: Any) -> None:
     """Draw a grid of feature maps per image under INPUT and layer.
 
+    MODEL is a classifier: a detector or a segmenter is refused (one sentence naming
+    'camcli explain', which explains each of its detections or classes).
+
     Per image it writes, mirroring the input tree under --output-dir: NAME.features.LAYER.png
     per layer (the chosen channels, each labelled with its index, one colour scale per grid
     from its lowest to its highest value, shown at the bottom), NAME.features.json (top-k
@@ -91,6 +104,8 @@ def features(ctx: click.Context, **options: Any) -> None:
     """
     common = CommonOptions.take(options)
     own = FeaturesCommandOptions(**options)
+    name = common.model.model_name
+    refuse_region_model("features", name, zoo_region_task(name))
 
     from camcli.cli.early import refuse_early
 
@@ -102,6 +117,7 @@ def features(ctx: click.Context, **options: Any) -> None:
     from camcli.runs.work import RunSummary
 
     run = prepare_run(common)
+    refuse_region_model("features", name, run.model.task)  # an own model's, known once loaded
     settings = features_settings(run, own)
     feature_options = FeatureOptions(
         channels=own.channels, strongest=own.strongest, cell=own.cell_size
@@ -147,4 +163,69 @@ def features_settings(run: PreparedRun, options: FeaturesCommandOptions) -> Sett
         top_k=options.top_k,
         save_raw=options.save_raw,
         crop=options.crop,
+    )
+
+
+# What the commands that need a classifier say it is needed for.
+_NEEDS = {
+    "features": "its records give a classifier's top-k predictions beside the grids",
+    "compare": "each cell is the map of a classifier's top-1 class",
+}
+# A torchvision model's registration in its source (as camcli.models.names reads them).
+_REGISTERED = re.compile(r"@register_model\([^)]*\)[\s\S]*?^def (\w+)\(", re.MULTILINE)
+
+
+@lru_cache(maxsize=1)
+def _zoo_region_tasks() -> dict[str, str]:
+    """Torchvision's detectors and segmenters by name, with their task, from its sources."""
+    spec = importlib.util.find_spec("torchvision")
+    if spec is None or not spec.submodule_search_locations:
+        return {}
+    folder = Path(next(iter(spec.submodule_search_locations))) / "models"
+    tasks: dict[str, str] = {}
+    for task, sub in (("detect", "detection"), ("segment", "segmentation")):
+        for path in sorted((folder / sub).glob("*.py")):
+            try:
+                text = path.read_text(encoding="utf-8")
+            except OSError:
+                continue
+            tasks.update(dict.fromkeys(_REGISTERED.findall(text), task))
+    return tasks
+
+
+def zoo_region_task(name: str) -> str | None:
+    """``detect`` or ``segment`` for a torchvision detector or segmenter, else ``None``.
+
+    Read off torchvision's source files, without importing torch, so a command that needs a
+    classifier refuses a zoo detector before loading anything.
+    """
+    return _zoo_region_tasks().get(name)
+
+
+def refuse_region_model(command: str, name: str, task: str | None) -> None:
+    """Refuse a detector or a segmenter for a command that needs a classifier.
+
+    Args:
+        command: ``features`` or ``compare``.
+        name: the model as ``--model`` names it.
+        task: the model's task (``None`` or ``classify``: nothing to refuse).
+
+    Raises:
+        click.BadParameter: naming ``--model``, what the model is, what the command needs
+            and what to run instead (exit 2).
+
+    """
+    if task is None or task == "classify":
+        return
+    from camcli.cli.regions import NOUNS
+
+    instead = (
+        "each of its detections"
+        if task == "detect"
+        else "each class of its mask, or with --task classify its logits averaged over the image"
+    )
+    raise click.BadParameter(
+        f"{name} is a {NOUNS.get(task, task)}; {command} needs a classifier ({_NEEDS[command]}): "
+        f"'camcli explain --model {name}' explains {instead}",
+        param_hint="'--model'",
     )

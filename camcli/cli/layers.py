@@ -44,13 +44,14 @@ def layers(model_name: str, weights: Path | None, offline: bool, spatial_only: b
     4-D output with more than one pixel, or a transformer's patch tokens, from a module
     that runs once: what --layer accepts), 'repeated' for modules that run several
     times, 'unused' for modules the forward pass does not reach. Shapes do not depend on
-    the weights: a torchvision model whose weights are not available is probed with random
-    weights (said on stderr).
+    the weights: a torchvision model (a classifier, a detector or a segmenter) whose weights
+    are not available is probed with random weights (said on stderr), and needs no --weights.
     """
     from camcli.cli.frame import check_model_name
     from camcli.models.loaded import ModelUnavailable
     from camcli.models.own import ModelSpecError, OutputMismatch
     from camcli.models.probe import model_for_probing, probe_layers
+    from camcli.models.tasks import zoo_architecture
 
     try:
         check_model_name(model_name)
@@ -59,7 +60,11 @@ def layers(model_name: str, weights: Path | None, offline: bool, spatial_only: b
     try:
         loaded, pretrained = model_for_probing(model_name, weights, offline)
     except ModelUnavailable as exc:
-        raise click.ClickException(str(exc)) from None
+        # A zoo detector or segmenter: its architecture, as a classifier's (no weights file).
+        architecture = zoo_architecture(model_name) if weights is None else None
+        if architecture is None:
+            raise click.ClickException(str(exc)) from None
+        loaded, pretrained = architecture, False
     except (ModelSpecError, OutputMismatch) as exc:
         raise click.BadParameter(str(exc), param_hint="'MODEL'") from None
     if not pretrained:

@@ -56,6 +56,9 @@ class CompareOptions:
         methods: map methods, one column each, in order.
         cell: width of one cell in pixels.
         method_options: settings of the methods that make extra passes (Score-CAM).
+        classes: per model, where its class names came from (a ``--classes`` file with a
+            digest of its names, :attr:`LoadedModel.classes_source`), ``None`` for its own
+            classes; empty when every model has its own.
 
     """
 
@@ -63,6 +66,7 @@ class CompareOptions:
     methods: tuple[str, ...]
     cell: int = 256
     method_options: MethodOptions = field(default_factory=MethodOptions)
+    classes: tuple[str | None, ...] = ()
 
 
 def compare_payload(settings: Settings, options: CompareOptions) -> dict[str, Any]:
@@ -78,6 +82,8 @@ def compare_payload(settings: Settings, options: CompareOptions) -> dict[str, An
         "precision": settings.precision,
         "resized_on": "device" if settings.resize_on_device else "loader",
         "view": "resize",
+        # other class names: other records (absent without --classes: earlier runs' keys)
+        **({"classes": list(options.classes)} if any(options.classes) else {}),
         "method_options": {
             "seed": options.method_options.seed,
             **(
