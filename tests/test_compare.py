@@ -180,15 +180,17 @@ def test_an_image_a_model_failed_on_is_reported_and_the_others_are_made(
 
 def test_config_file_table_for_compare(squares: Path, tmp_path: Path):
     config = tmp_path / "camcli.toml"
+    names = _class_file(tmp_path / "names.txt", "n")
     config.write_text(
         f'[explain]\ntop-k = 3\n\n[compare]\nmodel = ["{BRIGHT}", "{TINY}"]\nmethod = "layercam"\n'
-        "cell-size = 80\nworkers = 0\n"
+        f'cell-size = 80\nworkers = 0\nclasses = "{names}"\n'
     )
     out = tmp_path / "out"
     result = run("compare", squares, "-o", out, "--config", config)
     assert result.exit_code == 0, result.output
     record = json.loads((out / "left.png.compare.json").read_text())
     assert record["models"] == [BRIGHT, TINY] and record["methods"] == ["layercam"]
+    assert [row["prediction"]["name"][0] for row in record["rows"]] == ["n", "n"]
 
 
 def test_a_stop_after_the_first_model_loads_no_other_and_leaves_no_scratch(

@@ -46,7 +46,7 @@ __all__ = ["CompareCommandOptions", "compare"]
 )
 @click.option(
     "--classes",
-    "classes_files",
+    "classes_file",
     multiple=True,
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="Class names, as 'camcli explain --classes' reads them. Given once, for every "
@@ -121,7 +121,7 @@ def compare(ctx: click.Context, **options: Any) -> None:
         run_in_frame,
     )
 
-    names, classes = _models_and_classes(options.pop("model_name"), options.pop("classes_files"))
+    names, classes = _models_and_classes(options.pop("model_name"), options.pop("classes_file"))
     for name in names:
         check_model_name(name)
         refuse_region_model("compare", name, zoo_region_task(name))

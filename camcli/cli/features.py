@@ -84,7 +84,7 @@ __all__ = [
 def features(ctx: click.Context, **options: Any) -> None:
     """Draw a grid of feature maps per image under INPUT and layer.
 
-    MODEL is a classifier: a detector or a segmenter is refused (one sentence naming
+    The --model is a classifier: a detector or a segmenter is refused (one sentence naming
     'camcli explain', which explains each of its detections or classes).
 
     Per image it writes, mirroring the input tree under --output-dir: NAME.features.LAYER.png
@@ -99,7 +99,8 @@ def features(ctx: click.Context, **options: Any) -> None:
     Exit status:
       0    every image done or up to date
       1    some images failed, or the run could not start or stopped
-      2    usage error (unknown layer, a layer without a spatial map)
+      2    usage error (unknown layer, a layer without a spatial map, a detector or a
+           segmenter)
       130  stopped by SIGINT; 143 by SIGTERM; 141 stdout closed
     """
     common = CommonOptions.take(options)
