@@ -24,21 +24,24 @@ from camcli.methods.activation import (
 )
 from camcli.methods.forward import Explanation, explain_batch, normalise_maps, picture_maps
 from camcli.methods.gradient import gradcam, gradcam_plus_plus, hirescam, layercam, xgradcam
-from camcli.methods.integrated import adaptive_integrated_gradients, ig_baseline
-from camcli.methods.metrics import faithfulness, pixel_order_saliency
+from camcli.methods.integrated import adaptive_integrated_gradients, ig_baseline, most_passes
+from camcli.methods.metrics import faithfulness, faithfulness_passes, pixel_order_saliency
 from camcli.methods.names import (
     IG_MAX_PASSES,
+    IMAGE_METHODS,
     MAP_METHODS,
     RISE_LAYER,
 )
 from camcli.methods.perturbation import scorecam, smoothgrad
 from camcli.methods.rise import RiseMasks, rise
+from camcli.methods.stopping import planned_passes
 
 __all__ = [
     "GRADIENT_MAPS",
     "BatchMethods",
     "MethodOptions",
     "compute_methods",
+    "method_passes",
     "run_masks",
 ]
 
@@ -199,6 +202,78 @@ def compute_methods(
             layer_gradients=need_gradients,
             autocast_dtype=autocast_dtype,
         )
+    passes = method_passes(explanation, inputs.shape[0], layers, methods, options)
+    # Every method's passes are planned before the first: the total does not grow.
+    with planned_passes(sum(passes.values()), next(iter(passes), "")):
+        return _compute(model, inputs, layers, methods, options, seeds, autocast_dtype, explanation)
+
+
+def method_passes(
+    explanation: Explanation,
+    images: int,
+    layers: Sequence[str],
+    methods: Sequence[str],
+    options: MethodOptions,
+) -> dict[str, int]:
+    """The passes each method of :func:`compute_methods` makes for a batch, in their order.
+
+    One image through the model is one pass: Score-CAM one per image and channel of each
+    layer, SmoothGrad one per noisy copy, RISE one per image and mask, LRP one per image,
+    Integrated Gradients the most its levels can take (``--ig-max-steps``; the levels an
+    image does not need count as done when it stops), and the faithfulness scores theirs
+    (``faithfulness``). The forward pass and gradients that every method shares are not
+    counted. Methods without passes of their own are left out.
+
+    Args:
+        explanation: the batch's forward pass (Score-CAM's channels are its layers').
+        images: the batch's images.
+        layers: target layer names.
+        methods: method names.
+        options: the methods' settings.
+
+    Returns:
+        Passes per method, in the order they run; empty when none makes passes.
+
+    """
+    wanted = set(methods)
+    passes: dict[str, int] = {}
+    if "scorecam" in wanted:
+        passes["scorecam"] = sum(images * explanation.activations[la].shape[1] for la in layers)
+    if "smoothgrad" in wanted:
+        passes["smoothgrad"] = images * options.smooth_samples
+    if "rise" in wanted:
+        passes["rise"] = images * options.rise_masks
+    if "lrp" in wanted:
+        passes["lrp"] = images
+    if "ig" in wanted:
+        most = max(options.ig_max_steps, options.ig_steps)
+        passes["ig"] = images * most_passes(options.ig_steps, most, options.ig_rule)
+    if options.metrics:
+        guided = explanation.guided is not None
+        scored = [
+            m
+            for m in wanted
+            if m in MAP_METHODS
+            or (m in IMAGE_METHODS and (guided or m not in ("guided", "guided-gradcam")))
+        ]
+        passes["faithfulness"] = faithfulness_passes(
+            images, len(scored), options.metrics, options.metric_steps
+        )
+    return {method: count for method, count in passes.items() if count > 0}
+
+
+def _compute(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    layers: Sequence[str],
+    methods: Sequence[str],
+    options: MethodOptions,
+    seeds: Sequence[int] | None,
+    autocast_dtype: torch.dtype | None,
+    explanation: Explanation,
+) -> BatchMethods:
+    """:func:`compute_methods` once the batch's forward pass is made."""
+    wanted = set(methods)
     result = BatchMethods(explanation)
     chosen = explanation.targets
     size = inputs.shape[-1]

@@ -40,6 +40,7 @@ from camcli.methods.activation import eigencam
 from camcli.methods.gradient import gradcam, gradcam_plus_plus, hirescam, layercam, xgradcam
 from camcli.methods.guided import GuidedActivations
 from camcli.methods.rise import RiseMasks
+from camcli.methods.stopping import check_stop, passes_done, plan_passes, planned_passes
 from camcli.models.hooks import LayerCapture, frozen_eval
 from camcli.models.tasks import describe_output
 
@@ -227,10 +228,12 @@ def explain_detections(
     finally:
         frame.remove()
     if "drise" in methods:
-        for image, result in zip(images, results, strict=True):
-            result.maps["drise"] = drise(
-                module, image, result.detections, drise_masks, chunk_size, seed
-            )
+        explained = sum(1 for result in results if result.detections)
+        with planned_passes(explained * drise_masks, "drise"):  # every photo's, up front
+            for image, result in zip(images, results, strict=True):
+                result.maps["drise"] = drise(
+                    module, image, result.detections, drise_masks, chunk_size, seed
+                )
     return results
 
 
@@ -351,13 +354,16 @@ def drise(
     targets = torch.tensor([d.box for d in detections], dtype=torch.float32, device=image.device)
     labels = torch.tensor([d.label for d in detections], device=image.device)
     total = image.new_zeros((len(detections), height, width), dtype=torch.float32)
+    plan_passes(masks, "drise")
     with torch.no_grad(), frozen_eval(module):
         for start in range(0, masks, chunk_size):
+            check_stop()
             stop = min(masks, start + chunk_size)
             chunk = drawn.chunk(start, stop, image.device)[:, :, :height, :width]
             outputs = run_detector(module, list(image[None] * chunk))
             weights = torch.stack([_similarity(o, targets, labels) for o in outputs])  # (n, K)
             total += torch.einsum("nk,nhw->khw", weights, chunk[:, 0])
+            passes_done(stop - start)
     return total / masks
 
 

@@ -20,7 +20,7 @@ from torch import nn
 from camcli.methods.forward import autocast
 from camcli.methods.metrics import blurred
 from camcli.methods.names import IG_BASELINES, IG_MAX_PASSES, IG_RULES
-from camcli.methods.stopping import check_stop, passes_done, plan_passes
+from camcli.methods.stopping import check_stop, passes_done, plan_passes, planned_passes
 from camcli.models.hooks import frozen_eval
 
 __all__ = [
@@ -28,6 +28,7 @@ __all__ = [
     "adaptive_integrated_gradients",
     "ig_baseline",
     "integrated_gradients",
+    "most_passes",
 ]
 
 
@@ -119,6 +120,26 @@ class IntegratedGradients:
     passes: torch.Tensor
 
 
+def most_passes(steps: int, max_steps: int, rule: str = "gausslegendre") -> int:
+    """The most passes one image takes in :func:`adaptive_integrated_gradients`.
+
+    Its levels until the next one would pass ``max_steps``: at 32 steps and 128 most, 32 +
+    96 Gauss-Legendre nodes (128), or midpoints 32 + 64 (96).
+
+    Example:
+        >>> most_passes(32, 1280), most_passes(32, 128), most_passes(32, 128, "midpoint")
+        (1280, 128, 96)
+
+    """
+    passes = reached = steps
+    while True:
+        extra = 2 * reached if rule == "midpoint" else 3 * reached
+        if passes + extra > max_steps:
+            return passes
+        passes += extra
+        reached = passes if rule == "midpoint" else extra
+
+
 def adaptive_integrated_gradients(
     model: nn.Module,
     inputs: torch.Tensor,
@@ -167,6 +188,26 @@ def adaptive_integrated_gradients(
     """
     if rule not in IG_RULES:
         raise ValueError(f"unknown rule {rule!r}; known: {', '.join(IG_RULES)}")
+    # Every level's passes are planned before the first: those not needed count as done.
+    with planned_passes(inputs.shape[0] * most_passes(steps, max_steps, rule), "ig"):
+        return _adaptive(
+            model, inputs, baselines, targets, steps, chunk_size, autocast_dtype, tolerance,
+            max_steps, rule,
+        )  # fmt: skip
+
+
+def _adaptive(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    baselines: torch.Tensor,
+    targets: torch.Tensor,
+    steps: int,
+    chunk_size: int,
+    autocast_dtype: torch.dtype | None,
+    tolerance: float,
+    max_steps: int,
+    rule: str,
+) -> IntegratedGradients:
     x = inputs.detach().float()
     b = baselines.detach().float()
     n = x.shape[0]
@@ -240,7 +281,7 @@ def _gradient_sums(
     """
     total = torch.zeros_like(b)
     count = len(owners)
-    plan_passes(count, "ig")  # each adaptive level adds its points when it starts
+    plan_passes(count, "ig")  # a level of adaptive IG takes its points from the planned ones
     with frozen_eval(model), torch.enable_grad():
         for start in range(0, count, chunk_size):
             check_stop()

@@ -26,13 +26,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from camcli.methods.forward import autocast, class_probabilities
-from camcli.methods.stopping import check_stop, passes_done, plan_passes
+from camcli.methods.stopping import check_stop, passes_done, plan_passes, planned_passes
 from camcli.models.hooks import frozen_eval
 
 __all__ = [
     "FaithfulnessAverages",
     "blurred",
     "faithfulness",
+    "faithfulness_passes",
     "pixel_order_saliency",
     "pixel_ranks",
 ]
@@ -98,6 +99,23 @@ def _unit(saliency: torch.Tensor) -> torch.Tensor:
     return torch.where(peak > 0, positive / peak.clamp(min=1e-12), torch.zeros_like(positive))
 
 
+def faithfulness_passes(images: int, methods: int, metrics: Sequence[str], steps: int) -> int:
+    """The passes :func:`faithfulness` makes for a batch: one image through the model each.
+
+    The unmodified images once, then per method the ``steps + 1`` points of each curve and
+    the masked image of ``drop``.
+
+    Example:
+        >>> faithfulness_passes(2, 5, ("deletion", "insertion", "drop"), 16)
+        352
+
+    """
+    wanted = set(metrics)
+    curves = sum(kind in wanted for kind in ("deletion", "insertion"))
+    per_method = curves * (steps + 1) + ("drop" in wanted)
+    return images * (1 + methods * per_method)
+
+
 def faithfulness(
     model: nn.Module,
     inputs: torch.Tensor,
@@ -137,8 +155,11 @@ def faithfulness(
     blur = blurred(x.float()).to(x.dtype) if "insertion" in wanted else x
     counts = torch.round(torch.arange(steps + 1, device=x.device) * (pixels / steps)).long()
     results: dict[str, dict[str, torch.Tensor]] = {}
-    with frozen_eval(model), torch.no_grad():
-        original = _probabilities(model, x, targets, chunk_size, autocast_dtype, binary)
+    passes = faithfulness_passes(n, len(saliencies), metrics, steps)
+    with frozen_eval(model), torch.no_grad(), planned_passes(passes, "faithfulness"):
+        original = _probabilities(
+            model, x, targets, chunk_size, autocast_dtype, binary, "faithfulness"
+        )
         for method, saliency in saliencies.items():
             scores: dict[str, torch.Tensor] = {}
             position = pixel_ranks(saliency)
@@ -168,7 +189,7 @@ def faithfulness(
             if "drop" in wanted:
                 unit = _unit(saliency.float()).to(x.dtype)[:, None]
                 masked = _probabilities(
-                    model, x * unit, targets, chunk_size, autocast_dtype, binary
+                    model, x * unit, targets, chunk_size, autocast_dtype, binary, "drop"
                 )
                 scores["drop"] = (original - masked).clamp(min=0) / original.clamp(min=1e-12)
                 scores["increase"] = (masked > original).float()
@@ -196,13 +217,18 @@ def _probabilities(
     chunk_size: int,
     autocast_dtype: torch.dtype | None,
     binary: bool,
+    label: str,
 ) -> torch.Tensor:
-    parts = [
-        _forward_probs(
-            model, images[s : s + chunk_size], targets[s : s + chunk_size], autocast_dtype, binary
-        )
-        for s in range(0, images.shape[0], chunk_size)
-    ]
+    plan_passes(images.shape[0], label)
+    parts = []
+    for s in range(0, images.shape[0], chunk_size):
+        parts.append(
+            _forward_probs(
+                model, images[s : s + chunk_size], targets[s : s + chunk_size], autocast_dtype,
+                binary,
+            )
+        )  # fmt: skip
+        passes_done(len(parts[-1]))
     return torch.cat(parts)
 
 

@@ -17,7 +17,7 @@ from torch import nn
 from camcli.io.transfer import to_device
 from camcli.methods.forward import autocast
 from camcli.methods.guided import GuidedActivations
-from camcli.methods.stopping import check_stop, passes_done, plan_passes
+from camcli.methods.stopping import check_stop, passes_done, plan_passes, progress_chunk
 from camcli.models.hooks import frozen_eval
 
 __all__ = ["scorecam", "smoothgrad"]
@@ -94,7 +94,9 @@ def smoothgrad(
     Each image gets ``samples`` copies with Gaussian noise of standard deviation
     ``noise * (max - min)`` of that image; the noise comes from a generator seeded per image
     (``seeds``), so an image's result does not depend on its batch. Copies of all images are
-    processed together, ``chunk_size`` per forward + backward pass.
+    processed together, ``chunk_size`` per forward + backward pass (fewer when all copies
+    fit in a few chunks: :func:`~camcli.methods.stopping.progress_chunk`, so that the passes
+    are counted as they finish).
 
     Args:
         model: the classifier.
@@ -139,14 +141,16 @@ def smoothgrad(
         passes_done(len(pending))
         pending.clear()
 
-    plan_passes(x.shape[0] * samples, "smoothgrad")
+    passes = x.shape[0] * samples
+    chunk = progress_chunk(chunk_size, passes)  # a few chunks at least: done moves as they end
+    plan_passes(passes, "smoothgrad")
     for i in range(x.shape[0]):
         generator = torch.Generator(device=x.device).manual_seed(int(seeds[i]))
         noise_i = torch.randn((samples, *x.shape[1:]), generator=generator, device=x.device)
         copies = x[i] + noise_i.to(x.dtype) * (noise * span[i])
         for copy in copies:
             pending.append((copy, i))
-            if len(pending) >= chunk_size:
+            if len(pending) >= chunk:
                 flush()
     if pending:
         flush()

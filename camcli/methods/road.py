@@ -27,10 +27,10 @@ from torch import nn
 
 from camcli.methods.forward import autocast, class_probabilities
 from camcli.methods.metrics import pixel_ranks
-from camcli.methods.stopping import check_stop, passes_done, plan_passes
+from camcli.methods.stopping import check_stop, passes_done, plan_passes, planned_passes
 from camcli.models.hooks import frozen_eval
 
-__all__ = ["ROAD_FRACTIONS", "ROAD_NOISE", "impute", "road"]
+__all__ = ["ROAD_FRACTIONS", "ROAD_NOISE", "impute", "road", "road_passes"]
 
 ROAD_FRACTIONS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 ROAD_NOISE = 0.01
@@ -153,6 +153,17 @@ def _conjugate_gradients(
     return known * x + unknown * solution
 
 
+def road_passes(images: int, methods: int, fractions: Sequence[float] = ROAD_FRACTIONS) -> int:
+    """The passes :func:`road` makes for a batch: per method, image and fraction, two.
+
+    Example:
+        >>> road_passes(2, 3, (0.1, 0.5, 0.9))
+        36
+
+    """
+    return 2 * images * methods * len(fractions)
+
+
 def road(
     model: nn.Module,
     inputs: torch.Tensor,
@@ -190,7 +201,8 @@ def road(
         [torch.randn(x.shape[1:], generator=torch.Generator().manual_seed(int(s))) for s in seeds]
     ).to(x.device, torch.float32)
     results: dict[str, dict[str, torch.Tensor]] = {}
-    with frozen_eval(model), torch.no_grad():
+    passes = road_passes(n, len(saliencies), fractions)
+    with frozen_eval(model), torch.no_grad(), planned_passes(passes, "road_morf"):
         for method, saliency in saliencies.items():
             position = pixel_ranks(saliency)
             scores: dict[str, torch.Tensor] = {}
