@@ -103,16 +103,24 @@ def test_scores_of_a_map_known_by_hand(squares: tuple[Path, Path], tmp_path: Pat
 def test_no_score_measured_gives_a_sentence_not_a_broken_table(
     squares: tuple[Path, Path], tmp_path: Path
 ):
-    images, boxes = squares
+    """The top-1 (tench) has no box, --metrics none: the files say so, and the exit is 1."""
+    images, _boxes = squares
+    only_goldfish = tmp_path / "goldfish"
+    for name in ("a", "b"):
+        voc(only_goldfish / "set" / f"{name}.xml", [("goldfish", (40, 0, 64, 48))])
     out = tmp_path / "out"
     result = run(
         [
             "evaluate", str(images), "-o", str(out), "-m", BRIGHT, "--method", "gradcam",
-            "--boxes", str(boxes), "--target", "tiger shark", "--metrics", "none",
+            "--boxes", str(only_goldfish), "--target", "pred", "--metrics", "none",
         ]
     )  # fmt: skip
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 1, result.output
     assert "2 annotated image(s) have boxes only of other classes" in result.stderr
+    assert (
+        "camcli: nothing was scored: no image had a box or mask of the class explained, and "
+        "--metrics is none\n"
+    ) in result.stderr
     table = (out / "evaluation.md").read_text()
     assert "No score was measured" in table and "| method |" not in table
 

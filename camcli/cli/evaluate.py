@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,12 +27,19 @@ from camcli.cli.options import (
 )
 from camcli.cli.regions import RegionOptions, region_options, region_settings, run_as_task
 from camcli.methods.names import LAYER_METHODS, parse_methods, parse_metrics
+from camcli.report.evaluation import HIGHER_IS_BETTER, not_scored, not_scored_text
 
 if TYPE_CHECKING:
     from camcli.cli.frame import PreparedRun
     from camcli.runs.settings import Settings
 
-__all__ = ["EVALUATE_METHODS", "EvaluateCommandOptions", "evaluate", "evaluate_settings"]
+__all__ = [
+    "EVALUATE_METHODS",
+    "EvaluateCommandOptions",
+    "evaluate",
+    "evaluate_settings",
+    "refuse_nothing_to_score",
+]
 
 # Methods evaluated when --method is not given: the ones that need no extra passes.
 EVALUATE_METHODS = ("gradcam", "gradcam++", "layercam", "guided", "guided-gradcam")
@@ -168,6 +177,14 @@ def evaluate(ctx: click.Context, **options: Any) -> None:
         target=None if own.target == "annotated" else own.target,
         several_targets=False,
     )
+    scores_faithfulness = bool(metrics) or road
+    # What can be refused before the model loads: the task of a zoo name (or --task) is known.
+    early_task = _known_task(common.model.model_name, regions.task)
+    refuse_nothing_to_score(early_task, own, scores_faithfulness, raw_methods)
+    if isinstance(common.output.output_dir, Path):
+        _refuse_other_evaluation(
+            common.output.output_dir.expanduser(), common.model.model_name, early_task
+        )
     from camcli.cli.frame import Reporter, prepare_run, run_in_frame
     from camcli.io.annotations import AnnotationError, load_annotations
     from camcli.methods.activation import CamNotApplicable
@@ -179,6 +196,9 @@ def evaluate(ctx: click.Context, **options: Any) -> None:
     run = run_as_task(prepare_run(common), regions.task)
     model = run.model
     task = model.task
+    # The model's task is known now: refuse what it cannot score before any file is written.
+    refuse_nothing_to_score(task, own, scores_faithfulness, raw_methods)
+    _refuse_other_evaluation(run.output_dir, model.name, task)
     if task != "classify":
         given = ctx.get_parameter_source("metrics") == click.core.ParameterSource.COMMANDLINE
         refused = {"--metrics": given and (bool(metrics) or road), "--sanity": own.sanity,
@@ -208,9 +228,16 @@ def evaluate(ctx: click.Context, **options: Any) -> None:
         if matching.images and not matching.matched and not part_of_run:
             raise click.BadParameter(matching.nothing_matched(), param_hint=f"'{matching.option}'")
         click.echo(f"camcli: {matching.summary()}", err=True)
+    if task == "segment":
+        _refuse_unreadable_masks(annotations)
     if task != "classify":
-        _evaluate_regions(ctx, run, settings, own, annotations)
+        left_out = not_scored(settings.methods, task)
+        if left_out:
+            click.echo(f"camcli: not scored: {not_scored_text(left_out)}", err=True)
+        _evaluate_regions(ctx, run, settings, own, annotations, part_of_run)
         return
+    if settings.target.mode == "class" and not (scores_faithfulness or own.sanity):
+        _refuse_target_without_boxes(annotations, settings.target.index, model.classes.name)
     evaluate_options = EvaluateOptions(
         metrics=metrics,
         road=road,
@@ -267,7 +294,15 @@ def evaluate(ctx: click.Context, **options: Any) -> None:
             "images": result["images"],
             "annotated": result["annotated"],
         }
+        if summary.status == "complete" and result["images"] and not _scored_any(result):
+            asked = bool(evaluate_options.metrics) or evaluate_options.road
+            unscored.append(
+                "nothing was scored: no image had a box or mask of the class explained"
+                + ("" if asked else ", and --metrics is none")
+            )
         return summary
+
+    unscored: list[str] = []
 
     layered = any(m in LAYER_METHODS for m in settings.methods)
     code = run_in_frame(
@@ -280,11 +315,34 @@ def evaluate(ctx: click.Context, **options: Any) -> None:
         verb="evaluated",
         kind="evaluate",
     )
+    code = _said_empty(unscored, code, part_of_run)
     if own.report and (run.rank is None or run.rank.rank == 0):
         from camcli.cli.report import report_after_run
 
         code = report_after_run(run.output_dir, code)
     ctx.exit(code)
+
+
+def _scored_any(result: dict[str, Any]) -> bool:
+    """Whether a classifier's evaluation holds any score (a mean or a sanity curve)."""
+    measured = any(
+        value is not None
+        for scores in result["methods"].values()
+        for name, value in scores.items()
+        if name in HIGHER_IS_BETTER
+    )
+    return measured or bool(result["sanity"])
+
+
+def _said_empty(empty: list[str], code: int, part_of_run: bool) -> int:
+    """Say that nothing was scored (one line); exit 1 then, unless a shard (a warning)."""
+    if not empty:
+        return code
+    if part_of_run:
+        click.echo(f"camcli: warning: this part of the run: {empty[0]}", err=True)
+        return code
+    click.echo(f"camcli: {empty[0]}", err=True)
+    return 1 if code == 0 else code
 
 
 class _Totals:
@@ -353,11 +411,12 @@ def _evaluate_regions(
     settings: Settings,
     own: EvaluateCommandOptions,
     annotations: Any,
+    part_of_run: bool,
 ) -> None:
     """``evaluate`` on a detector or segmenter: match, score, and write evaluation.json."""
     from camcli.cli.frame import Reporter, run_in_frame
     from camcli.runs.explain import run_regions
-    from camcli.runs.regions import region_evaluation, write_region_evaluation
+    from camcli.runs.regions import nothing_matched, region_evaluation, write_region_evaluation
     from camcli.runs.runtime import StopRequest
     from camcli.runs.work import RunSummary
 
@@ -380,30 +439,43 @@ def _evaluate_regions(
             self.reporter.passes(done, planned, method)
 
     payload = {"annotations": annotations.source, "tolerance": own.pointing_tolerance}
+    static = {"model": model.name, "task": settings.task}  # run.json: whose evaluation
 
     def body(reporter: Reporter, stop: StopRequest) -> RunSummary:
         summary = run_regions(
             run.items, model, settings, _Keep(reporter), stop.event, annotations,
             own.pointing_tolerance, payload,
         )  # fmt: skip
-        result = region_evaluation(records, settings.methods)
+        result = region_evaluation(records, settings.methods, settings.task)
         result.update(model=model.name, weights=model.weights, layers=list(settings.layers),
                       status=summary.status)  # fmt: skip
         name = write_region_evaluation(settings.output_dir, result, settings.name_suffix)
         summary.extra["evaluation"] = {"file": name, "images": result["images"],
                                        "annotated": result["annotated"]}  # fmt: skip
+        errors = result.get("annotation_errors")
+        if errors and result["annotated"]:
+            click.echo(
+                f"camcli: --masks: {errors['count']} mask(s) could not be read, those images "
+                f"are not scored (e.g. {errors['first']})",
+                err=True,
+            )
+        sentence = nothing_matched(result, settings)
+        if sentence is not None and summary.status == "complete":
+            unscored.append(sentence)
         return summary
+
+    unscored: list[str] = []
 
     code = run_in_frame(
         run,
         body,
-        {**payload, "task": settings.task},
+        {**payload, **static},
         f"{model.name} ({', '.join(settings.methods)})",
         {},
         verb="evaluated",
         kind="evaluate",
     )
-    ctx.exit(code)
+    ctx.exit(_said_empty(unscored, code, part_of_run))
 
 
 @dataclass(frozen=True)
@@ -453,4 +525,189 @@ def evaluate_settings(
         target=target,
         top_k=options.top_k,
         method_options=method_settings.method_options(model, run.chunk_size),
+    )
+
+
+# What a model of each task is called in messages (as camcli.models.tasks.TASK_NOUNS, which
+# imports torch).
+_NOUNS = {"classify": "classifier", "detect": "detector", "segment": "segmenter"}
+_BOXES = "a folder of Pascal VOC XML files mirroring INPUT, or one COCO JSON file"
+_MASKS = (
+    "a folder of class-index PNGs mirroring INPUT: palette or grey, as Pascal VOC's "
+    "SegmentationClass, or RGB in VOC's colours"
+)
+
+
+@lru_cache(maxsize=1)
+def _zoo_tasks() -> dict[str, str]:
+    """Torchvision's model names with their task, read off its sources (no import)."""
+    from camcli.models.names import _REGISTERED
+
+    spec = importlib.util.find_spec("torchvision")
+    if spec is None or not spec.submodule_search_locations:
+        return {}
+    folder = Path(next(iter(spec.submodule_search_locations))) / "models"
+    tasks: dict[str, str] = {}
+    for sub, task in ((folder, "classify"), (folder / "detection", "detect"),
+                      (folder / "segmentation", "segment")):  # fmt: skip
+        try:
+            for path in sorted(sub.glob("*.py")):
+                for name in _REGISTERED.findall(path.read_text(encoding="utf-8")):
+                    tasks[name] = task
+        except OSError:
+            continue
+    return tasks
+
+
+def _known_task(name: str, wanted: str) -> str | None:
+    """The task a run of ``--model name --task wanted`` will have, when known unloaded.
+
+    The embedded model and timm's are classifiers, torchvision's zoo names say theirs; a
+    factory's or a registered model's task is known once it is loaded (``None``).
+    """
+    import sys
+
+    from camcli.models import EMBEDDED_MODEL
+    from camcli.models.names import is_factory_spec, is_timm_spec
+
+    registry = sys.modules.get("camcli.models.registry")
+    zoo: str | None
+    if name == EMBEDDED_MODEL or is_timm_spec(name):
+        zoo = "classify"
+    elif is_factory_spec(name) or (registry is not None and name in registry._REGISTRY):
+        zoo = None
+    else:
+        zoo = _zoo_tasks().get(name)
+    if wanted == "auto":
+        return zoo
+    if zoo is None or zoo == wanted or (zoo == "segment" and wanted == "classify"):
+        return wanted
+    return None  # a --task the model cannot run as: refused once it is loaded
+
+
+def _chosen_methods(raw_methods: tuple[str, ...]) -> list[str]:
+    chosen = [m.strip().lower() for v in raw_methods for m in v.split(",") if m.strip()]
+    return [{"grad-cam": "gradcam", "grad-cam++": "gradcam++"}.get(m, m) for m in chosen]
+
+
+def refuse_nothing_to_score(
+    task: str | None,
+    options: EvaluateCommandOptions,
+    faithfulness: bool,
+    raw_methods: tuple[str, ...],
+) -> None:
+    """Refuse a run of ``task`` that could score nothing (``None``: the task is not known yet).
+
+    A detector needs ``--boxes``, a segmenter ``--masks`` (and neither takes the other's);
+    a classifier needs an annotation, a faithfulness score or ``--sanity``; a detector's or
+    segmenter's ``--method`` needs one method whose maps are scored.
+
+    Raises:
+        click.BadParameter: one sentence naming what is missing and the option that fits.
+    """
+    if task is None:
+        return
+    if task == "detect":
+        if options.masks is not None:
+            raise click.BadParameter(
+                "a detector's detections are matched to annotated boxes, not to masks: give "
+                f"--boxes ({_BOXES}) instead",
+                param_hint="'--masks'",
+            )
+        if options.boxes is None:
+            raise click.BadParameter(
+                "none given, and a detector's maps are scored against annotated boxes "
+                f"({_BOXES}): without them there is nothing to score",
+                param_hint="'--boxes'",
+            )
+    elif task == "segment":
+        if options.boxes is not None:
+            raise click.BadParameter(
+                "a segmenter's classes are scored against class masks, not boxes: give "
+                f"--masks ({_MASKS}) instead",
+                param_hint="'--boxes'",
+            )
+        if options.masks is None:
+            raise click.BadParameter(
+                "none given, and a segmenter's maps are scored against class masks "
+                f"({_MASKS}): without them there is nothing to score",
+                param_hint="'--masks'",
+            )
+    elif options.boxes is None and options.masks is None and not (faithfulness or options.sanity):
+        raise click.BadParameter(
+            "is none and no --boxes or --masks were given, so there is nothing to score: give "
+            "--boxes or --masks (localisation), faithfulness scores (e.g. --metrics "
+            "deletion,insertion) or --sanity",
+            param_hint="'--metrics'",
+        )
+    if task != "classify":
+        chosen = _chosen_methods(raw_methods) or ["gradcam"]
+        left_out = not_scored(chosen, task)
+        if all(m in left_out for m in chosen):
+            raise click.BadParameter(
+                f"evaluate scores none of these maps of a {_NOUNS[task]}: "
+                f"{not_scored_text(left_out)}; add a method whose maps are scored (e.g. gradcam)",
+                param_hint="'--method'",
+            )
+
+
+def _refuse_other_evaluation(output_dir: Path, model: str, task: str | None) -> None:
+    """Refuse a run into a directory that holds the evaluation of another model or task.
+
+    ``model`` is the loaded model's name, or before loading the ``--model`` text (then a
+    factory's, whose loaded name differs, is checked after loading; ``task`` ``None``: not
+    known yet).
+
+    Raises:
+        click.BadParameter: naming ``--output-dir``, before anything is written.
+    """
+    from camcli.models.names import is_factory_spec
+    from camcli.report.evaluation import evaluation_owner
+
+    if task is None and is_factory_spec(model):
+        return
+    owner = evaluation_owner(output_dir)
+    if owner is None:
+        return
+    if owner.model == model and (task is None or owner.task == task):
+        return
+    theirs = _NOUNS.get(owner.task, owner.task)
+    mine = f" (a {_NOUNS[task]})" if task is not None else ""
+    raise click.BadParameter(
+        f"{output_dir} holds the evaluation of {owner.model} (a {theirs}, {owner.file}), and "
+        f"this run evaluates {model}{mine}, whose files would replace it: one directory holds "
+        "one evaluation per model and task, so evaluate into another --output-dir",
+        param_hint="'--output-dir'",
+    )
+
+
+def _refuse_unreadable_masks(annotations: Any) -> None:
+    """Refuse class masks that cannot be read as classes, from the first one (exit 2).
+
+    A data set's masks share one form: an RGB mask in colours that are not VOC's, or a mode
+    that holds no classes, is refused before the run (the others are read per image).
+    """
+    from camcli.io.annotations import AnnotationError, class_mask_values
+
+    files = getattr(annotations, "mask_files", {}) or {}
+    if not files:
+        return
+    first = files[min(files)]
+    try:
+        class_mask_values(first)
+    except AnnotationError as exc:
+        raise click.BadParameter(str(exc), param_hint="'--masks'") from None
+
+
+def _refuse_target_without_boxes(annotations: Any, index: int | None, name: Any) -> None:
+    """Refuse a --target class that no box annotates when nothing else is scored (exit 2)."""
+    if index is None or annotations.masks is not None or annotations.boxes is None:
+        return
+    if any(o.index == index for objects in annotations.boxes.values() for o in objects):
+        return
+    raise click.BadParameter(
+        f"explains {name(int(index))}, and no box of --boxes is of that class, with --metrics "
+        "none: there is nothing to score; explain the annotated classes (--target annotated, "
+        "the default) or ask for faithfulness scores (--metrics)",
+        param_hint="'--target'",
     )

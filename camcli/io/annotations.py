@@ -43,9 +43,12 @@ __all__ = [
     "FittedBoxes",
     "Matching",
     "ObjectBox",
+    "class_mask_values",
     "fit_boxes",
     "load_annotations",
+    "read_class_mask",
     "read_mask",
+    "voc_palette",
 ]
 
 
@@ -453,27 +456,90 @@ def read_mask(path: Path, height: int, width: int) -> np.ndarray:
 VOID = 255  # Pascal VOC's boundary and "difficult" pixels in a class mask
 
 
-def read_class_mask(path: Path, height: int, width: int) -> np.ndarray:
-    """A class mask PNG as ``(H, W)`` class indices (a segmenter's ground truth).
+def voc_palette() -> dict[tuple[int, int, int], int]:
+    """Pascal VOC's class colours: ``(r, g, b)`` -> class index (0 to 255; 255 is VOID).
 
-    A palette PNG (Pascal VOC's ``SegmentationClass``) gives its palette indices, a grey one
-    its values; 255 (VOC's boundaries) belongs to no class. 0 is the background.
+    The bit-interleaved palette of VOC's ``SegmentationClass`` PNGs (red ``(128, 0, 0)`` is
+    class 1, green ``(0, 128, 0)`` class 2, ..., the boundaries' ``(224, 224, 192)`` is 255),
+    the palette camcli draws its own masks in.
+    """
+    from camcli.pictures.regions import palette
+
+    return {(int(r), int(g), int(b)): index for index, (r, g, b) in enumerate(palette(256))}
+
+
+def _rgb_classes(path: Path, rgb: np.ndarray) -> np.ndarray:
+    """An RGB class mask's class indices: VOC's colours, or grey values written as RGB.
 
     Raises:
-        AnnotationError: it cannot be read, is in colour, or its size is not the image's.
+        AnnotationError: a colour that is neither (with an example and where it is).
+    """
+    flat = rgb.reshape(-1, 3).astype(np.int64)
+    codes = (flat[:, 0] << 16) | (flat[:, 1] << 8) | flat[:, 2]
+    colours, inverse = np.unique(codes, return_inverse=True)
+    known = voc_palette()
+    triples = [(int(c >> 16), int((c >> 8) & 255), int(c & 255)) for c in colours]
+    if all(t in known for t in triples):
+        lookup = np.array([known[t] for t in triples], dtype=np.int64)
+        return lookup[inverse].reshape(rgb.shape[:2])
+    if all(r == g == b for r, g, b in triples):  # a grey mask saved as RGB
+        return rgb[..., 0].astype(np.int64)
+    strange = [t for t in triples if t not in known]
+    odd = next((t for t in strange if len(set(t)) > 1), strange[0])
+    where = int(np.flatnonzero(codes == ((odd[0] << 16) | (odd[1] << 8) | odd[2]))[0])
+    y, x = divmod(where, rgb.shape[1])
+    raise AnnotationError(
+        f"the mask {path} is in colour, and its colour {odd} (at x={x}, y={y}; "
+        f"{len(triples)} colour(s) in all) is not one of Pascal VOC's class colours: a class "
+        "mask holds one class index per pixel, as a palette or grey PNG, or as an RGB PNG in "
+        "VOC's colours (class 1 (128, 0, 0), class 2 (0, 128, 0), ...)"
+    )
+
+
+def class_mask_values(path: Path) -> np.ndarray:
+    """A class mask PNG's ``(H, W)`` class indices, at its own size.
+
+    A palette PNG (Pascal VOC's ``SegmentationClass``) gives its palette indices, a grey one
+    its values, an RGB one the index of each colour in Pascal VOC's palette
+    (:func:`voc_palette`; an RGB PNG whose pixels are all grey gives the grey values); an
+    alpha channel is ignored.
+
+    Raises:
+        AnnotationError: it cannot be read, or it is in colours that are not VOC's, or in a
+            mode that holds no class indices.
     """
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as image:
-            if image.mode not in ("P", "L", "I", "I;16"):
+            mode = image.mode
+            if mode in ("P", "L", "I", "I;16", "1"):
+                return np.asarray(image).astype(np.int64)
+            if mode in ("LA", "PA"):
+                return np.asarray(image)[..., 0].astype(np.int64)
+            if mode in ("RGB", "RGBA"):
+                rgb = np.asarray(image.convert("RGB"))
+            else:
                 raise AnnotationError(
-                    f"the mask {path} is {image.mode}: a class mask holds one class index per "
-                    "pixel (a palette or grey PNG)"
+                    f"the mask {path} is {mode}: a class mask holds one class index per pixel "
+                    "(a palette, grey or RGB PNG)"
                 )
-            array = np.asarray(image).astype(np.int64)
     except (OSError, UnidentifiedImageError) as exc:
         raise AnnotationError(f"the mask {path} cannot be read: {exc}") from None
+    return _rgb_classes(path, rgb)
+
+
+def read_class_mask(path: Path, height: int, width: int) -> np.ndarray:
+    """A class mask PNG as ``(H, W)`` class indices (a segmenter's ground truth).
+
+    Read as :func:`class_mask_values` says; 255 (VOC's boundaries) belongs to no class, 0 is
+    the background.
+
+    Raises:
+        AnnotationError: it cannot be read, is in colours that are not VOC's, or its size is
+            not the image's.
+    """
+    array = class_mask_values(path)
     if array.shape != (height, width):
         raise AnnotationError(
             f"the mask {path} is {array.shape[1]} x {array.shape[0]} pixels, the image "

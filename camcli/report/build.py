@@ -25,7 +25,7 @@ import os
 import posixpath
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib import resources
@@ -467,6 +467,29 @@ def _run_state(output_dir: Path) -> dict[str, Any]:
     return {"summaries": summaries, "partial_indexes": partial}
 
 
+def _evaluates_these(output_dir: Path, entries: Sequence[ReportEntry]) -> bool:
+    """Whether the directory's evaluation is of a model (and task) whose maps the grid shows.
+
+    The grid links "which map to trust" only to an evaluation of its own maps: the
+    evaluation of another model, written into the same directory, is not linked. Records
+    that do not name their model (older ones) are taken to be the evaluation's.
+    """
+    from camcli.report.evaluation import evaluation_owner
+
+    owner = evaluation_owner(output_dir)
+    if owner is None:
+        return True
+    for entry in entries:
+        record = entry.record
+        if not isinstance(record, dict):
+            continue
+        model = record.get("model")
+        if model is None or (model == owner.model
+                             and record.get("task", "classify") == owner.task):  # fmt: skip
+            return True
+    return False
+
+
 def write_report(
     output_dir: Path, thumb_size: int = THUMB_SIZE, threads: int | None = None
 ) -> ReportSummary:
@@ -567,7 +590,9 @@ def write_report(
         "run": _run_state(output_dir),
         "items": items,
     }
-    if write_evaluation_page(output_dir, report_dir, index_link=True) is not None:
+    if write_evaluation_page(
+        output_dir, report_dir, index_link=True
+    ) is not None and _evaluates_these(output_dir, entries):
         data["evaluation"] = EVALUATION_PAGE  # camcli evaluate's results: a link to its page
     if write_summary_page(output_dir, report_dir, index_link=True) is not None:
         data["summary"] = SUMMARY_PAGE  # camcli summarize's results: a link to its page

@@ -15,22 +15,29 @@ the end of the run into the output directory:
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from camcli import __version__
 from camcli.io.discover import natural_key
+from camcli.io.storage import is_remote
 from camcli.io.write import atomic_write_bytes
-from camcli.pictures.plots import curve_plot, sanity_plot
 
 __all__ = [
     "EVALUATION_DIR",
     "EVALUATION_PAGE",
     "HIGHER_IS_BETTER",
+    "NOT_SCORED",
     "SCORE_TITLES",
+    "EvaluationOwner",
     "EvaluationTotals",
+    "evaluation_owner",
     "evaluation_page",
     "leaderboard",
+    "not_scored",
+    "not_scored_text",
     "write_evaluation",
     "write_evaluation_page",
 ]
@@ -62,6 +69,95 @@ SCORE_TITLES = {
     "road_lerf": "ROAD LeRF",
     "sanity": "sanity: Spearman, all randomised",
 }
+# Methods a detector's or segmenter's evaluate draws but does not score, and why ({each}:
+# detection or class).
+NOT_SCORED = {
+    "eigencam": "one class-agnostic map per image, not one per {each}",
+    "guided": "a picture of each detection's input gradients, not a map of its class",
+}
+
+
+def not_scored(methods: Sequence[str], task: str) -> dict[str, str]:
+    """The methods of ``methods`` that ``task``'s evaluate leaves out, with the reason.
+
+    A classifier's evaluate scores every method (pictures by their magnitude); a detector's
+    and a segmenter's score the maps of each detection or class, so Eigen-CAM (one map per
+    image) and guided backprop's pictures are left out.
+    """
+    if task == "classify":
+        return {}
+    each = "detection" if task == "detect" else "class"
+    return {
+        m: NOT_SCORED[m].format(each=each)
+        for m in methods
+        if m in NOT_SCORED and (m != "guided" or task == "detect")  # a segmenter has no guided
+    }
+
+
+def not_scored_text(left_out: dict[str, str]) -> str:
+    """``eigencam (why), guided (why)``: the methods left out, in one line."""
+    return ", ".join(f"{method} ({why})" for method, why in left_out.items())
+
+
+@dataclass(frozen=True)
+class EvaluationOwner:
+    """The model and task whose evaluation an output directory holds.
+
+    Attributes:
+        model: the model's name as its records give it.
+        task: ``classify``, ``detect`` or ``segment``.
+        file: the file that says so (under the output directory).
+
+    """
+
+    model: str
+    task: str
+    file: str
+
+
+def _json_at(path: Path) -> Any:
+    try:
+        return json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return None
+
+
+def _first_line(path: Path) -> Any:
+    try:
+        with path.open("rb") as handle:
+            return json.loads(handle.readline() or b"null")
+    except (OSError, ValueError):
+        return None
+
+
+def evaluation_owner(output_dir: Path) -> EvaluationOwner | None:
+    """Whose evaluation ``output_dir`` holds (``camcli evaluate``'s files), or ``None``.
+
+    Read from ``evaluation.json`` (or a shard's), else from the first record that
+    ``evaluate.index.jsonl`` (or a shard's) lists: a run stopped before its end has no
+    ``evaluation.json`` yet, but its records are there. Local directories are searched for
+    shards' files too; in object storage only the whole run's names are read.
+    """
+    local = isinstance(output_dir, Path) and not is_remote(output_dir)
+    summaries = [output_dir / "evaluation.json"]
+    indexes = [output_dir / "evaluate.index.jsonl"]
+    if local and output_dir.is_dir():
+        summaries += sorted(output_dir.glob("evaluation.*.json"))
+        indexes += sorted(output_dir.glob("evaluate.index.*.jsonl"))
+    for path in summaries:
+        data = _json_at(path)
+        if isinstance(data, dict) and isinstance(data.get("methods"), dict) and data.get("model"):
+            return EvaluationOwner(str(data["model"]), str(data.get("task", "classify")), path.name)
+    for path in indexes:
+        entry = _first_line(path)
+        if not isinstance(entry, dict) or not isinstance(entry.get("record"), str):
+            continue
+        record = _json_at(output_dir / entry["record"])
+        if isinstance(record, dict) and record.get("model"):
+            return EvaluationOwner(
+                str(record["model"]), str(record.get("task", "classify")), entry["record"]
+            )
+    return None
 
 
 class EvaluationTotals:
@@ -258,7 +354,10 @@ def write_evaluation(
         ``evaluation.json``'s content.
 
     """
-    result = {"camcli": __version__, **identity, **totals.result()}
+    from camcli.pictures.plots import curve_plot, sanity_plot
+
+    result = {"camcli": __version__, "task": "classify", "not_scored": {}, **identity,
+              **totals.result()}  # fmt: skip
     stem = f"{EVALUATION_DIR}{name_suffix}"
     folder = output_dir / stem
     pictures: dict[str, str] = {}
@@ -336,6 +435,8 @@ def _markdown(result: dict[str, Any]) -> str:
         f"better; the best of each column is in bold; (n=K): a mean over K images.{interrupted}\n",
         leaderboard(result),
     ]
+    if result.get("not_scored"):
+        parts.append(f"Not scored: {not_scored_text(result['not_scored'])}.\n")
     if result["sanity"]:
         parts.append("\n## Sanity checks (cascading randomisation)\n")
         stages = result["stages"]
@@ -410,6 +511,12 @@ def evaluation_page(result: dict[str, Any], index_link: bool) -> str:
         f"<table id='leaderboard'><thead><tr><th>method</th>{head}<th>images</th></tr>"
         f"</thead><tbody>{''.join(rows)}</tbody></table>",
     ]
+    if not methods:
+        parts.append("<p id='nothing-scored'>No score was measured.</p>")
+    if result.get("not_scored"):
+        parts.append(
+            f"<p id='not-scored'>Not scored: {escape(not_scored_text(result['not_scored']))}.</p>"
+        )
     if result["sanity"]:
         stages = result["stages"]
         parts.append("<h2>Sanity checks: Spearman / SSIM with the original map</h2>")

@@ -360,6 +360,7 @@ class _EvaluateWork:
                 "image": str(item.relative),
                 "source": resolved_source(item.path),
                 "status": "ok",
+                "task": "classify",
                 "width": width,
                 "height": height,
                 "model": self.model.name,

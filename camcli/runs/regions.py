@@ -61,10 +61,17 @@ from camcli.pictures.render import (
     overlay,
     sample_on_original,
 )
+from camcli.report.evaluation import not_scored, not_scored_text
 from camcli.runs.settings import Settings
 from camcli.runs.work import BatchWork, FileJob, ImageOutput
 
-__all__ = ["region_index_entry", "region_work"]
+__all__ = [
+    "nothing_matched",
+    "region_evaluation",
+    "region_index_entry",
+    "region_work",
+    "write_region_evaluation",
+]
 
 
 def class_name(classes: ClassIndex, index: int) -> str:
@@ -133,8 +140,11 @@ def region_work(
                     item, photo, found[j], thetas[j], model, settings, lut
                 )
             if annotations is not None:
-                jobs = []  # evaluate writes its records; the pictures are explain's
+                # evaluate writes its records only: the pictures (and their names) are explain's
+                jobs = []
                 record["files"] = {}
+                for entry in record["detections" if settings.task == "detect" else "segments"]:
+                    entry.pop("files", None)
                 _score_regions(record, item, found[j], thetas[j], annotations, tolerance)
             outputs.append(ImageOutput({**static, **record}, jobs, photo.nbytes * (1 + len(jobs))))
         return outputs
@@ -191,6 +201,7 @@ def _detection_outputs(
     jobs.append((sheet_path, _png(sheet, level)))
     listing["detections"] = {"sheet": sheet_path.name}
     shared: dict[str, Any] = {}
+    image_maps: dict[str, Any] = {}
     if "eigencam" in result.maps:
         values = result.maps["eigencam"].cpu()
         heat, over = _pictures("eigencam", values, photo, lut, settings.alpha)
@@ -200,6 +211,7 @@ def _detection_outputs(
             jobs.append((path, _png(array, level)))
             shared.setdefault("eigencam", {})[role] = path.name
         listing.update(shared)
+        image_maps["eigencam"] = _map_numbers(values[0].numpy(), settings)
     detections = []
     per_method = {m: v.cpu() for m, v in result.maps.items() if m != "eigencam"}
     pictures = {
@@ -252,9 +264,17 @@ def _detection_outputs(
         "detections": detections,
         "files": listing,
     }
-    if "eigencam" in shared:
+    if image_maps:
+        record["maps"] = image_maps  # the maps of the whole image, as a classifier's record
         record["eigencam"] = "one map per image (class-agnostic)"
     return record, jobs
+
+
+def _map_numbers(values: np.ndarray, settings: Settings) -> dict[str, Any]:
+    """A per-image map's layer, raw maximum and peak (on the photo), as a classifier's."""
+    numbers: dict[str, Any] = {"layer": settings.layers[0]} if settings.layers else {}
+    numbers.update(max=round(float(values.max()), 6), peak=_peak(values))
+    return numbers
 
 
 def _file_stem(name: str) -> str:
@@ -288,7 +308,9 @@ def _segment_outputs(
     pictures = {
         m: _pictures(m, v, photo, lut, settings.alpha) for m, v in on_photo.items() if len(v)
     }
+    image_maps: dict[str, Any] = {}
     if "eigencam" in pictures:  # one map per image
+        image_maps["eigencam"] = _map_numbers(on_photo["eigencam"][0].numpy(), settings)
         heat, over = pictures.pop("eigencam")
         for role, array in (("heatmap", heat[0]), ("overlay", over[0])):
             path = artifact_path(
@@ -334,7 +356,8 @@ def _segment_outputs(
         "segments": segments,
         "files": listing,
     }
-    if "eigencam" in listing:
+    if image_maps:
+        record["maps"] = image_maps  # the maps of the whole image, as a classifier's record
         record["eigencam"] = "one map per image (class-agnostic)"
     return record, jobs
 
@@ -424,21 +447,29 @@ def _localisation(maps: dict[str, torch.Tensor], region: Any) -> dict[str, Any]:
     return scores
 
 
-def region_evaluation(records: Sequence[dict[str, Any]], methods: Sequence[str]) -> dict[str, Any]:
+def region_evaluation(
+    records: Sequence[dict[str, Any]], methods: Sequence[str], task: str | None = None
+) -> dict[str, Any]:
     """``evaluation.json`` of a detector's or segmenter's evaluate run.
 
     Per method the means over the matched detections or segments (``images`` counts them),
-    and the counts of the run.
+    and the counts of the run: images, annotated images, objects annotated and matched,
+    masks that could not be read (``annotation_errors``, with an example), and the methods
+    left out (``not_scored``, with the reason).
     """
-    task = str(records[0].get("task", "detect")) if records else "detect"
+    task = task or (str(records[0].get("task", "detect")) if records else "detect")
     kind = "detections" if task == "detect" else "segments"
+    left_out = not_scored(methods, task)
     scored: dict[str, dict[str, list[float]]] = {
-        m: {"pointing_game": [], "energy_pointing_game": []} for m in methods
+        m: {"pointing_game": [], "energy_pointing_game": []} for m in methods if m not in left_out
     }
     found = matched = objects = annotated = 0
+    errors: list[str] = []
     for record in records:
         entries = record.get(kind) or []
         found += len(entries)
+        if record.get("annotation_error"):
+            errors.append(str(record["annotation_error"]))
         if "annotated" in record:
             annotated += 1
             objects += record["annotated"]["objects"]
@@ -456,7 +487,7 @@ def region_evaluation(records: Sequence[dict[str, Any]], methods: Sequence[str])
             name: round(float(np.mean(v)), 6) if v else None for name, v in columns.items()
         }
         table[method]["images"] = len(columns["pointing_game"])  # matched detections or segments
-    return {
+    result: dict[str, Any] = {
         "task": task,
         "images": len(records),
         "annotated": annotated,
@@ -465,9 +496,45 @@ def region_evaluation(records: Sequence[dict[str, Any]], methods: Sequence[str])
         "matched": matched,
         "target": f"each matched {kind[:-1]}",
         "methods": table,
+        "not_scored": left_out,
         "sanity": {},
         "pictures": {},
     }
+    if errors:
+        result["annotation_errors"] = {"count": len(errors), "first": errors[0]}
+    return result
+
+
+def nothing_matched(result: dict[str, Any], settings: Settings) -> str | None:
+    """The sentence for a region evaluation that scored nothing, or ``None`` when it did."""
+    if result["methods"]:
+        return None
+    detect = result["task"] == "detect"
+    kind = "detections" if detect else "segments"
+    errors = result.get("annotation_errors")
+    if not result["annotated"] and not errors:
+        return None  # the annotated images failed (said and counted) or are other shards'
+    if errors and not result["annotated"]:
+        return (
+            f"nothing was scored: none of the {errors['count']} annotated image(s)' masks could "
+            f"be read as class masks (e.g. {errors['first']})"
+        )
+    if not result["objects"]:
+        return (
+            f"nothing was scored: the {result['annotated']} annotated image(s) hold no object "
+            + ("(their box files list none)" if detect else "(their masks are background only)")
+        )
+    found = (
+        f"{result[kind]} detection(s) scored at least --score-threshold {settings.score_threshold}"
+        if detect
+        else f"{result[kind]} segment(s) covered at least --min-pixels {settings.min_pixels} of "
+        "their image"
+    )
+    rule = "a detection of the same class with IoU >= 0.5" if detect else "a segment of its class"
+    return (
+        f"nothing was scored: none of the {result['objects']} annotated object(s) has {rule} "
+        f"({found}; the class names of the annotations are matched with the model's classes)"
+    )
 
 
 def write_region_evaluation(output_dir: Path, result: dict[str, Any], name_suffix: str) -> str:
@@ -484,13 +551,20 @@ def write_region_evaluation(output_dir: Path, result: dict[str, Any], name_suffi
         f"{kind}; {result['matched']} of {result['objects']} annotated object(s) matched "
         f"(scores are means over the matched {kind}).",
         "",
-        "| method | pointing game | energy pointing | matched |",
-        "| --- | --- | --- | --- |",
     ]
+    if result["methods"]:
+        lines += [
+            "| method | pointing game | energy pointing | matched |",
+            "| --- | --- | --- | --- |",
+        ]
+    else:
+        lines.append("No score was measured: no annotated object was matched.")
     for method, scores in result["methods"].items():
         cells = [scores.get(n) for n in HIGHER_IS_BETTER if n in scores]
         shown = " | ".join("-" if v is None else f"{v:.3f}" for v in cells)
         lines.append(f"| {method} | {shown} | {scores['images']} |")
+    if result.get("not_scored"):
+        lines += ["", f"Not scored: {not_scored_text(result['not_scored'])}."]
     markdown = f"evaluation{name_suffix}.md"
     atomic_write_bytes(output_dir / markdown, ("\n".join(lines) + "\n").encode())
     return name
