@@ -31,6 +31,7 @@ class Recorder:
         self.calls.append(("plan", passes, method))
         self.planned += passes
         self.totals.append(self.planned)
+        assert self.finished <= self.planned, self.calls  # nothing done is taken back
 
     def done(self, passes: int) -> None:
         self.calls.append(("done", passes, ""))
@@ -65,16 +66,19 @@ def test_a_batch_plans_every_methods_passes_before_the_first() -> None:
     expected = 2 * 16 + 2 * 4 + 2 * 20 + 2 + 2 * 52 + 2 * (1 + 6 * (2 * 5 + 1))
     first = progress.calls[0]
     assert first[0] == "plan" and first[1] == expected, progress.calls[:3]
-    assert set(progress.totals) == {expected}  # fixed before the first done, never grows
-    assert progress.finished == expected  # done reaches planned at the end of the batch
-    assert int(result.checks["ig_passes"].sum()) == 2 * 4  # the rest were counted as done
+    # Fixed before the first pass, never grows: IG's levels not needed are taken back.
+    assert progress.totals[0] == expected and max(progress.totals) == expected
+    assert progress.totals == sorted(progress.totals, reverse=True)
+    assert int(result.checks["ig_passes"].sum()) == 2 * 4
+    assert progress.planned == expected - 2 * (52 - 4)
+    assert progress.finished == progress.planned  # done reaches planned at the end
     for method in ("scorecam", "smoothgrad", "rise", "lrp", "ig", "deletion", "insertion"):
         assert method in progress.named(), progress.named()
 
 
 def test_adaptive_integrated_gradients_plans_its_most_levels_up_front() -> None:
     """Alone (as the library's users call it): its levels take passes from one plan, and
-    those it does not need count as done when it stops."""
+    those it does not need are taken back when it stops."""
     model = _model()
     x = torch.randn(3, 3, 32, 32)
     targets = torch.tensor([1, 2, 3])
@@ -132,8 +136,26 @@ def test_the_run_loop_shows_a_batch_total_that_does_not_grow(
     batches = [b for b in batches if b]
     assert len(batches) == 1, seen
     (batch,) = batches
-    planned = {p for _, p, _ in batch}
-    assert len(planned) == 1, batch  # one total from the first report to the last
+    planned = [p for _, p, _ in batch]
+    # Known at the first report; it never grows (IG's levels not needed are taken back).
+    assert planned == sorted(planned, reverse=True), batch
+    # RISE, LRP, IG at most 32 + 96, the unmodified images, 5 methods x (2 curves + drop)
+    assert planned[0] == 2 * (20 + 1 + 128 + 1 + 5 * (2 * 17 + 1)), batch[0]
     assert batch[-1][0] == batch[-1][1], batch[-1]  # done reaches it
     dones = [d for d, _, _ in batch]
     assert dones == sorted(dones)
+
+
+def test_adaptive_integrated_gradients_takes_back_the_levels_it_does_not_need() -> None:
+    """An image that meets its tolerance at once: its further levels leave the plan."""
+    model = _model()
+    x = torch.randn(2, 3, 32, 32)
+    progress = Recorder()
+    with stop_between_chunks(None, progress):
+        ig = adaptive_integrated_gradients(
+            model, x, torch.zeros_like(x), torch.tensor([1, 2]), 4, 8, tolerance=1e9,
+            max_steps=64,
+        )  # fmt: skip
+    assert progress.calls[0] == ("plan", 2 * 52, "ig")  # Gauss-Legendre 4 + 12 + 36
+    assert progress.calls[-1] == ("plan", -2 * 48, "ig")
+    assert progress.finished == progress.planned == int(ig.passes.sum()) == 2 * 4

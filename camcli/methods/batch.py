@@ -220,9 +220,9 @@ def method_passes(
     One image through the model is one pass: Score-CAM one per image and channel of each
     layer, SmoothGrad one per noisy copy, RISE one per image and mask, LRP one per image,
     Integrated Gradients the most its levels can take (``--ig-max-steps``; the levels an
-    image does not need count as done when it stops), and the faithfulness scores theirs
-    (``faithfulness``). The forward pass and gradients that every method shares are not
-    counted. Methods without passes of their own are left out.
+    image does not need are taken back from the plan when it stops), and the faithfulness
+    scores theirs (``faithfulness``). The forward pass and gradients that every method
+    shares are not counted. Methods without passes of their own are left out.
 
     Args:
         explanation: the batch's forward pass (Score-CAM's channels are its layers').

@@ -188,7 +188,7 @@ def adaptive_integrated_gradients(
     """
     if rule not in IG_RULES:
         raise ValueError(f"unknown rule {rule!r}; known: {', '.join(IG_RULES)}")
-    # Every level's passes are planned before the first: those not needed count as done.
+    # Every level's passes are planned before the first; those not needed are taken back.
     with planned_passes(inputs.shape[0] * most_passes(steps, max_steps, rule), "ig"):
         return _adaptive(
             model, inputs, baselines, targets, steps, chunk_size, autocast_dtype, tolerance,

@@ -17,7 +17,8 @@ classifier methods' :func:`camcli.methods.batch.compute_methods` every method's,
 Integrated Gradients its most levels), so the planned total is known up front and does not
 grow: a loop that starts inside a declared block takes its passes from the block and only
 names its method. A block's passes no loop took (the levels adaptive Integrated Gradients did
-not need) count as done when it ends, so done reaches planned at the end of the batch.
+not need) are taken back from the plan when it ends, so done reaches planned at the end of
+the batch, and the time left, from the rate of the passes done, stays true.
 """
 
 from __future__ import annotations
@@ -51,7 +52,10 @@ class PassProgress(Protocol):
         """``passes`` more passes are planned, and ``method``'s are the ones running now.
 
         ``passes`` is 0 when a loop starts whose passes were planned already (declared up
-        front by :func:`planned_passes`): the call then only names the method.
+        front by :func:`planned_passes`): the call then only names the method. It is
+        negative when planned passes turned out not to be needed (the levels adaptive
+        Integrated Gradients did not take): they are taken back, never more than were
+        planned, so that done reaches planned and the rate of the passes done stays true.
         """
 
     def done(self, passes: int) -> None:
@@ -111,8 +115,9 @@ def planned_passes(passes: int, method: str) -> Iterator[None]:
 
     The loops inside (and blocks inside, which declare a part of these) take their passes
     from this declaration instead of adding to the planned total; ``method`` is named until
-    the first loop starts. When the block ends normally, the passes no loop took count as
-    done (work that turned out not to be needed). A block inside a declared one takes its
+    the first loop starts. When the block ends normally, the passes no loop took are taken
+    back from the plan (work that turned out not to be needed). A block inside a declared
+    one takes its
     passes from it; a block or loop that needs more than its enclosing block holds plans the
     rest.
 
@@ -133,7 +138,7 @@ def planned_passes(passes: int, method: str) -> Iterator[None]:
     finally:
         _BLOCK.reset(token)
     if block.left > 0:  # not reached when the block raised: the batch is abandoned or retried
-        progress.done(block.left)
+        progress.plan(-block.left, method)
 
 
 def plan_passes(passes: int, method: str) -> None:
