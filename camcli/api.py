@@ -38,6 +38,7 @@ from camcli.models.hooks import resolve_layer
 from camcli.models.loaded import LoadedModel
 from camcli.models.names import unknown_model
 from camcli.models.own import OptionProblem, load_module_model, with_task
+from camcli.models.probe import unusable_method
 from camcli.models.registry import load_model
 from camcli.models.tasks import TASK_NOUNS
 from camcli.pictures.render import (
@@ -276,6 +277,10 @@ class Explainer:
         self.layers = tuple(dict.fromkeys(layers)) or (self.model.default_layer,)
         for name in self.layers:
             resolve_layer(self.model.module, name)
+        if self.task == "classify" and (problem := unusable_method(
+            self.model, self.methods, self.layers
+        )):  # fmt: skip
+            raise ArgumentError("methods", problem)
         classes = self.model.classes
         try:
             self.target, self.extra_targets = parse_targets(

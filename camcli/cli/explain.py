@@ -27,6 +27,8 @@ from camcli.cli.options import (
 from camcli.cli.regions import (
     LabelCheck,
     RegionOptions,
+    check_region_options,
+    note_unused_options,
     region_options,
     region_settings,
     run_as_task,
@@ -35,9 +37,11 @@ from camcli.methods.names import (
     ALL_METHODS,
     DEFAULT_METHODS,
     LAYER_METHODS,
+    REGION_ONLY_METHODS,
     parse_methods,
     parse_metrics,
 )
+from camcli.models.names import known_task
 from camcli.report import REPORT_DIR
 
 if TYPE_CHECKING:
@@ -137,22 +141,22 @@ def explain(ctx: click.Context, **options: Any) -> None:
     raw_methods, guided = options.pop("methods"), options.pop("guided")
     regions = RegionOptions.take(options)
     try:
-        chosen_methods = _methods(raw_methods, guided)
-    except ValueError as exc:
-        if "drise" not in ",".join(raw_methods).lower():
-            raise click.BadParameter(str(exc), param_hint="'--method'") from None
-        chosen_methods = ()  # a detector's method: checked once the model's task is known
-    try:
         metrics = parse_metrics(options.pop("metrics"))
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="'--metrics'") from None
     common = CommonOptions.take(options)
     own = ExplainOptions(method_settings=MethodSettingOptions.take(options), **options)
     check_report_location(own.report, common.output.output_dir)
+    refused = {"--metrics": bool(metrics), "--target": own.target != "pred",
+               "--save-raw": own.save_raw}  # fmt: skip
+    # Everything the model's name decides is checked before anything is loaded or written.
+    known = known_task(common.model.model_name) if regions.task == "auto" else regions.task
+    chosen_methods = _checked_methods(raw_methods, guided, known, refused)
 
     from camcli.cli.early import refuse_early
 
-    refuse_early(common, layers=own.layers, target=own.target)
+    refuse_early(common, layers=own.layers, target=own.target if known == "classify" else None)
+    note_unused_options(ctx, known, chosen_methods)
     from camcli.cli.frame import Reporter, prepare_run, run_in_frame
     from camcli.cli.report import report_after_run
     from camcli.methods.activation import CamNotApplicable
@@ -164,6 +168,9 @@ def explain(ctx: click.Context, **options: Any) -> None:
     run = run_as_task(prepare_run(common), regions.task)
     model = run.model
     task = model.task
+    if known is None:  # an own model: its task is known now
+        chosen_methods = _checked_methods(raw_methods, guided, task, refused)
+        note_unused_options(ctx, task, chosen_methods)
     if task == "classify":
         explainer, settings = explain_settings(run, own, chosen_methods, metrics)
 
@@ -173,8 +180,6 @@ def explain(ctx: click.Context, **options: Any) -> None:
     else:
         from camcli.runs.explain import run_explain
 
-        refused = {"--metrics": bool(metrics), "--target": own.target != "pred",
-                   "--save-raw": own.save_raw}  # fmt: skip
         settings = region_settings(
             run,
             own.layers,
@@ -259,9 +264,13 @@ def explain_settings(
         )
     except UnknownLayer as exc:
         raise unknown_layer(exc, loaded.name) from None
+    except ArgumentError as exc:
+        option = {"methods": "--method", "layers": "--layer", "task": "--task"}.get(
+            exc.argument, "--target"
+        )
+        raise click.BadParameter(exc.reason, param_hint=f"'{option}'") from None
     except ValueError as exc:
-        reason = exc.reason if isinstance(exc, ArgumentError) else str(exc)
-        raise click.BadParameter(reason, param_hint="'--target'") from None
+        raise click.BadParameter(str(exc), param_hint="'--target'") from None
     if "label" in (t.mode for t in (explainer.target, *explainer.extra_targets)):
         _check_labels(run.items, loaded.classes)
     fields = run.common_fields()
@@ -277,6 +286,39 @@ def explain_settings(
         thumbnails=thumbnails,
     )
     return explainer, settings
+
+
+def _checked_methods(
+    raw: tuple[str, ...], guided: bool | None, task: str | None, refused: dict[str, bool]
+) -> tuple[str, ...]:
+    """``--method`` checked for ``task`` (``None``: not known before the model loads).
+
+    Returns a classifier's methods (``()`` for a detector's or segmenter's, which
+    :func:`~camcli.cli.regions.region_settings` reads from ``raw``).
+
+    Raises:
+        click.BadParameter: an unknown method (with the closest names), or one that does not
+            apply to the task (exit 2).
+    """
+    if task in ("detect", "segment"):
+        check_region_options(task, raw, refused)
+        return ()
+    try:
+        return _methods(raw, guided)
+    except ValueError as exc:
+        names = [m.strip().lower() for v in raw for m in v.split(",") if m.strip()]
+        region_only = any(m in REGION_ONLY_METHODS for m in names)
+        if task is None and region_only and _all_known(names):
+            return ()  # perhaps a detector's: checked once the model is loaded
+        raise click.BadParameter(str(exc), param_hint="'--method'") from None
+
+
+def _all_known(names: list[str]) -> bool:
+    try:
+        parse_methods([n for n in names if n not in REGION_ONLY_METHODS] or ["gradcam"])
+    except ValueError:
+        return False
+    return True
 
 
 def _methods(values: tuple[str, ...], guided: bool | None) -> tuple[str, ...]:

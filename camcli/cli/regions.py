@@ -108,6 +108,67 @@ def run_as_task(run: PreparedRun, wanted: str) -> PreparedRun:
 NOUNS = {"classify": "classifier", "detect": "detector", "segment": "segmenter"}
 
 
+# Why an option of the classifiers does not apply to a detector or a segmenter.
+_NOT_FOR_REGIONS = {
+    "--metrics": "faithfulness scores delete and insert a classifier's class evidence",
+    "--target": "each {each} is explained",
+    "--save-raw": "raw maps are a classifier's; a {noun}'s record holds each map's max and peak",
+    "--sanity": "the sanity check randomises a classifier's layers",
+    "--boxes": "a segmenter is scored on class masks (--masks)",
+}
+
+
+def check_region_options(
+    task: str, raw_methods: tuple[str, ...], refused: dict[str, bool]
+) -> tuple[str, ...]:
+    """A detector's or segmenter's methods from ``--method`` (checked), in canonical order.
+
+    Needs no model: run before it loads when the task is known from the model's name.
+
+    Args:
+        task: ``detect`` or ``segment``.
+        raw_methods: ``--method`` values as given.
+        refused: options of the classifiers, by name: whether each was given.
+
+    Raises:
+        click.BadParameter: a method or option that does not apply to the task (exit 2).
+    """
+    from camcli.methods.names import (
+        ALL_METHODS,
+        DETECTION_METHODS,
+        REGION_ONLY_METHODS,
+        SEGMENTATION_METHODS,
+        method_hint,
+    )
+
+    allowed = DETECTION_METHODS if task == "detect" else SEGMENTATION_METHODS
+    chosen = [m.strip().lower() for v in raw_methods for m in v.split(",") if m.strip()]
+    chosen = [{"grad-cam": "gradcam", "grad-cam++": "gradcam++"}.get(m, m) for m in chosen]
+    chosen = chosen or ["gradcam"]
+    for method in chosen:
+        if method not in allowed:
+            why = (
+                "needs a classifier's global pooling and linear head"
+                if method == "cam"
+                else f"does not apply to a {NOUNS[task]}"
+            )
+            if method not in (*ALL_METHODS, *REGION_ONLY_METHODS):
+                why = f"is not a method{method_hint(method)}"
+            raise click.BadParameter(
+                f"{method} {why}; a {NOUNS[task]}'s maps come from {', '.join(allowed)}",
+                param_hint="'--method'",
+            )
+    for name, given in refused.items():
+        if given:
+            each = "detection" if task == "detect" else "class in the predicted mask"
+            reason = _NOT_FOR_REGIONS.get(name, "each {each} is explained")
+            raise click.BadParameter(
+                f"does not apply to a {NOUNS[task]}: " + reason.format(each=each, noun=NOUNS[task]),
+                param_hint=f"'{name}'",
+            )
+    return tuple(m for m in allowed if m in chosen)
+
+
 def region_settings(
     run: PreparedRun,
     layers: tuple[str, ...],
@@ -135,32 +196,8 @@ def region_settings(
     """
     from camcli.cli.frame import checked_layers
     from camcli.methods.batch import MethodOptions
-    from camcli.methods.detection import DETECTION_METHODS
-    from camcli.methods.segmentation import SEGMENTATION_METHODS
 
-    allowed = DETECTION_METHODS if task == "detect" else SEGMENTATION_METHODS
-    chosen = [m.strip().lower() for v in raw_methods for m in v.split(",") if m.strip()]
-    chosen = [{"grad-cam": "gradcam", "grad-cam++": "gradcam++"}.get(m, m) for m in chosen]
-    chosen = chosen or ["gradcam"]
-    for method in chosen:
-        if method not in allowed:
-            why = (
-                "needs a classifier's global pooling and linear head"
-                if method == "cam"
-                else f"does not apply to a {NOUNS[task]}"
-            )
-            raise click.BadParameter(
-                f"{method} {why}; a {NOUNS[task]}'s maps come from {', '.join(allowed)}",
-                param_hint="'--method'",
-            )
-    for name, given in refused.items():
-        if given:
-            each = "detection" if task == "detect" else "class in the predicted mask"
-            raise click.BadParameter(
-                f"does not apply to a {NOUNS[task]}: each {each} is explained",
-                param_hint=f"'{name}'",
-            )
-    methods = tuple(m for m in allowed if m in chosen)
+    methods = check_region_options(task, raw_methods, refused)
     layered = any(m != "drise" for m in methods)
     layers = checked_layers(run.model, layers) if layered else ()
     return run.settings(
@@ -219,3 +256,60 @@ class LabelCheck:
             f"{where} names {self.names} classes (index 0 the background), but the detector "
             f"returned labels {labels}: they are named class_N in the records"
         )
+
+
+# Options that only some tasks, or some methods, read: (tasks, methods that use it).
+_OPTION_USE: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "score_threshold": (("detect",), ()),
+    "max_detections": (("detect",), ()),
+    "drise_masks": (("detect",), ("drise",)),
+    "min_pixels": (("segment",), ()),
+    "rise_masks": (("classify",), ("rise",)),
+    "smooth_samples": (("classify",), ("smoothgrad",)),
+    "smooth_noise": (("classify",), ("smoothgrad",)),
+    "smooth_guided": (("classify",), ("smoothgrad",)),
+    "ig_steps": (("classify",), ("ig",)),
+    "ig_tolerance": (("classify",), ("ig",)),
+    "ig_max_steps": (("classify",), ("ig",)),
+    "ig_rule": (("classify",), ("ig",)),
+    "ig_baseline": (("classify",), ("ig",)),
+}
+
+
+def unused_options(ctx: click.Context, task: str | None, methods: tuple[str, ...]) -> list[str]:
+    """The options given (on the command line or in a config) that this run does not read.
+
+    Args:
+        ctx: the command's context (where each option's value came from).
+        task: the model's task (``None``: not known yet, nothing is said).
+        methods: a classifier's methods, or ``()`` for a detector's or segmenter's (whose
+            methods are read by :func:`check_region_options`).
+    """
+    if task is None:
+        return []
+    given = {click.core.ParameterSource.COMMANDLINE, click.core.ParameterSource.ENVIRONMENT,
+             click.core.ParameterSource.DEFAULT_MAP}  # fmt: skip
+    raw = ctx.params.get("methods") or ()
+    chosen = set(methods) | {m.strip().lower() for v in raw for m in v.split(",")}
+    unused = []
+    for name, (tasks, readers) in _OPTION_USE.items():
+        if ctx.get_parameter_source(name) not in given:
+            continue
+        if task not in tasks or (readers and not chosen & set(readers)):
+            unused.append("--" + name.replace("_", "-"))
+    return unused
+
+
+def note_unused_options(ctx: click.Context, task: str | None, methods: tuple[str, ...]) -> None:
+    """Say on stderr, in one line, which given options this run ignores (and why)."""
+    unused = unused_options(ctx, task, methods)
+    if not unused or task is None:
+        return
+    raw = ctx.params.get("methods") or ()
+    named = methods or tuple(m.strip().lower() for v in raw for m in v.split(",") if m.strip())
+    click.echo(
+        f"camcli: {', '.join(unused)} not used: "
+        + ("it does" if len(unused) == 1 else "they do")
+        + f" not apply to a {NOUNS[task]} with {', '.join(named) or 'its default methods'}",
+        err=True,
+    )

@@ -6,6 +6,7 @@ methods themselves; :mod:`camcli.methods.batch` computes them.
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Sequence
 
 LRP_COMPOSITE = "EpsilonPlusFlat"  # the zennit composite of --method lrp
@@ -13,6 +14,7 @@ LRP_COMPOSITE = "EpsilonPlusFlat"  # the zennit composite of --method lrp
 __all__ = [
     "ALL_METHODS",
     "DEFAULT_METHODS",
+    "DETECTION_METHODS",
     "GRADIENT_METHODS",
     "IG_BASELINES",
     "IG_MAX_PASSES",
@@ -21,7 +23,10 @@ __all__ = [
     "LAYER_METHODS",
     "MAP_METHODS",
     "METRICS",
+    "REGION_ONLY_METHODS",
     "RISE_LAYER",
+    "SEGMENTATION_METHODS",
+    "method_hint",
     "parse_methods",
     "parse_metrics",
 ]
@@ -33,6 +38,11 @@ IMAGE_METHODS = ("guided", "guided-gradcam", "smoothgrad", "lrp", "ig")
 LAYER_METHODS = (*GRADIENT_METHODS, "cam", "eigencam", "scorecam", "guided-gradcam")
 RISE_LAYER = "input"  # RISE's map is keyed by this instead of a layer
 ALL_METHODS = MAP_METHODS + IMAGE_METHODS
+# Methods of detectors only (camcli.methods.detection): D-RISE's masks score a detection.
+REGION_ONLY_METHODS = ("drise",)
+# What each task's maps come from (camcli.methods.detection and .segmentation compute them).
+DETECTION_METHODS = (*GRADIENT_METHODS, "eigencam", "drise", "guided")
+SEGMENTATION_METHODS = (*GRADIENT_METHODS, "eigencam")
 DEFAULT_METHODS = ("gradcam", "guided")
 _ALIASES = {
     "grad-cam": "gradcam",
@@ -66,14 +76,34 @@ def parse_methods(values: Sequence[str]) -> tuple[str, ...]:
             if not name:
                 continue
             name = _ALIASES.get(name, name)
+            if name in REGION_ONLY_METHODS:
+                raise ValueError(
+                    f"{name} explains a detector's detections, not a classifier's classes; a "
+                    f"classifier's methods are {', '.join(ALL_METHODS)}"
+                )
             if name not in ALL_METHODS:
                 raise ValueError(
-                    f"unknown method {part.strip()!r}; known: {', '.join(ALL_METHODS)}"
+                    f"unknown method {part.strip()!r}{method_hint(name)}; known: "
+                    f"{', '.join(ALL_METHODS)}"
                 )
             chosen.add(name)
     if not chosen:
         raise ValueError(f"no method given; known: {', '.join(ALL_METHODS)}")
     return tuple(m for m in ALL_METHODS if m in chosen)
+
+
+def method_hint(name: str) -> str:
+    """``"; did you mean gradcam?"`` for a near miss of a method's name, else ``""``.
+
+    >>> method_hint("gradcamm")
+    '; did you mean gradcam?'
+    >>> method_hint("zzz")
+    ''
+    """
+    known = [*ALL_METHODS, *REGION_ONLY_METHODS, *_ALIASES]
+    close = difflib.get_close_matches(name.strip().lower(), known, n=3, cutoff=0.75)
+    names = list(dict.fromkeys(_ALIASES.get(c, c) for c in close))
+    return f"; did you mean {' or '.join(names)}?" if names else ""
 
 
 # Faithfulness scores (camcli.methods.metrics computes them).

@@ -20,12 +20,13 @@ from torch import nn
 
 from camcli.methods.activation import eigencam
 from camcli.methods.detection import GRADIENT_CAMS
+from camcli.methods.names import SEGMENTATION_METHODS as NAMED_SEGMENTATION_METHODS
 from camcli.models.hooks import LayerCapture, frozen_eval
 from camcli.models.tasks import describe_output
 
 __all__ = ["SEGMENTATION_METHODS", "Segment", "SegmentationResult", "explain_segments", "logits_of"]
 
-SEGMENTATION_METHODS = (*GRADIENT_CAMS, "eigencam")
+SEGMENTATION_METHODS = NAMED_SEGMENTATION_METHODS  # the names the command line checks
 
 
 @dataclass(frozen=True)

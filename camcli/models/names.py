@@ -22,8 +22,10 @@ __all__ = [
     "is_factory_spec",
     "is_timm_spec",
     "known_model_names",
+    "known_task",
     "unknown_model",
     "zoo_names",
+    "zoo_tasks",
 ]
 
 TIMM_PREFIX = "timm/"
@@ -43,23 +45,52 @@ def is_timm_spec(name: str) -> bool:
 
 
 @lru_cache(maxsize=1)
-def zoo_names() -> tuple[str, ...] | None:
-    """Torchvision's classifiers, detectors and segmenters, from its sources.
+def zoo_tasks() -> dict[str, str] | None:
+    """Torchvision's classifiers, detectors and segmenters by name, with their task.
 
-    ``None`` if not found. Video, optical flow and quantized models are not camcli's.
+    Read off its sources (the folder a model is registered in says its task). ``None`` if
+    not found. Video, optical flow and quantized models are not camcli's.
     """
     spec = importlib.util.find_spec("torchvision")
     if spec is None or not spec.submodule_search_locations:
         return None
     folder = Path(next(iter(spec.submodule_search_locations))) / "models"
-    names: list[str] = []
+    tasks: dict[str, str] = {}
     try:
-        for sub in (folder, folder / "detection", folder / "segmentation"):
+        for task, sub in (
+            ("classify", folder),
+            ("detect", folder / "detection"),
+            ("segment", folder / "segmentation"),
+        ):
             for path in sorted(sub.glob("*.py")):
-                names += _REGISTERED.findall(path.read_text(encoding="utf-8"))
+                for name in _REGISTERED.findall(path.read_text(encoding="utf-8")):
+                    tasks[name] = task
     except OSError:
         return None
-    return tuple(sorted(set(names))) or None
+    return tasks or None
+
+
+def zoo_names() -> tuple[str, ...] | None:
+    """Torchvision's classifiers, detectors and segmenters, from its sources (or ``None``)."""
+    tasks = zoo_tasks()
+    return tuple(sorted(tasks)) if tasks else None
+
+
+def known_task(name: str) -> str | None:
+    """The task of a ``--model`` known by its name, before anything is loaded.
+
+    ``classify`` for the embedded model and ``timm/NAME``; a torchvision zoo model's from its
+    sources; ``None`` for an own model (``FILE.py:FUNCTION``) or another registered name: its
+    task is known once it is loaded.
+
+    >>> known_task("efficientnet_lite0"), known_task("model.py:build")
+    ('classify', None)
+    """
+    if name == EMBEDDED_MODEL or is_timm_spec(name):
+        return "classify"
+    if is_factory_spec(name):
+        return None
+    return (zoo_tasks() or {}).get(name)
 
 
 def known_model_names() -> list[str] | None:

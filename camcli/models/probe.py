@@ -22,8 +22,10 @@ from camcli.models.tokens import spatial_view
 
 __all__ = [
     "LayerInfo",
+    "input_size_problem",
     "model_for_probing",
     "probe_layers",
+    "unusable_method",
 ]
 
 
@@ -179,3 +181,89 @@ def model_for_probing(
         weights="none (architecture only)",
     )
     return loaded, False
+
+
+def unusable_method(
+    model: LoadedModel, methods: tuple[str, ...], layers: tuple[str, ...]
+) -> str | None:
+    """Why one of ``methods`` cannot run on this model at all, or ``None``.
+
+    Checked once before a run, so that a method no image can have is one usage error and not
+    an error record per image: ``cam`` needs logits that are one linear layer on the global
+    average of the layer (one forward pass on two seeded random inputs shows it), ``lrp`` a
+    model zennit's canonizers fit.
+
+    Args:
+        model: the loaded model (as the run uses it: ``--task classify`` included).
+        methods: the run's methods.
+        layers: the run's layers.
+
+    """
+    from camcli.methods.activation import CamNotApplicable, find_linear_head
+    from camcli.models.hooks import LayerCapture, frozen_eval
+
+    if "lrp" in methods:
+        from camcli.methods.lrp import LrpNotApplicable, lrp_canonizers
+
+        try:
+            lrp_canonizers(model.module)
+        except LrpNotApplicable as exc:
+            return str(exc)
+    if "cam" not in methods:
+        return None
+    module, prep = model.module, model.preprocessing
+    device = next((p.device for p in module.parameters()), torch.device("cpu"))
+    generator = torch.Generator().manual_seed(0)
+    inputs = torch.randn(2, prep.channels, prep.size, prep.size, generator=generator)
+    try:
+        with frozen_eval(module), torch.no_grad(), LayerCapture(module, layers) as capture:
+            logits = module(inputs.to(device))
+    except Exception:  # the run itself says what fails
+        return None
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or logits.shape[1] < 2:
+        return None  # a single-logit head is checked by the run (its two classes are +-z)
+    for layer in layers:
+        try:
+            find_linear_head(module, capture.activations[layer], logits, layer)
+        except CamNotApplicable as exc:
+            return str(exc)
+    return None
+
+
+def input_size_problem(model: LoadedModel) -> str | None:
+    """Why the model's input size gives maps that cannot say where, or ``None``.
+
+    At ``--input-size 7`` a network of stride 32 gives its last layer a 1 x 1 grid: every
+    map is flat (all zeros, peak at (0, 0)). One forward pass at that size shows the default
+    layer's grid; under 2 x 2 it is refused, with the least size that gives 2 x 2.
+    """
+    from camcli.models.hooks import LayerCapture, frozen_eval
+
+    module, prep = model.module, model.preprocessing
+    device = next((p.device for p in module.parameters()), torch.device("cpu"))
+
+    def grid(size: int) -> tuple[int, int]:
+        blank = torch.zeros(1, prep.channels, size, size, device=device)
+        with frozen_eval(module), torch.no_grad(), LayerCapture(
+            module, [model.default_layer]
+        ) as capture:  # fmt: skip
+            module(blank)
+        height, width = capture.activations[model.default_layer].shape[-2:]
+        return int(height), int(width)
+
+    try:
+        height, width = grid(prep.size)
+        if min(height, width) >= 2:
+            return None
+        larger = prep.size
+        while larger < 4096:
+            larger *= 2
+            if min(grid(larger)) >= 2:
+                break
+    except Exception:  # the run itself says what fails
+        return None
+    return (
+        f"at {prep.size} x {prep.size} the layer {model.default_layer} has a "
+        f"{height} x {width} grid, so its maps cannot say where; {larger} gives it "
+        f"{' x '.join(map(str, grid(larger)))}"
+    )

@@ -7,7 +7,7 @@ goes on; ``--debug`` adds the traceback on stderr.
 
 from __future__ import annotations
 
-__all__ = ["MAX_REASON", "failure_reason"]
+__all__ = ["MAX_REASON", "failure_reason", "is_run_error"]
 
 MAX_REASON = 300
 """The most characters of an exception's message kept in a record."""
@@ -27,3 +27,16 @@ def failure_reason(exc: BaseException) -> str:
         first = first[: MAX_REASON - 3].rstrip() + "..."
     name = type(exc).__name__
     return f"{name}: {first}" if first else name
+
+
+def is_run_error(exc: BaseException) -> bool:
+    """``True`` for an error of the run's settings, the same for every image.
+
+    A method the model cannot have (``cam`` without a linear head, ``lrp`` without
+    canonizers) or a layer it cannot use ends the run as a usage error naming the option,
+    instead of failing each image in turn.
+    """
+    from camcli.methods.activation import CamNotApplicable
+    from camcli.models.hooks import LayerUnusable
+
+    return isinstance(exc, (CamNotApplicable, LayerUnusable))

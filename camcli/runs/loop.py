@@ -33,7 +33,7 @@ from camcli.io.storage import Source
 from camcli.io.write import IndexWriter, atomic_write_bytes, record_path
 from camcli.methods.stopping import Stopped, stop_between_chunks
 from camcli.models.loaded import LoadedModel
-from camcli.runs.failures import failure_reason
+from camcli.runs.failures import failure_reason, is_run_error
 from camcli.runs.settings import Settings
 from camcli.runs.work import (
     MAX_PENDING_BYTES,
@@ -328,6 +328,8 @@ class _Loop:
             raise WriteFailed(f"cannot write outputs for {entry.item.relative}: {exc}") from exc
         except Exception as exc:  # a picture that cannot be made: this image's
             # record is not written (it is written last), so nothing of it counts as done
+            if is_run_error(exc):
+                raise
             if self.settings.debug:
                 traceback.print_exception(exc, file=sys.stderr)
             self.fail(entry.item, failure_reason(exc))
@@ -353,6 +355,8 @@ class _Loop:
         except (Stopped, WriteFailed):
             raise
         except Exception as exc:  # one image's failure is that image's record
+            if is_run_error(exc):
+                raise
             self._one_by_one(done.part, exc)
             return
         self._submit(done, outputs)
@@ -398,6 +402,8 @@ class _Loop:
         except (Stopped, WriteFailed):
             raise
         except Exception as exc:  # the launch of ``part`` failed
+            if is_run_error(exc):
+                raise
             failure = exc
         if failure is not None:
             self._one_by_one(part, failure)
@@ -439,6 +445,8 @@ class _Loop:
             except (Stopped, WriteFailed):
                 raise
             except Exception as alone:  # this image's failure
+                if is_run_error(alone):
+                    raise
                 if self.settings.device.type == "cuda" and isinstance(
                     alone, torch.OutOfMemoryError
                 ):

@@ -42,7 +42,7 @@ import torch
 from camcli.io.decode import Batch
 from camcli.io.storage import STORAGE_ENV
 from camcli.io.write import record_path
-from camcli.runs.failures import failure_reason
+from camcli.runs.failures import failure_reason, is_run_error
 from camcli.runs.ray_tasks import decode_rows, write_rows
 from camcli.runs.settings import Settings
 from camcli.runs.work import (
@@ -198,6 +198,8 @@ class _ExplainActor:
             outputs, failure = None, "out of memory even as a batch of one image"
             size = max(1, len(part) // 2)
         except Exception as exc:  # as the local engine: one by one
+            if is_run_error(exc):
+                raise
             outputs, failure, size = None, failure_reason(exc), 1
         if outputs is not None:
             yield from zip(part.indices, outputs, strict=True)
