@@ -181,7 +181,8 @@ def evaluate(ctx: click.Context, **options: Any) -> None:
     # What can be refused before the model loads: the task of a zoo name (or --task) is known.
     early_task = _known_task(common.model.model_name, regions.task)
     refuse_nothing_to_score(early_task, own, scores_faithfulness, raw_methods)
-    if isinstance(common.output.output_dir, Path):
+    if isinstance(common.output.output_dir, Path) and _known_task(common.model.model_name, "auto"):
+        # a zoo name (or the embedded model, or timm's) is the name the loaded model has
         _refuse_other_evaluation(
             common.output.output_dir.expanduser(), common.model.model_name, early_task
         )
@@ -654,18 +655,17 @@ def refuse_nothing_to_score(
 def _refuse_other_evaluation(output_dir: Path, model: str, task: str | None) -> None:
     """Refuse a run into a directory that holds the evaluation of another model or task.
 
-    ``model`` is the loaded model's name, or before loading the ``--model`` text (then a
-    factory's, whose loaded name differs, is checked after loading; ``task`` ``None``: not
-    known yet).
+    ``model`` is the loaded model's name, or before loading a zoo name (the loaded model's;
+    ``task`` ``None``: nothing is checked, as the name a factory or a registered loader gives
+    its model is known once it is loaded).
 
     Raises:
         click.BadParameter: naming ``--output-dir``, before anything is written.
     """
-    from camcli.models.names import is_factory_spec
     from camcli.report.evaluation import evaluation_owner
 
-    if task is None and is_factory_spec(model):
-        return
+    if task is None:
+        return  # a factory's or a registered loader's name is the loaded model's to say
     owner = evaluation_owner(output_dir)
     if owner is None:
         return
