@@ -561,7 +561,7 @@ def test_resize_on_device_gives_the_same_predictions_and_is_part_of_the_resume_k
     device = {r["image"]: r for r in jsonl(result)}
     assert sorted(device) == sorted(loader)
     for name, record in device.items():
-        assert "reused" not in record  # other preprocessing: redone, not reused
+        assert record["reused"] is False  # other preprocessing: redone, not reused
         assert record["view"]["resampled_by"] == "torch (on the device)"
         assert loader[name]["view"]["resampled_by"] == "pillow"
         assert record["predictions"][0]["index"] == loader[name]["predictions"][0]["index"]
@@ -570,6 +570,14 @@ def test_resize_on_device_gives_the_same_predictions_and_is_part_of_the_resume_k
         )
     again = jsonl(explain(three, out, "--jsonl", "--resize-on", "device"))
     assert all(r.get("reused") for r in again)
+    # the index says the same, and what task each line is of, as a detector's lines do
+    lines = [json.loads(line) for line in (out / "index.jsonl").read_text().splitlines()]
+    assert all(e["reused"] is True and e["task"] == "classify" for e in lines)
+    (out / "index.jsonl").unlink()
+    fresh = jsonl(explain(three, out, "--jsonl", "--force"))
+    lines = [json.loads(line) for line in (out / "index.jsonl").read_text().splitlines()]
+    assert all(r["reused"] is False for r in fresh)
+    assert all(e["reused"] is False and e["task"] == "classify" for e in lines)
 
 
 def test_missing_isal_is_said_once_on_stderr_and_the_run_still_works(

@@ -401,7 +401,7 @@ def test_class_names_drive_predictions_and_target(
     )  # fmt: skip
     assert again.exit_code == 0, again.output
     records = [json.loads(line) for line in again.stdout.splitlines()]
-    assert all("reused" not in r and r["target"]["name"] == "bad" for r in records)
+    assert all(r["reused"] is False and r["target"]["name"] == "bad" for r in records)
 
 
 @pytest.mark.parametrize(

@@ -405,7 +405,7 @@ def load_checked_model(wanted: ModelOptions) -> LoadedModel:
             err=True,
         )
     try:
-        return customise_model(
+        customised = customise_model(
             loaded,
             input_size=wanted.input_size,
             mean=wanted.mean,
@@ -416,6 +416,12 @@ def load_checked_model(wanted: ModelOptions) -> LoadedModel:
         )
     except OptionProblem as exc:
         raise click.BadParameter(str(exc), param_hint=f"'{exc.option}'") from None
+    if wanted.input_size is not None and customised.task == "classify":
+        from camcli.models.probe import input_size_problem
+
+        if (problem := input_size_problem(customised)) is not None:
+            raise click.BadParameter(problem, param_hint="'--input-size'")
+    return customised
 
 
 # --- the frame of a run -----------------------------------------------------------------

@@ -786,6 +786,7 @@ def _index_entry(item: ImageItem, record: dict[str, Any], output_dir: Path) -> d
         "image": str(item.relative),
         "status": "ok",
         "record": record_path(output_dir, item.relative).relative_to(output_dir).as_posix(),
+        "task": "classify",
         "prediction": {
             "index": top["index"],
             "name": top["name"],

@@ -335,8 +335,8 @@ class _Loop:
             self.fail(entry.item, failure_reason(exc))
             return
         self.summary.explained += 1
-        self.reporter.record(entry.record)
-        self.index.add(self.index_entry(entry.item, entry.record))
+        self.reporter.record({**entry.record, "reused": False})
+        self.index.add({**self.index_entry(entry.item, entry.record), "reused": False})
         self.reporter.advance(1)
 
     def _launch(self, part: Batch) -> _Launched:

@@ -440,8 +440,8 @@ def _pipeline(run: EngineRun, stop: threading.Event | None) -> None:
         else:
             record = json.loads(str(row["record"]))
             run.summary.explained += 1
-            run.reporter.record(record)
-            run.index.add(run.index_entry(item, record))
+            run.reporter.record({**record, "reused": False})
+            run.index.add({**run.index_entry(item, record), "reused": False})
             run.reporter.advance(1)
         if stop is not None and stop.is_set():
             break
