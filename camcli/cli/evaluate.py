@@ -27,7 +27,6 @@ from camcli.cli.options import (
 )
 from camcli.cli.regions import RegionOptions, region_options, region_settings, run_as_task
 from camcli.methods.names import LAYER_METHODS, parse_methods, parse_metrics
-from camcli.report.evaluation import HIGHER_IS_BETTER, not_scored, not_scored_text
 
 if TYPE_CHECKING:
     from camcli.cli.frame import PreparedRun
@@ -76,16 +75,19 @@ EVALUATE_METHODS = ("gradcam", "gradcam++", "layercam", "guided", "guided-gradca
     "--boxes",
     type=click.Path(exists=True, path_type=Path),
     default=None,
-    help="Object boxes: a folder of Pascal VOC XML files mirroring the input tree "
-    "(a/b.jpg -> BOXES/a/b.xml, as ImageNet's and VOC's box annotations), or one COCO-style "
-    "JSON file. Class names are matched with the model's classes as class folders are.",
+    help="Object boxes (classifiers and detectors): a folder of Pascal VOC XML files "
+    "mirroring the input tree (a/b.jpg -> BOXES/a/b.xml, as ImageNet's and VOC's box "
+    "annotations), or one COCO-style JSON file. Class names are matched with the model's "
+    "classes as class folders are.",
 )
 @click.option(
     "--masks",
     type=click.Path(exists=True, file_okay=False, path_type=Path),
     default=None,
-    help="Object masks: a folder of PNGs mirroring the input tree (a/b.jpg -> MASKS/a/b.png), "
-    "non-zero on the object, of the image's size.",
+    help="Object masks (classifiers and segmenters): a folder of PNGs mirroring the input "
+    "tree (a/b.jpg -> MASKS/a/b.png), of the image's size. A classifier's: non-zero on the "
+    "object; a segmenter's: class indices (palette or grey, as VOC's SegmentationClass, or "
+    "RGB in VOC's colours; 255 is no class).",
 )
 @click.option(
     "--pointing-tolerance",
@@ -137,15 +139,22 @@ def evaluate(ctx: click.Context, **options: Any) -> None:
     NAME.sanity.png, the maps at each stage), evaluate.index.jsonl, evaluate.run.json, and
     at the end evaluation.json (per method the mean of every score, the sanity curves),
     evaluation.md (the leaderboard) and the plots in evaluation/. Images without an
-    annotation are counted and scored for faithfulness only. Resume, --jsonl and the exit
-    status are as in 'camcli explain'.
+    annotation are counted and scored for faithfulness only. Detectors are scored against
+    boxes (--boxes), segmenters against class masks (--masks). Resume and --jsonl are as in
+    'camcli explain'; one directory holds one evaluation per model and task.
 
     \b
     Exit status:
-      0    every image evaluated or up to date
-      1    some images failed, or the run could not start or stopped
-      2    usage error (a box file that does not parse or names a class the model does
-           not have, an unknown method or layer)
+      0    every image evaluated or up to date, and something scored
+      1    some images failed, the run could not start or stopped, or the annotations
+           matched nothing (no object matched, no box of the class explained): nothing
+           was scored (the files say so)
+      2    usage error, nothing written: nothing to score (a detector without --boxes, a
+           segmenter without --masks, annotations of the other kind, --metrics none
+           without annotations, only methods that are not scored), a box file that does
+           not parse or names a class the model does not have, masks in colours that are
+           not VOC's, annotations that match no image, the directory holds another model's
+           or task's evaluation, an unknown method or layer
       130  stopped by SIGINT; 143 by SIGTERM; 141 stdout closed
     """
     raw_methods = options.pop("methods")
@@ -190,6 +199,7 @@ def evaluate(ctx: click.Context, **options: Any) -> None:
     from camcli.io.annotations import AnnotationError, load_annotations
     from camcli.methods.activation import CamNotApplicable
     from camcli.models.hooks import LayerUnusable
+    from camcli.report.evaluation import not_scored, not_scored_text
     from camcli.runs.evaluate import EvaluateOptions, evaluate_payload, run_evaluate
     from camcli.runs.runtime import StopRequest
     from camcli.runs.work import RunSummary
@@ -326,6 +336,8 @@ def evaluate(ctx: click.Context, **options: Any) -> None:
 
 def _scored_any(result: dict[str, Any]) -> bool:
     """Whether a classifier's evaluation holds any score (a mean or a sanity curve)."""
+    from camcli.report.evaluation import HIGHER_IS_BETTER
+
     measured = any(
         value is not None
         for scores in result["methods"].values()
@@ -642,6 +654,8 @@ def refuse_nothing_to_score(
             param_hint="'--metrics'",
         )
     if task != "classify":
+        from camcli.report.evaluation import not_scored, not_scored_text
+
         chosen = _chosen_methods(raw_methods) or ["gradcam"]
         left_out = not_scored(chosen, task)
         if all(m in left_out for m in chosen):
