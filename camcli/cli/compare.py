@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from camcli import __version__
-from camcli.cli.features import refuse_region_model, zoo_region_task
+from camcli.cli.features import refuse_region_model
 from camcli.cli.options import (
     CONTEXT,
     CommonOptions,
@@ -23,6 +23,7 @@ from camcli.cli.options import (
 )
 from camcli.methods.names import MAP_METHODS, parse_methods
 from camcli.models import EMBEDDED_MODEL
+from camcli.models.names import known_task
 
 if TYPE_CHECKING:
     from camcli.models.loaded import LoadedModel
@@ -124,7 +125,7 @@ def compare(ctx: click.Context, **options: Any) -> None:
     names, classes = _models_and_classes(options.pop("model_name"), options.pop("classes_file"))
     for name in names:
         check_model_name(name)
-        refuse_region_model("compare", name, zoo_region_task(name))
+        refuse_region_model("compare", name, known_task(name))
     try:
         methods = parse_methods(options.pop("methods") or ("gradcam,gradcam++",))
     except ValueError as exc:

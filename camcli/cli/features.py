@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
-import re
 from dataclasses import dataclass
-from functools import lru_cache
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -24,6 +20,7 @@ from camcli.cli.options import (
     runtime_options,
     top_k_option,
 )
+from camcli.models.names import known_task
 
 if TYPE_CHECKING:
     from camcli.cli.frame import PreparedRun
@@ -34,7 +31,6 @@ __all__ = [
     "features",
     "features_settings",
     "refuse_region_model",
-    "zoo_region_task",
 ]
 
 
@@ -106,7 +102,7 @@ def features(ctx: click.Context, **options: Any) -> None:
     common = CommonOptions.take(options)
     own = FeaturesCommandOptions(**options)
     name = common.model.model_name
-    refuse_region_model("features", name, zoo_region_task(name))
+    refuse_region_model("features", name, known_task(name))
 
     from camcli.cli.early import refuse_early
 
@@ -172,35 +168,6 @@ _NEEDS = {
     "features": "its records give a classifier's top-k predictions beside the grids",
     "compare": "each cell is the map of a classifier's top-1 class",
 }
-# A torchvision model's registration in its source (as camcli.models.names reads them).
-_REGISTERED = re.compile(r"@register_model\([^)]*\)[\s\S]*?^def (\w+)\(", re.MULTILINE)
-
-
-@lru_cache(maxsize=1)
-def _zoo_region_tasks() -> dict[str, str]:
-    """Torchvision's detectors and segmenters by name, with their task, from its sources."""
-    spec = importlib.util.find_spec("torchvision")
-    if spec is None or not spec.submodule_search_locations:
-        return {}
-    folder = Path(next(iter(spec.submodule_search_locations))) / "models"
-    tasks: dict[str, str] = {}
-    for task, sub in (("detect", "detection"), ("segment", "segmentation")):
-        for path in sorted((folder / sub).glob("*.py")):
-            try:
-                text = path.read_text(encoding="utf-8")
-            except OSError:
-                continue
-            tasks.update(dict.fromkeys(_REGISTERED.findall(text), task))
-    return tasks
-
-
-def zoo_region_task(name: str) -> str | None:
-    """``detect`` or ``segment`` for a torchvision detector or segmenter, else ``None``.
-
-    Read off torchvision's source files, without importing torch, so a command that needs a
-    classifier refuses a zoo detector before loading anything.
-    """
-    return _zoo_region_tasks().get(name)
 
 
 def refuse_region_model(command: str, name: str, task: str | None) -> None:

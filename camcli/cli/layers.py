@@ -51,7 +51,6 @@ def layers(model_name: str, weights: Path | None, offline: bool, spatial_only: b
     from camcli.models.loaded import ModelUnavailable
     from camcli.models.own import ModelSpecError, OutputMismatch
     from camcli.models.probe import model_for_probing, probe_layers
-    from camcli.models.tasks import zoo_architecture
 
     try:
         check_model_name(model_name)
@@ -60,11 +59,7 @@ def layers(model_name: str, weights: Path | None, offline: bool, spatial_only: b
     try:
         loaded, pretrained = model_for_probing(model_name, weights, offline)
     except ModelUnavailable as exc:
-        # A zoo detector or segmenter: its architecture, as a classifier's (no weights file).
-        architecture = zoo_architecture(model_name) if weights is None else None
-        if architecture is None:
-            raise click.ClickException(str(exc)) from None
-        loaded, pretrained = architecture, False
+        raise click.ClickException(str(exc)) from None
     except (ModelSpecError, OutputMismatch) as exc:
         raise click.BadParameter(str(exc), param_hint="'MODEL'") from None
     if not pretrained:

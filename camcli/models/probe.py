@@ -26,6 +26,7 @@ __all__ = [
     "model_for_probing",
     "probe_layers",
     "unusable_method",
+    "zoo_architecture",
 ]
 
 
@@ -157,6 +158,8 @@ def model_for_probing(
     except ModelUnavailable:
         import torchvision.models as tvm
 
+        if weights is None and (dense := zoo_architecture(name)) is not None:
+            return dense, False  # a zoo detector or segmenter: its architecture
         if weights is not None or name not in tvm.list_models(module=tvm):
             raise
     default = tvm.get_model_weights(name).DEFAULT
@@ -267,3 +270,42 @@ def input_size_problem(model: LoadedModel) -> str | None:
         f"{height} x {width} grid, so its maps cannot say where; {larger} gives it "
         f"{' x '.join(map(str, grid(larger)))}"
     )
+
+
+def zoo_architecture(name: str) -> LoadedModel | None:
+    """A torchvision detector or segmenter with random weights: its architecture only.
+
+    For listing its layers (``camcli layers``) when its published weights are not at hand:
+    the shapes and the default layer do not depend on the weights. Built as the zoo loader
+    builds it (its published classes; a segmenter's input at its published size), with no
+    backbone weights either.
+
+    Returns:
+        The model, or ``None`` when ``name`` is not one of torchvision's detectors or
+        segmenters.
+
+    """
+    import torchvision.models as tvm
+
+    from camcli.models.classes import ClassIndex
+    from camcli.models.own import IMAGENET_MEAN, IMAGENET_STD, dense_model
+
+    if name in tvm.list_models(module=tvm.detection):
+        task = "detect"
+    elif name in tvm.list_models(module=tvm.segmentation):
+        task = "segment"
+    else:
+        return None
+    default = tvm.get_model_weights(name).DEFAULT
+    categories = [str(c) for c in default.meta["categories"]]
+    module = tvm.get_model(name, weights=None, weights_backbone=None, num_classes=len(categories))
+    if task == "segment":
+        transforms = default.transforms()
+        size = int(transforms.resize_size[0]) if transforms.resize_size else 520
+        prep = Preprocessing(size, size, tuple(transforms.mean), tuple(transforms.std))
+    else:  # a detector resizes and normalises the photos itself
+        prep = Preprocessing(64, 64, IMAGENET_MEAN, IMAGENET_STD)
+    loaded = dense_model(
+        name, module, prep, "none (architecture only)", task, ClassIndex(categories)
+    )
+    return loaded

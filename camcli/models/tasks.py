@@ -13,15 +13,12 @@ VOC classes (index 0 is the background in both).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
 from camcli.models.preprocessing import Preprocessing
-
-if TYPE_CHECKING:
-    from camcli.models.loaded import LoadedModel
 
 __all__ = [
     "TASKS",
@@ -32,7 +29,6 @@ __all__ = [
     "describe_output",
     "probe_task",
     "task_of_output",
-    "zoo_architecture",
 ]
 
 Task = Literal["classify", "detect", "segment"]
@@ -158,42 +154,3 @@ def dense_default_layer(module: nn.Module, run: Callable[[], Any], classes: int)
         if inside:
             return inside[-1]
     return candidates[-1] if candidates else None
-
-
-def zoo_architecture(name: str) -> LoadedModel | None:
-    """A torchvision detector or segmenter with random weights: its architecture only.
-
-    For listing its layers (``camcli layers``) when its published weights are not at hand:
-    the shapes and the default layer do not depend on the weights. Built as the zoo loader
-    builds it (its published classes; a segmenter's input at its published size), with no
-    backbone weights either.
-
-    Returns:
-        The model, or ``None`` when ``name`` is not one of torchvision's detectors or
-        segmenters.
-
-    """
-    import torchvision.models as tvm
-
-    from camcli.models.classes import ClassIndex
-    from camcli.models.own import IMAGENET_MEAN, IMAGENET_STD, dense_model
-
-    if name in tvm.list_models(module=tvm.detection):
-        task = "detect"
-    elif name in tvm.list_models(module=tvm.segmentation):
-        task = "segment"
-    else:
-        return None
-    default = tvm.get_model_weights(name).DEFAULT
-    categories = [str(c) for c in default.meta["categories"]]
-    module = tvm.get_model(name, weights=None, weights_backbone=None, num_classes=len(categories))
-    if task == "segment":
-        transforms = default.transforms()
-        size = int(transforms.resize_size[0]) if transforms.resize_size else 520
-        prep = Preprocessing(size, size, tuple(transforms.mean), tuple(transforms.std))
-    else:  # a detector resizes and normalises the photos itself
-        prep = Preprocessing(64, 64, IMAGENET_MEAN, IMAGENET_STD)
-    loaded = dense_model(
-        name, module, prep, "none (architecture only)", task, ClassIndex(categories)
-    )
-    return loaded
