@@ -266,8 +266,10 @@ def test_methods_left_out_are_named_and_records_name_no_explain_pictures(
 ) -> None:
     out = tmp_path / "out"
     result = run(photos, *DETECTOR, "--boxes", tmp_path / "boxes", "--method",
-                 "gradcam,eigencam,guided", "-o", out, "--jsonl")  # fmt: skip
+                 "gradcam,eigencam,guided", "-o", out, "--jsonl", "--report")  # fmt: skip
     assert result.exit_code == 0, result.output
+    page = (out / "report" / "evaluation.html").read_text()  # --report: its page is the report
+    assert "data-method='gradcam'" in page and "Not scored: eigencam (" in page
     (said,) = [x for x in result.stderr.splitlines() if x.startswith("camcli: not scored: ")]
     assert said == (
         "camcli: not scored: eigencam (one class-agnostic map per image, not one per "
@@ -281,7 +283,7 @@ def test_methods_left_out_are_named_and_records_name_no_explain_pictures(
     record = json.loads((out / "one.png.evaluate.json").read_text())
     assert record["files"] == {}  # evaluate writes no picture
     assert record["detections"] and all("files" not in d for d in record["detections"])
-    assert not list(out.glob("*.png"))
+    assert not list(out.glob("*.png")) and not (out / "report" / "index.html").exists()
 
 
 def test_a_classifier_evaluation_names_its_own_sheet(tmp_path: Path) -> None:

@@ -488,7 +488,12 @@ def _evaluate_regions(
         verb="evaluated",
         kind="evaluate",
     )
-    ctx.exit(_said_empty(unscored, code, part_of_run))
+    code = _said_empty(unscored, code, part_of_run)
+    if own.report and (run.rank is None or run.rank.rank == 0):
+        from camcli.cli.report import report_after_run
+
+        code = report_after_run(run.output_dir, code)
+    ctx.exit(code)
 
 
 @dataclass(frozen=True)
