@@ -146,6 +146,31 @@ def test_the_run_loop_shows_a_batch_total_that_does_not_grow(
     assert dones == sorted(dones)
 
 
+def test_several_targets_plan_every_targets_passes_before_the_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--target pred,3: the second target's passes are in the batch's first total."""
+    import camcli.runs.loop as loop
+
+    seen: list[tuple[int, int, str]] = []
+    monkeypatch.setattr(loop, "report_passes", lambda _r, d, p, m: seen.append((d, p, m)))
+    photos = tmp_path / "photos"
+    for k in range(2):
+        save_image(photos / f"p{k}.png", random_photo(k))
+    result = CliRunner().invoke(
+        main,
+        ["explain", str(photos), "--model", TINY, "-o", str(tmp_path / "out"), "--method",
+         "gradcam,rise", "--rise-masks", "20", "--target", "pred,3", "--device", "cpu",
+         "--batch-size", "2"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    batch = [entry for entry in seen if entry != (0, 0, "")]
+    planned = [p for _, p, _ in batch]
+    assert planned[0] == 2 * 2 * 20, batch  # two targets x two images x 20 masks
+    assert set(planned) == {planned[0]}, batch
+    assert batch[-1][0] == planned[0]
+
+
 def test_adaptive_integrated_gradients_takes_back_the_levels_it_does_not_need() -> None:
     """An image that meets its tolerance at once: its further levels leave the plan."""
     model = _model()

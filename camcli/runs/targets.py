@@ -21,8 +21,15 @@ import torch
 from camcli.io.discover import ImageItem
 from camcli.io.transfer import HostCopy
 from camcli.io.write import artifact_path, encode_png
-from camcli.methods.batch import GRADIENT_MAPS, BatchMethods, MethodOptions, compute_methods
+from camcli.methods.batch import (
+    GRADIENT_MAPS,
+    BatchMethods,
+    MethodOptions,
+    compute_methods,
+    method_passes,
+)
 from camcli.methods.forward import class_probabilities, explain_targets
+from camcli.methods.stopping import planned_passes
 from camcli.models.classes import TargetSpec, parse_targets
 from camcli.models.loaded import LoadedModel
 from camcli.pictures.render import PendingRender, RenderedImage, launch_render, picture_to_unit
@@ -103,12 +110,16 @@ def compute_for_targets(
         layer_gradients=need_gradients,
         autocast_dtype=autocast_dtype,
     )
-    return [
-        compute_methods(
-            model, inputs, layers, methods, None, options, seeds, autocast_dtype, explanation
-        )
-        for explanation in explanations
-    ]
+    # Every target's passes are planned before the first: the batch's total never grows.
+    plans = [method_passes(e, inputs.shape[0], layers, methods, options) for e in explanations]
+    first = next(iter(plans[0]), "") if plans else ""
+    with planned_passes(sum(sum(plan.values()) for plan in plans), first):
+        return [
+            compute_methods(
+                model, inputs, layers, methods, None, options, seeds, autocast_dtype, explanation
+            )
+            for explanation in explanations
+        ]
 
 
 @dataclass

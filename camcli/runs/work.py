@@ -67,8 +67,9 @@ class Reporter(Protocol):
     def passes(self, done: int, planned: int, method: str) -> None:
         """Within the current batch: ``done`` of ``planned`` passes, now of ``method``.
 
-        ``planned`` grows as each method's loop starts (an adaptive method adds its further
-        levels when it runs them); ``(0, 0, "")`` when the batch is over.
+        ``planned`` is known when the batch's first pass starts and never grows; it shrinks
+        when an adaptive method needs fewer levels than planned; ``(0, 0, "")`` when the
+        batch is over.
         """
 
 
