@@ -157,3 +157,11 @@ def test_the_command_lines_method_names_are_the_methods_own() -> None:
     """The names checked before torch loads are the tuples the methods run."""
     assert names.DETECTION_METHODS == detection.DETECTION_METHODS
     assert names.SEGMENTATION_METHODS == segmentation.SEGMENTATION_METHODS
+
+
+def test_explain_help_lists_every_method_of_every_task() -> None:
+    text = " ".join(CliRunner().invoke(main, ["explain", "--help"]).stdout.split())
+    method_help = text[text.index("--method") : text.index("--target")]
+    for method in {*names.ALL_METHODS, *names.DETECTION_METHODS, *names.SEGMENTATION_METHODS}:
+        assert f" {method}," in method_help or f" {method} " in method_help, method
+    assert "drise (D-RISE)" in method_help

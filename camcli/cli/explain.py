@@ -71,7 +71,9 @@ __all__ = ["ExplainOptions", "explain", "explain_settings"]
     multiple=True,
     help="Explanation method(s), repeatable or comma-separated: gradcam, gradcam++, "
     "xgradcam, layercam, hirescam, cam, eigencam, scorecam, rise, guided, guided-gradcam, "
-    "smoothgrad, lrp, ig [default: gradcam,guided].",
+    "smoothgrad, lrp, ig [default: gradcam,guided]. Detectors: gradcam, gradcam++, "
+    "xgradcam, layercam, hirescam, eigencam, drise (D-RISE), guided; segmenters: the same "
+    "but drise and guided [default for both: gradcam].",
 )
 @click.option(
     "--target",
