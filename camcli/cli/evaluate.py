@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -556,46 +554,15 @@ _MASKS = (
 )
 
 
-@lru_cache(maxsize=1)
-def _zoo_tasks() -> dict[str, str]:
-    """Torchvision's model names with their task, read off its sources (no import)."""
-    from camcli.models.names import _REGISTERED
-
-    spec = importlib.util.find_spec("torchvision")
-    if spec is None or not spec.submodule_search_locations:
-        return {}
-    folder = Path(next(iter(spec.submodule_search_locations))) / "models"
-    tasks: dict[str, str] = {}
-    for sub, task in ((folder, "classify"), (folder / "detection", "detect"),
-                      (folder / "segmentation", "segment")):  # fmt: skip
-        try:
-            for path in sorted(sub.glob("*.py")):
-                for name in _REGISTERED.findall(path.read_text(encoding="utf-8")):
-                    tasks[name] = task
-        except OSError:
-            continue
-    return tasks
-
-
 def _known_task(name: str, wanted: str) -> str | None:
     """The task a run of ``--model name --task wanted`` will have, when known unloaded.
 
     The embedded model and timm's are classifiers, torchvision's zoo names say theirs; a
     factory's or a registered model's task is known once it is loaded (``None``).
     """
-    import sys
+    from camcli.models.names import known_task
 
-    from camcli.models import EMBEDDED_MODEL
-    from camcli.models.names import is_factory_spec, is_timm_spec
-
-    registry = sys.modules.get("camcli.models.registry")
-    zoo: str | None
-    if name == EMBEDDED_MODEL or is_timm_spec(name):
-        zoo = "classify"
-    elif is_factory_spec(name) or (registry is not None and name in registry._REGISTRY):
-        zoo = None
-    else:
-        zoo = _zoo_tasks().get(name)
+    zoo = known_task(name)
     if wanted == "auto":
         return zoo
     if zoo is None or zoo == wanted or (zoo == "segment" and wanted == "classify"):
