@@ -165,3 +165,45 @@ def test_explain_help_lists_every_method_of_every_task() -> None:
     for method in {*names.ALL_METHODS, *names.DETECTION_METHODS, *names.SEGMENTATION_METHODS}:
         assert f" {method}," in method_help or f" {method} " in method_help, method
     assert "drise (D-RISE)" in method_help
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["explain"],
+        ["explain", "--model", DETECTOR],
+        ["features"],
+        ["compare"],
+        ["evaluate", "--metrics", "deletion"],
+        ["evaluate", "--model", DETECTOR, "--boxes", "{boxes}"],
+    ],
+    ids=["explain", "explain-detector", "features", "compare", "evaluate", "evaluate-detector"],
+)
+def test_a_held_output_directory_is_refused_before_torch_by_every_command(
+    photo: Path, tmp_path: Path, command: list[str]
+) -> None:
+    """A second run on a locked folder: before, compare loaded torch (2.7 s) to refuse it."""
+    held = tmp_path / "held"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom pathlib import Path\n"
+         "from camcli.io.lock import run_lock\n"
+         f"with run_lock(Path({str(held)!r}) / '.camcli.lock'):\n"
+         "    print('held', flush=True)\n    time.sleep(60)\n"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        boxes = tmp_path / "boxes"
+        boxes.mkdir()
+        words = [w.replace("{boxes}", str(boxes)) for w in command]
+        result = subprocess.run(
+            [sys.executable, "-c", _REFUSE, words[0], str(photo.parent), *words[1:], "-o",
+             str(held)],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+    finally:
+        holder.kill()
+        holder.wait()
+    assert result.returncode == 1, result.stderr
+    assert "is in use by camcli pid" in result.stderr
+    assert "torch not loaded" in result.stderr

@@ -114,17 +114,12 @@ def compare(ctx: click.Context, **options: Any) -> None:
       2    usage error
       130  stopped by SIGINT; 143 by SIGTERM; 141 stdout closed
     """
-    from camcli.cli.frame import (
-        Reporter,
-        check_model_name,
-        load_checked_model,
-        prepare_run,
-        run_in_frame,
-    )
+    from camcli.models.names import unknown_model
 
     names, classes = _models_and_classes(options.pop("model_name"), options.pop("classes_file"))
     for name in names:
-        check_model_name(name)
+        if (message := unknown_model(name)) is not None:
+            raise click.BadParameter(message, param_hint="'--model'")
         refuse_region_model("compare", name, known_task(name))
     try:
         methods = parse_methods(options.pop("methods") or ("gradcam,gradcam++",))
@@ -147,6 +142,7 @@ def compare(ctx: click.Context, **options: Any) -> None:
     from camcli.cli.early import refuse_early
 
     refuse_early(common, check_model=False)
+    from camcli.cli.frame import Reporter, load_checked_model, prepare_run, run_in_frame
     from camcli.methods.activation import CamNotApplicable
     from camcli.methods.batch import MethodOptions
     from camcli.models.hooks import LayerUnusable
