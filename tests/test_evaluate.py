@@ -255,11 +255,11 @@ def test_a_rerun_reuses_records_and_rewrites_the_same_evaluation(
         json.loads(line)["image"]: json.loads(line).get("reused")
         for line in redone.stdout.splitlines()
     }
-    assert reused == {"set/a.png": True, "set/b.png": None}
+    assert reused == {"set/a.png": True, "set/b.png": False}
     # An edited box file redoes its image only.
     (boxes / "set" / "b.xml").write_text((boxes / "set" / "a.xml").read_text())
     edited = [json.loads(line) for line in run([*args, "--jsonl"]).stdout.splitlines()]
-    assert {r["image"]: r.get("reused") for r in edited} == {"set/a.png": True, "set/b.png": None}
+    assert {r["image"]: r.get("reused") for r in edited} == {"set/a.png": True, "set/b.png": False}
     # Other settings: redone.
     changed = run([*args[:-2], "--metric-steps", "5", "--device", "cpu", "--jsonl"])
     assert not any(json.loads(line).get("reused") for line in changed.stdout.splitlines())
