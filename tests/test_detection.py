@@ -409,7 +409,8 @@ def test_the_readme_example_runs_as_written(tmp_path: Path, monkeypatch: pytest.
     )
     result = CliRunner().invoke(main, shlex.split(evaluate)[1:])
     assert result.exit_code == 0, result.output
-    evaluation = json.loads((tmp_path / "camcli-out" / "evaluation.json").read_text())
+    # into the explain run's folder (the same model and task): its pictures stay explain's
+    evaluation = json.loads((tmp_path / "detect-out" / "evaluation.json").read_text())
     assert evaluation["objects"] == evaluation["matched"] == 8  # 4 scenes x 2 boxes
     assert evaluation["methods"]["gradcam"]["pointing_game"] == 1.0
     detect = json.loads((tmp_path / "detect-out" / "scene-1.png.json").read_text())

@@ -1,4 +1,4 @@
-"""The README's commands, run in order into one output directory, destroy nothing."""
+"""The README's commands, run in order as written, destroy nothing; nor do they in one folder."""
 
 from __future__ import annotations
 
@@ -44,10 +44,14 @@ def readme_commands() -> list[str]:
 
 
 def outputs(folder: Path) -> dict[str, bytes]:
+    """The records and indexes under ``folder`` (not the photos, not a report's files)."""
     return {
         p.relative_to(folder).as_posix(): p.read_bytes()
         for p in folder.rglob("*")
-        if p.is_file() and p.suffix in (".json", ".jsonl") and "report" not in p.parts
+        if p.is_file()
+        and p.suffix in (".json", ".jsonl")
+        and "report" not in p.parts
+        and "sample_images" not in p.relative_to(folder).parts
     }
 
 
@@ -66,18 +70,32 @@ def test_readme_commands_in_order_keep_every_earlier_record(
     for command in commands:
         result = CliRunner().invoke(main, shlex.split(command)[1:])
         assert result.exit_code == 0, (command, result.output)
-        now = outputs(out)
+        now = outputs(tmp_path)
         changed = [name for name, data in before.items() if now.get(name) != data]
         # The summaries and the report's own files are rewritten by a run of their kind;
         # every record and index written by an earlier command stays byte for byte.
         runs = [n for n in changed if n.endswith("run.json")]
         assert sorted(set(changed) - set(runs)) == [], (command, changed)
         before = now
-    records = [n for n in before if n.endswith(".png.json") or n.endswith(".jpg.json")]
+    records = [n for n in outputs(out) if n.endswith(".png.json") or n.endswith(".jpg.json")]
     assert len(records) == 5  # explain's: one per photo
-    assert any(n.endswith(".features.json") for n in before)
-    assert any(n.endswith(".compare.json") for n in before)
-    # The features example lands beside explain's record of the same photo, with its label.
+    # Each example of another command writes into a folder of its own (issue: the README's
+    # commands followed in order wrote into one folder and an evaluation replaced another's).
+    assert any(n.endswith(".features.json") for n in outputs(tmp_path / "features-out"))
+    assert any(n.endswith(".compare.json") for n in outputs(tmp_path / "compare-out"))
+    # A folder can still be shared: the same examples into explain's folder touch none of
+    # its records, and the features grid lands beside explain's record with its label.
+    shared = [c for c in commands if shlex.split(c)[1] in ("features", "compare")]
+    kept = outputs(out)
+    for command in shared:
+        words = shlex.split(command)
+        words[words.index("-o") + 1] = "camcli-out"
+        result = CliRunner().invoke(main, words[1:])
+        assert result.exit_code == 0, (words, result.output)
+    now = outputs(out)
+    assert {n: now[n] for n in kept if not n.endswith("run.json")} == {
+        n: d for n, d in kept.items() if not n.endswith("run.json")
+    }
     features = json.loads((out / "tiger_cat" / "chelsea.png.features.json").read_text())
     assert features["label"]["folder"] == "tiger_cat"
     assert (out / "tiger_cat" / "chelsea.png.features.blocks.2.png").is_file()
