@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -168,3 +171,21 @@ def browser() -> Iterator[Any]:
     from .browser import launch_browser
 
     yield from launch_browser()
+
+
+@contextmanager
+def held_lock(folder: Path) -> Iterator[subprocess.Popen[str]]:
+    """Another process holding ``folder``'s run lock (as a live run does) for the block."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom pathlib import Path\n"
+         "from camcli.io.lock import run_lock\n"
+         f"with run_lock(Path({str(folder)!r}) / '.camcli.lock'):\n"
+         "    print('held', flush=True)\n    time.sleep(60)\n"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        yield holder
+    finally:
+        holder.kill()
+        holder.wait()

@@ -20,7 +20,7 @@ from PIL import Image
 
 from camcli.cli import main
 
-from .conftest import BRIGHT, SAMPLES, TINY, TinyNet, save_image, square_image
+from .conftest import BRIGHT, SAMPLES, TINY, TinyNet, held_lock, save_image, square_image
 
 Folder = Callable[[dict[str, tuple[int, int]]], Path]
 
@@ -630,19 +630,8 @@ def test_refusals_come_before_torch_and_the_model_are_loaded(tmp_path: Path) -> 
     )
     assert "torch not loaded" in unwritable.stderr
     held = tmp_path / "held"
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time\nfrom pathlib import Path\n"
-         "from camcli.io.lock import run_lock\n"
-         f"with run_lock(Path({str(held)!r}) / '.camcli.lock'):\n"
-         "    print('held', flush=True)\n    time.sleep(60)\n"],
-        stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+    with held_lock(held) as holder:
         locked = refuse("-o", str(held))
-    finally:
-        holder.kill()
-        holder.wait()
     assert locked.returncode == 1 and f"is in use by camcli pid {holder.pid}" in locked.stderr
     assert "torch not loaded" in locked.stderr
 

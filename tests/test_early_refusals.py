@@ -17,7 +17,7 @@ from click.testing import CliRunner, Result
 from camcli.cli import main
 from camcli.methods import detection, names, segmentation
 
-from .conftest import TINY, random_photo, save_image
+from .conftest import TINY, held_lock, random_photo, save_image
 from .test_cli import _REFUSE
 from .tiny_detection import MODELS
 
@@ -184,26 +184,15 @@ def test_a_held_output_directory_is_refused_before_torch_by_every_command(
 ) -> None:
     """A second run on a locked folder: before, compare loaded torch (2.7 s) to refuse it."""
     held = tmp_path / "held"
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time\nfrom pathlib import Path\n"
-         "from camcli.io.lock import run_lock\n"
-         f"with run_lock(Path({str(held)!r}) / '.camcli.lock'):\n"
-         "    print('held', flush=True)\n    time.sleep(60)\n"],
-        stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
-        boxes = tmp_path / "boxes"
-        boxes.mkdir()
-        words = [w.replace("{boxes}", str(boxes)) for w in command]
+    boxes = tmp_path / "boxes"
+    boxes.mkdir()
+    words = [w.replace("{boxes}", str(boxes)) for w in command]
+    with held_lock(held):
         result = subprocess.run(
             [sys.executable, "-c", _REFUSE, words[0], str(photo.parent), *words[1:], "-o",
              str(held)],
             capture_output=True, text=True, timeout=120,
         )  # fmt: skip
-    finally:
-        holder.kill()
-        holder.wait()
     assert result.returncode == 1, result.stderr
     assert "is in use by camcli pid" in result.stderr
     assert "torch not loaded" in result.stderr
