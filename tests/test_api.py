@@ -118,6 +118,7 @@ def test_explain_folder_writes_what_the_command_line_writes(photos: Path, tmp_pa
     assert (summary.total, summary.explained, summary.failed) == (3, 3, 0)
     for image, record in cli_records.items():
         mine = json.loads((tmp_path / "lib" / f"{image}.json").read_text())
+        assert record.pop("reused") is False  # said on stdout, not stored in the record
         assert mine == record
         folder = Path(image).parent
         for files in record["files"].values():

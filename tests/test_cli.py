@@ -127,7 +127,7 @@ def test_corrupt_file_is_reported_and_the_others_are_explained(three: Path, tmp_
     out = tmp_path / "out"
     result = explain(three, out, "--jsonl")
     assert result.exit_code == 1
-    assert "skipped tabby/broken.jpg: cannot decode image" in result.stderr
+    assert "failed tabby/broken.jpg: cannot decode image" in result.stderr
     closing = result.stderr.strip().splitlines()[-1]
     # The images failed, not the model: the count comes after what was used, with where the
     # reasons are.

@@ -107,7 +107,7 @@ def test_cam_without_a_linear_head_is_refused_before_the_output_folder(
 
 
 def test_an_input_size_the_layer_cannot_resolve_is_refused(photo: Path, tmp_path: Path) -> None:
-    """At --input-size 7 the tiny model's layer (stride 4) is a 2 x 2 grid; at 3 it is 1 x 1,
+    """At --input-size 8 the tiny model's layer (stride 4) is a 2 x 2 grid; at 3 it is 1 x 1,
     and every map would be flat (before: all-zero maps, peak at (0, 0))."""
     out = tmp_path / "out"
     result = CliRunner().invoke(
@@ -117,7 +117,7 @@ def test_an_input_size_the_layer_cannot_resolve_is_refused(photo: Path, tmp_path
     assert "Invalid value for '--input-size': at 3 x 3 the layer features.3 has a 1 x 1 grid" in (
         result.output
     )
-    assert "6 gives it 2 x 2" in result.output
+    assert "use at least 5 (a 2 x 2 grid)" in result.output  # the least: at 4 it is 1 x 1
     assert not out.exists()
     ok = CliRunner().invoke(
         main, ["explain", str(photo), "--model", TINY, "--input-size", "8", "-o", str(out)]
@@ -151,6 +151,10 @@ def test_options_of_another_task_are_named_on_stderr(photo: Path, tmp_path: Path
     )
     plain = _explain(photo, "--model", DETECTOR, "-o", tmp_path / "d")
     assert plain.exit_code == 0 and "not used" not in plain.stderr
+    # a detector resizes the photos itself: camcli's input size is not its
+    sized = _explain(photo, "--model", DETECTOR, "--input-size", "7", "-o", tmp_path / "e")
+    assert sized.exit_code == 0, sized.output
+    assert "camcli: --input-size not used: it does not apply to a detector" in sized.stderr
 
 
 def test_the_command_lines_method_names_are_the_methods_own() -> None:
@@ -196,3 +200,48 @@ def test_a_held_output_directory_is_refused_before_torch_by_every_command(
     assert result.returncode == 1, result.stderr
     assert "is in use by camcli pid" in result.stderr
     assert "torch not loaded" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("model", "task", "noun"),
+    [
+        ("fasterrcnn_resnet50_fpn_v2", "segment", "is a detector, not a segmenter"),
+        ("deeplabv3_resnet50", "detect", "is a segmenter, not a detector"),
+        ("efficientnet_lite0", "detect", "is a classifier, not a detector"),
+    ],
+)
+def test_a_task_the_named_model_cannot_run_as_is_refused_before_torch(
+    photo: Path, tmp_path: Path, model: str, task: str, noun: str
+) -> None:
+    """Before, a zoo model's --task mismatch went on to load its weights (exit 1 offline), and
+    the embedded model's was refused after 5 s of loading."""
+    for command in ("explain", "evaluate"):
+        result = subprocess.run(
+            [sys.executable, "-c", _REFUSE, command, str(photo), "--model", model, "--task", task,
+             "-o", str(tmp_path / "out")],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert result.returncode == 2, result.stderr
+        assert f"Invalid value for '--task': {model} {noun}" in result.stderr
+        assert "torch not loaded" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_evaluate_refuses_a_detectors_method_on_a_classifier_before_torch(
+    photo: Path, tmp_path: Path
+) -> None:
+    """Before, 'evaluate --method drise,gradcam' on a classifier dropped every method, scored
+    nothing and exited 1 after loading the model."""
+    result = subprocess.run(
+        [sys.executable, "-c", _REFUSE, "evaluate", str(photo), "--method", "drise,gradcam",
+         "-o", str(tmp_path / "out")],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert "Invalid value for '--method': drise explains a detector's detections" in result.stderr
+    assert "torch not loaded" in result.stderr
+    own = CliRunner().invoke(main, ["evaluate", str(photo), "--model", TINY, "--method",
+                                    "drise,gradcam", "-o", str(tmp_path / "own")])  # fmt: skip
+    assert own.exit_code == 2, own.output
+    assert "drise explains a detector's detections" in own.output
+    assert not (tmp_path / "own").exists()

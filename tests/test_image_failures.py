@@ -216,3 +216,84 @@ def test_debug_prints_the_failed_images_traceback(tmp_path: Path) -> None:
     assert result.exit_code == 1
     assert "Traceback (most recent call last)" in result.output
     assert 'raise ValueError("marked input' in result.output
+
+
+def test_progress_rate_and_time_left_come_from_explained_images_only() -> None:
+    """Two files that fail to decode at once must not make the run look fast: before, the
+    plain line said '2 of 9 images after 0:02, 1 images/s, about 0:07 left' from failures."""
+    from camcli.cli.frame import Reporter
+
+    reporter = Reporter(jsonl=False, total=9, interval=0)
+    try:
+        for name in ("corrupt.jpg", "empty.png"):
+            reporter.record({"image": name, "status": "error", "error": "cannot decode image"})
+            reporter.advance(1)
+        line = reporter.line()
+        assert line.startswith("camcli: 2 of 9 images (2 failed) after "), line
+        assert "images/s" not in line and "left" not in line
+        reporter.record({"image": "a.png", "status": "ok"})
+        reporter.advance(1)
+        line = reporter.line()
+        assert line.startswith("camcli: 3 of 9 images (2 failed) after "), line
+        assert "images/s, about" in line
+    finally:
+        reporter.close()
+
+
+def test_on_the_cpu_a_batch_is_finished_before_the_next_is_computed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before, a batch's records waited for the next batch's passes (the overlap is the
+    GPU's): with RISE at 10 s a batch, 'camcli: 0 of 5 images' stood for 20 s."""
+    import camcli.runs.explain as explain_run
+    import camcli.runs.loop as loop
+
+    finished: list[int] = []  # batches finished so far, at each batch's computation
+    done = 0
+    real_compute, real_finish = explain_run.compute_methods, loop._Loop._finish_part
+
+    def compute(*args: object, **kwargs: object) -> object:
+        finished.append(done)
+        return real_compute(*args, **kwargs)
+
+    def finish(self: object, launched: object) -> None:
+        nonlocal done
+        real_finish(self, launched)  # type: ignore[arg-type]
+        done += 1
+
+    monkeypatch.setattr(explain_run, "compute_methods", compute)
+    monkeypatch.setattr(loop._Loop, "_finish_part", finish)
+    photos = tmp_path / "photos"
+    for k in range(4):
+        save_image(photos / f"p{k}.png", np.full((20, 24, 3), 40 * k + 10, dtype=np.uint8))
+    result = _run(photos, "--model", TINY, "--method", "gradcam", "-o", tmp_path / "out",
+                  "-b", "1", "-j", "0", "--device", "cpu")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert finished == [0, 1, 2, 3]  # before: [0, 0, 1, 2]
+
+
+def test_after_a_write_error_every_record_on_disk_is_indexed_and_counted(tmp_path: Path) -> None:
+    """An output subfolder that is a file: the run stops (exit 1, run.json failed), and the
+    records the writers completed after the failure are in the index and counted. Before,
+    a record written after the failure was on disk but in neither."""
+    photos = tmp_path / "photos"
+    for folder, count in (("a", 2), ("b", 1), ("c", 6)):
+        for k in range(count):
+            save_image(photos / folder / f"{k}.png", np.full((20, 24, 3), 30 * k, dtype=np.uint8))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "b").write_text("a file where the run needs a folder")
+    result = _run(photos, "--model", TINY, "--method", "gradcam,guided", "-o", out, "-j", "0")
+    assert result.exit_code == 1, result.output
+    assert "cannot write outputs for b/0.png" in result.output and "Traceback" not in result.output
+    on_disk = {p.relative_to(out).as_posix()[: -len(".json")] for p in out.rglob("*.png.json")}
+    index = [json.loads(line) for line in (out / "index.jsonl").read_text().splitlines()]
+    summary = json.loads((out / "run.json").read_text())
+    assert summary["status"] == "failed" and "Not a directory" in summary["error"]
+    assert {e["image"] for e in index} == on_disk
+    assert summary["counts"]["explained"] == len(on_disk) >= 2
+    assert not list(out.rglob("*.partial")) and not list(out.rglob("*.tmp"))
+    (out / "b").unlink()
+    again = _run(photos, "--model", TINY, "--method", "gradcam,guided", "-o", out, "-j", "0")
+    assert again.exit_code == 0, again.output
+    assert f"{len(on_disk)} up to date (reused)" in again.output

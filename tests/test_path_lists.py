@@ -94,7 +94,7 @@ def test_missing_paths_and_directories_are_reported_and_the_rest_explained(
     assert got["cat/a.png"]["status"] == "ok" and got["dog/d.png"]["status"] == "ok"
     assert "No such file" in got["cat/missing.png"]["error"]
     assert "directory" in got["cat"]["error"].lower()
-    assert "skipped cat/missing.png" in result.stderr and "Traceback" not in result.output
+    assert "failed cat/missing.png" in result.stderr and "Traceback" not in result.output
     summary = json.loads((tmp_path / "out" / "run.json").read_text())
     assert summary["counts"]["failed"] == 2 and summary["counts"]["explained"] == 2
 

@@ -80,7 +80,8 @@ def test_rerun_reuses_up_to_date_images_and_redoes_what_changed(folder: Path, tm
     first = {k: (out / f"{k}.json").stat().st_mtime_ns for k in records(out)}
     again = explain(folder, out, "--jsonl")
     assert again.exit_code == 0
-    assert "0 of 6 images, 6 up to date (reused)" in again.stderr
+    closing = "explained 0 of 6 images with tiny-test at features.3; 6 up to date (reused)"
+    assert closing in again.stderr
     assert {k: (out / f"{k}.json").stat().st_mtime_ns for k in records(out)} == first
     assert all(json.loads(line)["reused"] for line in again.stdout.splitlines())
     assert all(e["reused"] for e in index_lines(out))
@@ -181,7 +182,7 @@ def test_every_kind_of_bad_or_odd_file(tmp_path: Path):
                 assert (record["width"], record["height"]) == original.size
         else:
             assert record["status"] == "error" and error in record["error"], (name, record)
-            assert f"skipped {name}: " in result.stderr
+            assert f"failed {name}: " in result.stderr
     gif = json.loads((out / "anim.gif.json").read_text())
     assert (gif["width"], gif["height"]) == (24, 16)
     assert_outputs_valid(out)
@@ -193,7 +194,7 @@ def test_unreadable_file(folder: Path, tmp_path: Path):
     save_image(path, random_photo(1, 10, 10))
     path.chmod(0)
     result = explain(folder, tmp_path / "out")
-    assert result.exit_code == 1 and "skipped tabby/secret.png: cannot read file" in result.stderr
+    assert result.exit_code == 1 and "failed tabby/secret.png: cannot read file" in result.stderr
 
 
 # --- resource faults ---------------------------------------------------------------------

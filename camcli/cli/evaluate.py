@@ -23,7 +23,14 @@ from camcli.cli.options import (
     runtime_options,
     top_k_option,
 )
-from camcli.cli.regions import RegionOptions, region_options, region_settings, run_as_task
+from camcli.cli.regions import (
+    RegionOptions,
+    classifier_methods,
+    early_task,
+    region_options,
+    region_settings,
+    run_as_task,
+)
 from camcli.methods.names import LAYER_METHODS, parse_methods, parse_metrics
 
 if TYPE_CHECKING:
@@ -157,12 +164,6 @@ def evaluate(ctx: click.Context, **options: Any) -> None:
     """
     raw_methods = options.pop("methods")
     regions = RegionOptions.take(options)
-    try:
-        methods = parse_methods(raw_methods or EVALUATE_METHODS)
-    except ValueError as exc:
-        if "drise" not in ",".join(raw_methods).lower():
-            raise click.BadParameter(str(exc), param_hint="'--method'") from None
-        methods = ()  # a detector's method: checked once the model's task is known
     metrics_text = options.pop("metrics")
     parts = [p.strip().lower() for p in metrics_text.split(",")]
     road = "road" in parts or "all" in parts
@@ -186,12 +187,17 @@ def evaluate(ctx: click.Context, **options: Any) -> None:
     )
     scores_faithfulness = bool(metrics) or road
     # What can be refused before the model loads: the task of a zoo name (or --task) is known.
-    early_task = _known_task(common.model.model_name, regions.task)
-    refuse_nothing_to_score(early_task, own, scores_faithfulness, raw_methods)
-    if isinstance(common.output.output_dir, Path) and _known_task(common.model.model_name, "auto"):
+    known = early_task(common.model.model_name, regions.task)
+
+    def classifiers() -> tuple[str, ...]:
+        return parse_methods(raw_methods or EVALUATE_METHODS)
+
+    methods = classifier_methods(raw_methods, known, classifiers)
+    refuse_nothing_to_score(known, own, scores_faithfulness, raw_methods)
+    if isinstance(common.output.output_dir, Path) and early_task(common.model.model_name, "auto"):
         # a zoo name (or the embedded model, or timm's) is the name the loaded model has
         _refuse_other_evaluation(
-            common.output.output_dir.expanduser(), common.model.model_name, early_task
+            common.output.output_dir.expanduser(), common.model.model_name, known
         )
     from camcli.cli.frame import Reporter, prepare_run, run_in_frame
     from camcli.io.annotations import AnnotationError, load_annotations
@@ -207,6 +213,8 @@ def evaluate(ctx: click.Context, **options: Any) -> None:
     task = model.task
     # The model's task is known now: refuse what it cannot score before any file is written.
     refuse_nothing_to_score(task, own, scores_faithfulness, raw_methods)
+    if task == "classify" and not methods:  # drise on an own classifier
+        methods = classifier_methods(raw_methods, task, classifiers)
     _refuse_other_evaluation(run.output_dir, model.name, task)
     if task != "classify":
         given = ctx.get_parameter_source("metrics") == click.core.ParameterSource.COMMANDLINE
@@ -552,22 +560,6 @@ _MASKS = (
     "a folder of class-index PNGs mirroring INPUT: palette or grey, as Pascal VOC's "
     "SegmentationClass, or RGB in VOC's colours"
 )
-
-
-def _known_task(name: str, wanted: str) -> str | None:
-    """The task a run of ``--model name --task wanted`` will have, when known unloaded.
-
-    The embedded model and timm's are classifiers, torchvision's zoo names say theirs; a
-    factory's or a registered model's task is known once it is loaded (``None``).
-    """
-    from camcli.models.names import known_task
-
-    zoo = known_task(name)
-    if wanted == "auto":
-        return zoo
-    if zoo is None or zoo == wanted or (zoo == "segment" and wanted == "classify"):
-        return wanted
-    return None  # a --task the model cannot run as: refused once it is loaded
 
 
 def _chosen_methods(raw_methods: tuple[str, ...]) -> list[str]:

@@ -28,6 +28,8 @@ from camcli.cli.regions import (
     LabelCheck,
     RegionOptions,
     check_region_options,
+    classifier_methods,
+    early_task,
     note_unused_options,
     region_options,
     region_settings,
@@ -37,11 +39,9 @@ from camcli.methods.names import (
     ALL_METHODS,
     DEFAULT_METHODS,
     LAYER_METHODS,
-    REGION_ONLY_METHODS,
     parse_methods,
     parse_metrics,
 )
-from camcli.models.names import known_task
 from camcli.report import REPORT_DIR
 
 if TYPE_CHECKING:
@@ -152,7 +152,7 @@ def explain(ctx: click.Context, **options: Any) -> None:
     refused = {"--metrics": bool(metrics), "--target": own.target != "pred",
                "--save-raw": own.save_raw}  # fmt: skip
     # Everything the model's name decides is checked before anything is loaded or written.
-    known = known_task(common.model.model_name) if regions.task == "auto" else regions.task
+    known = early_task(common.model.model_name, regions.task)
     chosen_methods = _checked_methods(raw_methods, guided, known, refused)
 
     from camcli.cli.early import refuse_early
@@ -305,22 +305,7 @@ def _checked_methods(
     if task in ("detect", "segment"):
         check_region_options(task, raw, refused)
         return ()
-    try:
-        return _methods(raw, guided)
-    except ValueError as exc:
-        names = [m.strip().lower() for v in raw for m in v.split(",") if m.strip()]
-        region_only = any(m in REGION_ONLY_METHODS for m in names)
-        if task is None and region_only and _all_known(names):
-            return ()  # perhaps a detector's: checked once the model is loaded
-        raise click.BadParameter(str(exc), param_hint="'--method'") from None
-
-
-def _all_known(names: list[str]) -> bool:
-    try:
-        parse_methods([n for n in names if n not in REGION_ONLY_METHODS] or ["gradcam"])
-    except ValueError:
-        return False
-    return True
+    return classifier_methods(raw, task, lambda: _methods(raw, guided))
 
 
 def _methods(values: tuple[str, ...], guided: bool | None) -> tuple[str, ...]:

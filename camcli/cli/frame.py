@@ -416,7 +416,7 @@ def load_checked_model(wanted: ModelOptions) -> LoadedModel:
         )
     except OptionProblem as exc:
         raise click.BadParameter(str(exc), param_hint=f"'{exc.option}'") from None
-    if wanted.input_size is not None and customised.task == "classify":
+    if wanted.input_size is not None and customised.task in ("classify", "segment"):
         from camcli.models.probe import input_size_problem
 
         if (problem := input_size_problem(customised)) is not None:
@@ -449,7 +449,9 @@ class Reporter:
         self.total = total
         self.done = 0
         self.reused = 0
+        self.failed = 0  # of done: their rate is no measure of the run's
         self._reused_waiting = 0  # reused records whose advance() has not come yet
+        self._failed_waiting = 0  # error records whose advance() has not come yet
         self.started = time.monotonic()
         # disable=None: no bar when stderr is not a terminal (cron, CI, pipes); smoothing=0:
         # the average rate since the start, for a steady time left.
@@ -482,7 +484,8 @@ class Reporter:
         if record.get("reused"):
             self._reused_waiting += 1
         if record.get("status") == "error":
-            self.bar.write(f"camcli: skipped {record['image']}: {record['error']}", file=sys.stderr)
+            self._failed_waiting += 1
+            self.bar.write(f"camcli: failed {record['image']}: {record['error']}", file=sys.stderr)
         if self.jsonl and not self.broken:
             try:
                 sys.stdout.write(json.dumps(record, ensure_ascii=False) + "\n")
@@ -503,6 +506,9 @@ class Reporter:
             self.bar.total = max(0, (self.bar.total or 0) - reused)
             self.bar.refresh()
         if count > reused:
+            failed = min(count - reused, self._failed_waiting)
+            self._failed_waiting -= failed
+            self.failed += failed
             self.done += count - reused
             self.bar.update(count - reused)
 
@@ -540,11 +546,16 @@ class Reporter:
         todo = self.total - self.reused
         elapsed = time.monotonic() - self.started
         text = f"camcli: {self.done} of {todo} images"
-        if self.reused:
-            text += f" ({self.reused} up to date)"
+        notes = [f"{self.reused} up to date"] if self.reused else []
+        if self.failed:
+            notes.append(f"{self.failed} failed")
+        if notes:
+            text += f" ({', '.join(notes)})"
         text += f" after {_duration(elapsed)}"
-        if self.done:
-            rate = self.done / elapsed
+        # The rate and the time left come from the images explained: a file that fails to
+        # decode takes no time, and would make the rest look fast.
+        if explained := self.done - self.failed:
+            rate = explained / elapsed
             text += f", {format_rate(rate)}, about {_duration((todo - self.done) / rate)} left"
         if self.batch is not None:
             text += f"; {self._batch_text()}"

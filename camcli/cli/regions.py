@@ -15,6 +15,7 @@ if TYPE_CHECKING:
 __all__ = [
     "LabelCheck",
     "RegionOptions",
+    "classifier_methods",
     "region_options",
     "region_settings",
     "run_as_task",
@@ -108,6 +109,31 @@ def run_as_task(run: PreparedRun, wanted: str) -> PreparedRun:
 NOUNS = {"classify": "classifier", "detect": "detector", "segment": "segmenter"}
 
 
+def early_task(model_name: str, wanted: str) -> str | None:
+    """The task a run of ``--model model_name --task wanted`` has, when known unloaded.
+
+    The embedded model and timm's are classifiers and torchvision's zoo names say theirs
+    (:func:`camcli.models.names.known_task`); an own model's task is known once it is loaded
+    (``None``, unless ``--task`` names it).
+
+    Raises:
+        click.BadParameter: a ``--task`` the named model cannot be run as (exit 2), before
+            anything loads.
+    """
+    from camcli.models.names import known_task
+
+    known = known_task(model_name)
+    if wanted == "auto":
+        return known
+    if known is None or known == wanted or (known == "segment" and wanted == "classify"):
+        return wanted
+    raise click.BadParameter(
+        f"{model_name} is a {NOUNS[known]}, not a {NOUNS[wanted]}: the one override is --task "
+        "classify on a segmenter, whose per-pixel logits are then averaged",
+        param_hint="'--task'",
+    )
+
+
 # Why an option of the classifiers does not apply to a detector or a segmenter.
 _NOT_FOR_REGIONS = {
     "--metrics": "faithfulness scores delete and insert a classifier's class evidence",
@@ -167,6 +193,37 @@ def check_region_options(
                 param_hint=f"'{name}'",
             )
     return tuple(m for m in allowed if m in chosen)
+
+
+def classifier_methods(
+    raw: tuple[str, ...], task: str | None, parse: Callable[[], tuple[str, ...]]
+) -> tuple[str, ...]:
+    """A classifier's methods from ``--method`` (``parse`` reads them), checked for ``task``.
+
+    ``()`` for a detector's or segmenter's (their methods are read by
+    :func:`check_region_options`), and when ``task`` is not known yet (an own model) and the
+    names include a detector's method: checked again once the model is loaded.
+
+    Raises:
+        click.BadParameter: an unknown method (with the closest names), or a detector's method
+            for a classifier (exit 2).
+    """
+    from camcli.methods.names import REGION_ONLY_METHODS, parse_methods
+
+    if task in ("detect", "segment"):
+        return ()
+    try:
+        return parse()
+    except ValueError as exc:
+        names = [m.strip().lower() for v in raw for m in v.split(",") if m.strip()]
+        others = [n for n in names if n not in REGION_ONLY_METHODS]
+        if task is None and len(others) < len(names):
+            try:
+                parse_methods(others or ["gradcam"])
+                return ()  # perhaps a detector's: checked once the model is loaded
+            except ValueError:
+                pass
+        raise click.BadParameter(str(exc), param_hint="'--method'") from None
 
 
 def region_settings(
@@ -264,6 +321,12 @@ _OPTION_USE: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "max_detections": (("detect",), ()),
     "drise_masks": (("detect",), ("drise",)),
     "min_pixels": (("segment",), ()),
+    # a detector resizes and normalises the photos itself (torchvision's convention)
+    "input_size": (("classify", "segment"), ()),
+    "mean": (("classify", "segment"), ()),
+    "std": (("classify", "segment"), ()),
+    "interpolation": (("classify", "segment"), ()),
+    "crop": (("classify", "segment"), ()),
     "rise_masks": (("classify",), ("rise",)),
     "smooth_samples": (("classify",), ("smoothgrad",)),
     "smooth_noise": (("classify",), ("smoothgrad",)),

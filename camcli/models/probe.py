@@ -258,17 +258,18 @@ def input_size_problem(model: LoadedModel) -> str | None:
         height, width = grid(prep.size)
         if min(height, width) >= 2:
             return None
-        larger = prep.size
-        while larger < 4096:
-            larger *= 2
-            if min(grid(larger)) >= 2:
-                break
+        small, larger = prep.size, prep.size  # the least size with a 2 x 2 grid lies between
+        while larger < 4096 and min(grid(larger)) < 2:
+            small, larger = larger, larger * 2
+        while larger - small > 1:  # grids grow with the input: halve the interval
+            middle = (small + larger) // 2
+            small, larger = (small, middle) if min(grid(middle)) >= 2 else (middle, larger)
     except Exception:  # the run itself says what fails
         return None
     return (
         f"at {prep.size} x {prep.size} the layer {model.default_layer} has a "
-        f"{height} x {width} grid, so its maps cannot say where; {larger} gives it "
-        f"{' x '.join(map(str, grid(larger)))}"
+        f"{height} x {width} grid, so its maps cannot say where; use at least {larger} (a "
+        f"{' x '.join(map(str, grid(larger)))} grid)"
     )
 
 

@@ -273,6 +273,31 @@ class _Loop:
     in_flight: _Launched | None = None
 
     def run(self, work: BatchWork, stop: threading.Event | None) -> None:
+        """Run the loop; after a write failure, index what the writers still completed."""
+        try:
+            self._run(work, stop)
+        except WriteFailed:
+            self._keep_written()
+            raise
+
+    def _keep_written(self) -> None:
+        """Count and index the images whose writes completed after another's failed.
+
+        Writes not started yet are cancelled; those already under way end, and each one
+        whose record was written is counted and indexed, so that what the index and
+        ``run.json`` say was written is what a rerun finds up to date.
+        """
+        while self.pending:
+            entry = self.pending.popleft()
+            if entry.future.cancel():
+                continue
+            try:
+                entry.future.result()
+            except Exception:  # this one failed too: not written, not indexed
+                continue
+            self._written(entry)
+
+    def _run(self, work: BatchWork, stop: threading.Event | None) -> None:
         settings = self.settings
         device = settings.device
         prep = self.model.preprocessing
@@ -334,6 +359,10 @@ class _Loop:
                 traceback.print_exception(exc, file=sys.stderr)
             self.fail(entry.item, failure_reason(exc))
             return
+        self._written(entry)
+
+    def _written(self, entry: _Pending) -> None:
+        """An image's files and record are written: count, report and index it."""
         self.summary.explained += 1
         self.reporter.record({**entry.record, "reused": False})
         self.index.add({**self.index_entry(entry.item, entry.record), "reused": False})
@@ -386,11 +415,19 @@ class _Loop:
                 atomic_write_bytes(path, produce())
 
     def _step(self, part: Batch) -> None:
-        """Launch ``part``, then finish the batch launched before it while the device works."""
+        """Launch ``part``, then finish the batch launched before it while the device works.
+
+        On the CPU a launch computes the whole batch before it returns, so nothing overlaps
+        by waiting: the batch is finished at once, and its records and progress come as soon
+        as it is computed instead of a batch later.
+        """
         launched = self._launch(part)
         previous, self.in_flight = self.in_flight, launched
         if previous is not None:
             self._finish_part(previous)
+        if self.settings.device.type != "cuda":
+            self.in_flight = None
+            self._finish_part(launched)
 
     def _with_fallback(self, part: Batch) -> None:
         out_of_memory = False
