@@ -245,3 +245,13 @@ def test_evaluate_refuses_a_detectors_method_on_a_classifier_before_torch(
     assert own.exit_code == 2, own.output
     assert "drise explains a detector's detections" in own.output
     assert not (tmp_path / "own").exists()
+
+
+def test_summarize_on_a_folder_a_run_is_writing_says_so(tmp_path: Path) -> None:
+    """Before, it said "run 'camcli explain INPUT -o DIR' first" while a run was writing."""
+    held = tmp_path / "held"
+    with held_lock(held) as holder:
+        result = CliRunner().invoke(main, ["summarize", str(held)])
+    assert result.exit_code == 1, result.output
+    assert f"is in use by camcli pid {holder.pid}" in result.output
+    assert "first" not in result.output

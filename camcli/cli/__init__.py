@@ -52,7 +52,12 @@ class _Commands(click.Group):
 @click.group(cls=_Commands, context_settings=CONTEXT)
 @click.version_option(__version__, "--version", prog_name="camcli")
 def main() -> None:
-    """Explain image classifiers in batches: predictions, Grad-CAM and guided backprop."""
+    """Explain vision models in batches: classifiers, detectors and segmenters.
+
+    What each image's model predicted and where the evidence was: Grad-CAM and the other
+    CAMs, guided backprop, RISE and D-RISE, LRP, Integrated Gradients; scores of which map
+    to trust (evaluate) and of what a class relies on (summarize).
+    """
     # The command's start: its closing line reports the wall time from here (model loading
     # and the check of what is up to date included).
     click.get_current_context().meta[STARTED] = time.perf_counter()

@@ -18,7 +18,7 @@ import click
 
 from camcli.cli.options import CommonOptions, ModelOptions
 
-__all__ = ["refuse_early", "unknown_layer_error"]
+__all__ = ["refuse_early", "refuse_held_lock", "unknown_layer_error"]
 
 
 def refuse_early(
@@ -66,7 +66,7 @@ def refuse_early(
             + ("Not a directory" if not existing.is_dir() else "Permission denied")
             + (f" ({existing})" if existing != folder else "")
         )
-    _refuse_held_lock(folder / f".camcli{_name_suffix(common)}.lock")
+    refuse_held_lock(folder / f".camcli{_name_suffix(common)}.lock")
 
 
 def unknown_layer_error(message: str, model_name: str) -> click.BadParameter:
@@ -124,8 +124,12 @@ def _name_suffix(common: CommonOptions) -> str:
     return run_name_suffix(shard_k, shard_n, current_rank())
 
 
-def _refuse_held_lock(path: Path) -> None:
-    """Refuse when a live run holds ``path`` (the run takes the lock itself later)."""
+def refuse_held_lock(path: Path) -> None:
+    """Refuse when a live run holds ``path`` (the run takes the lock itself later).
+
+    Raises:
+        click.ClickException: naming the holder's pid, host and start (exit 1).
+    """
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:

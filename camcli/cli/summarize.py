@@ -124,6 +124,10 @@ def summarize(
                 f"{output_dir} is not a directory: give the --output-dir of a 'camcli explain' run",
                 param_hint="'OUTPUT_DIR'",
             )
+        from camcli.cli.early import refuse_held_lock
+
+        # A run writing there now: its records are not all there yet.
+        refuse_held_lock(directory / ".camcli.lock")
     if report and is_uri(output_dir):
         raise click.BadParameter(
             "the HTML report is written to a local directory only", param_hint="'--report'"
