@@ -247,6 +247,28 @@ def test_masks_with_no_object_score_nothing_and_exit_1(photos: Path, tmp_path: P
     assert "No score was measured" in (out / "evaluation.md").read_text()
 
 
+def test_masks_unread_beside_background_ones_are_said_with_the_reason(
+    photos: Path, tmp_path: Path
+) -> None:
+    """The first mask (checked before the run) is background only, the second in colours that
+    are not VOC's: the closing sentence counts only the masks that could be read as holding
+    no object, and names the ones that could not (before, it said 'the 1 annotated image(s)
+    hold no object' of a run whose other mask was unreadable)."""
+    scene().save(photos / "two.png")
+    save_image(tmp_path / "masks" / "one.png", np.zeros((60, 80), np.uint8))
+    rgb = in_voc_colours(class_indices())
+    rgb[rgb[..., 0] == 128] = (255, 0, 0)  # pure red: no VOC colour
+    save_image(tmp_path / "masks" / "two.png", rgb)
+    result = run(photos, *SEGMENTER, "--masks", tmp_path / "masks", "-o", tmp_path / "out")
+    assert result.exit_code == 1, result.output
+    (said,) = [x for x in result.stderr.splitlines() if "nothing was scored" in x]
+    assert said.startswith(
+        "camcli: nothing was scored: the 1 annotated image(s) whose masks could be read hold no "
+        "object (their masks are background only), and 1 mask(s) could not be read as class "
+        "masks (e.g. "
+    ), said
+
+
 def test_boxes_that_match_no_detection_exit_1_with_the_reason(photos: Path, tmp_path: Path) -> None:
     voc(tmp_path / "far" / "one.xml", [("red", (60, 0, 80, 12)), ("green", (0, 45, 20, 60))])
     out = tmp_path / "out"

@@ -520,9 +520,18 @@ def nothing_matched(result: dict[str, Any], settings: Settings) -> str | None:
             f"be read as class masks (e.g. {errors['first']})"
         )
     if not result["objects"]:
+        unread = (
+            f", and {errors['count']} mask(s) could not be read as class masks (e.g. "
+            f"{errors['first']})"
+            if errors
+            else ""
+        )
+        read = "whose masks could be read " if errors else ""
         return (
-            f"nothing was scored: the {result['annotated']} annotated image(s) hold no object "
+            f"nothing was scored: the {result['annotated']} annotated image(s) {read}hold no "
+            "object "
             + ("(their box files list none)" if detect else "(their masks are background only)")
+            + unread
         )
     found = (
         f"{result[kind]} detection(s) scored at least --score-threshold {settings.score_threshold}"
