@@ -30,9 +30,12 @@ class Collect:
 
 
 def _run(root: Path, out: Path, batch_size: int, **extra: Any) -> Collect:
+    # The GPU's schedule (a batch launched before the last is finished), checked on the CPU,
+    # where a run finishes each batch at once unless asked to overlap them.
     settings = Settings(
-        output_dir=out, layers=("features.3",), batch_size=batch_size, workers=0, **extra
-    )
+        output_dir=out, layers=("features.3",), batch_size=batch_size, workers=0,
+        overlap_batches=True, **extra,
+    )  # fmt: skip
     reporter = Collect()
     summary = pipeline.run_explain(discover_images(root), load_model(TINY), settings, reporter)
     assert summary.explained == summary.total

@@ -425,7 +425,8 @@ class _Loop:
         previous, self.in_flight = self.in_flight, launched
         if previous is not None:
             self._finish_part(previous)
-        if self.settings.device.type != "cuda":
+        overlap = self.settings.overlap_batches
+        if not (self.settings.device.type == "cuda" if overlap is None else overlap):
             self.in_flight = None
             self._finish_part(launched)
 

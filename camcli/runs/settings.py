@@ -83,6 +83,10 @@ class Settings:
         ray_address: the Ray cluster to join with ``engine="ray"`` (``None``: ``RAY_ADDRESS``,
             else a local Ray started for the run).
         debug: print each failed image's traceback on stderr (not part of the settings key).
+        overlap_batches: launch each batch before finishing the one before it (``None``: on
+            CUDA only, where the device computes a batch while the host finishes the last;
+            on the CPU a launch computes the batch, so finishing it at once loses nothing
+            and its records come a batch sooner).
         task: ``classify``, ``detect`` or ``segment`` (the model's, unless ``--task``).
         score_threshold: a detector's least score of a detection that is explained.
         max_detections: the most detections explained per image (best first).
@@ -118,6 +122,7 @@ class Settings:
     ray_address: str | None = None
     verbose: bool = False
     debug: bool = False
+    overlap_batches: bool | None = None
     task: str = "classify"
     score_threshold: float = 0.5
     max_detections: int = 20
