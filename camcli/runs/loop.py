@@ -4,9 +4,11 @@ A command supplies its device work as a :class:`BatchWork`: ``launch`` queues a 
 computations (and their copies back to the host), ``finish`` turns a launched batch into
 per-image records and file jobs. The loop does the rest, the same way for every command:
 images whose outputs are up to date are reused, failures are reported and indexed, decoding
-runs in loader workers ahead of the device, each batch is launched before the previous one is
-finished (on a GPU the host prepares one batch while the device computes the next), a batch
-that runs out of device memory is retried in halves, and encoding/writing runs in a thread
+runs in loader workers ahead of the device, on a GPU each batch is launched before the
+previous one is finished (the host prepares one batch while the device computes the next; on
+the CPU a launch computes the batch, which is then finished at once), a batch that runs out
+of device memory is retried in halves, a batch whose work raises is retried image by image
+(the image that fails alone gets its error record), and encoding/writing runs in a thread
 pool behind with a bounded number of images (and bytes) in flight.
 """
 
