@@ -25,12 +25,16 @@ DETECTOR = f"{MODELS}:detector"
 SEGMENTER = f"{MODELS}:segmenter"
 
 
-def _refuse(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    """Run ``camcli explain ARGS`` in a process that says whether it imported torch."""
+def _refuse_command(command: str, *args: str | Path) -> subprocess.CompletedProcess[str]:
+    """Run ``camcli COMMAND ARGS`` in a process that says whether it imported torch."""
     return subprocess.run(
-        [sys.executable, "-c", _REFUSE, "explain", *(str(a) for a in args)],
+        [sys.executable, "-c", _REFUSE, command, *(str(a) for a in args)],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
+
+
+def _refuse(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    return _refuse_command("explain", *args)
 
 
 @pytest.fixture
@@ -192,11 +196,7 @@ def test_a_held_output_directory_is_refused_before_torch_by_every_command(
     boxes.mkdir()
     words = [w.replace("{boxes}", str(boxes)) for w in command]
     with held_lock(held):
-        result = subprocess.run(
-            [sys.executable, "-c", _REFUSE, words[0], str(photo.parent), *words[1:], "-o",
-             str(held)],
-            capture_output=True, text=True, timeout=120,
-        )  # fmt: skip
+        result = _refuse_command(words[0], photo.parent, *words[1:], "-o", held)
     assert result.returncode == 1, result.stderr
     assert "is in use by camcli pid" in result.stderr
     assert "torch not loaded" in result.stderr
@@ -216,11 +216,9 @@ def test_a_task_the_named_model_cannot_run_as_is_refused_before_torch(
     """Before, a zoo model's --task mismatch went on to load its weights (exit 1 offline), and
     the embedded model's was refused after 5 s of loading."""
     for command in ("explain", "evaluate"):
-        result = subprocess.run(
-            [sys.executable, "-c", _REFUSE, command, str(photo), "--model", model, "--task", task,
-             "-o", str(tmp_path / "out")],
-            capture_output=True, text=True, timeout=120,
-        )  # fmt: skip
+        result = _refuse_command(
+            command, photo, "--model", model, "--task", task, "-o", tmp_path / "out"
+        )
         assert result.returncode == 2, result.stderr
         assert f"Invalid value for '--task': {model} {noun}" in result.stderr
         assert "torch not loaded" in result.stderr
@@ -232,11 +230,7 @@ def test_evaluate_refuses_a_detectors_method_on_a_classifier_before_torch(
 ) -> None:
     """Before, 'evaluate --method drise,gradcam' on a classifier dropped every method, scored
     nothing and exited 1 after loading the model."""
-    result = subprocess.run(
-        [sys.executable, "-c", _REFUSE, "evaluate", str(photo), "--method", "drise,gradcam",
-         "-o", str(tmp_path / "out")],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+    result = _refuse_command("evaluate", photo, "--method", "drise,gradcam", "-o", tmp_path / "out")
     assert result.returncode == 2, result.stderr
     assert "Invalid value for '--method': drise explains a detector's detections" in result.stderr
     assert "torch not loaded" in result.stderr
@@ -255,3 +249,24 @@ def test_summarize_on_a_folder_a_run_is_writing_says_so(tmp_path: Path) -> None:
     assert result.exit_code == 1, result.output
     assert f"is in use by camcli pid {holder.pid}" in result.output
     assert "first" not in result.output
+
+
+def test_evaluate_names_unused_options_and_checks_a_zoo_detectors_methods_early(
+    photo: Path, tmp_path: Path
+) -> None:
+    noted = CliRunner().invoke(main, ["evaluate", str(photo), "--model", TINY, "--method",
+                                      "gradcam", "--metrics", "deletion", "--metric-steps", "2",
+                                      "--score-threshold", "0.3", "-o",
+                                      str(tmp_path / "a")])  # fmt: skip
+    assert noted.exit_code == 0, noted.output
+    assert (
+        "camcli: --score-threshold not used: it does not apply to a classifier with gradcam"
+        in noted.stderr
+    )
+    boxes = tmp_path / "boxes"
+    boxes.mkdir()
+    rise = _refuse_command("evaluate", photo, "--model", "fasterrcnn_resnet50_fpn", "--boxes",
+                           boxes, "--method", "gradcam,rise", "-o", tmp_path / "b")  # fmt: skip
+    assert rise.returncode == 2, rise.stderr
+    assert "rise does not apply to a detector" in rise.stderr
+    assert "torch not loaded" in rise.stderr

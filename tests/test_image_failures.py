@@ -297,3 +297,31 @@ def test_after_a_write_error_every_record_on_disk_is_indexed_and_counted(tmp_pat
     again = _run(photos, "--model", TINY, "--method", "gradcam,guided", "-o", out, "-j", "0")
     assert again.exit_code == 0, again.output
     assert f"{len(on_disk)} up to date (reused)" in again.output
+
+
+def test_a_fault_of_the_run_itself_is_one_sentence_and_a_failed_run_json(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not an image's failure: the run's own (here, reading the inputs' identities)."""
+    import camcli.runs.loop as loop
+
+    def broken(*_args: object) -> None:
+        raise RuntimeError("the disk went away\nsecond line")
+
+    monkeypatch.setattr(loop, "_input_stats", broken)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    _good_scenes(photos, 1)
+    out = tmp_path / "out"
+    result = _run(photos, "--model", TINY, "--method", "gradcam", "-o", out)
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output and "second line" not in result.output
+    assert (
+        "Error: the run failed: RuntimeError: the disk went away (--debug prints the "
+        "traceback); the files written before it stopped are complete"
+    ) in result.output
+    summary = json.loads((out / "run.json").read_text())
+    assert summary["status"] == "failed" and summary["counted"] is False
+    assert summary["error"].startswith("the run failed: RuntimeError: the disk went away")
+    debug = _run(photos, "--model", TINY, "--method", "gradcam", "-o", out, "--debug")
+    assert debug.exit_code == 1 and "Traceback (most recent call last)" in debug.output

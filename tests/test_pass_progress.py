@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
@@ -105,28 +104,33 @@ def test_smoothgrad_counts_its_passes_as_they_finish() -> None:
     assert len(done) >= 4 and done[0] < 32, done  # done moves before the end of its loop
 
 
-def test_the_run_loop_shows_a_batch_total_that_does_not_grow(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The README's faithfulness example, small: what the loop tells the reporter."""
+def _loop_reports(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *options: str
+) -> list[tuple[int, int, str]]:
+    """What the run loop tells the reporter of passes, explaining two photos in one batch."""
     import camcli.runs.loop as loop
 
     seen: list[tuple[int, int, str]] = []
-
-    def report(reporter: Any, done: int, planned: int, method: str) -> None:
-        seen.append((done, planned, method))
-
-    monkeypatch.setattr(loop, "report_passes", report)
+    monkeypatch.setattr(loop, "report_passes", lambda _r, d, p, m: seen.append((d, p, m)))
     photos = tmp_path / "photos"
     for k in range(2):
         save_image(photos / f"p{k}.png", random_photo(k))
     result = CliRunner().invoke(
         main,
-        ["explain", str(photos), "--model", TINY, "-o", str(tmp_path / "out"), "--method",
-         "gradcam,gradcam++,rise,lrp,ig", "--metrics", "all", "--rise-masks", "20",
-         "--ig-max-steps", "128", "--device", "cpu", "--batch-size", "2"],
+        ["explain", str(photos), "--model", TINY, "-o", str(tmp_path / "out"), "--device", "cpu",
+         "--batch-size", "2", *options],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
+    return seen
+
+
+def test_the_run_loop_shows_a_batch_total_that_does_not_grow(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The README's faithfulness example, small: what the loop tells the reporter."""
+    readme = ["--method", "gradcam,gradcam++,rise,lrp,ig", "--metrics", "all", "--rise-masks",
+              "20", "--ig-max-steps", "128"]  # fmt: skip
+    seen = _loop_reports(tmp_path, monkeypatch, *readme)
     batches: list[list[tuple[int, int, str]]] = [[]]
     for entry in seen:
         if entry == (0, 0, ""):
@@ -150,20 +154,8 @@ def test_several_targets_plan_every_targets_passes_before_the_first(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """--target pred,3: the second target's passes are in the batch's first total."""
-    import camcli.runs.loop as loop
-
-    seen: list[tuple[int, int, str]] = []
-    monkeypatch.setattr(loop, "report_passes", lambda _r, d, p, m: seen.append((d, p, m)))
-    photos = tmp_path / "photos"
-    for k in range(2):
-        save_image(photos / f"p{k}.png", random_photo(k))
-    result = CliRunner().invoke(
-        main,
-        ["explain", str(photos), "--model", TINY, "-o", str(tmp_path / "out"), "--method",
-         "gradcam,rise", "--rise-masks", "20", "--target", "pred,3", "--device", "cpu",
-         "--batch-size", "2"],
-    )  # fmt: skip
-    assert result.exit_code == 0, result.output
+    seen = _loop_reports(tmp_path, monkeypatch, "--method", "gradcam,rise", "--rise-masks", "20",
+                         "--target", "pred,3")  # fmt: skip
     batch = [entry for entry in seen if entry != (0, 0, "")]
     planned = [p for _, p, _ in batch]
     assert planned[0] == 2 * 2 * 20, batch  # two targets x two images x 20 masks

@@ -25,8 +25,10 @@ from camcli.cli.options import (
 )
 from camcli.cli.regions import (
     RegionOptions,
+    check_region_options,
     classifier_methods,
     early_task,
+    note_unused_options,
     region_options,
     region_settings,
     run_as_task,
@@ -194,6 +196,12 @@ def evaluate(ctx: click.Context, **options: Any) -> None:
 
     methods = classifier_methods(raw_methods, known, classifiers)
     refuse_nothing_to_score(known, own, scores_faithfulness, raw_methods)
+    given = ctx.get_parameter_source("metrics") == click.core.ParameterSource.COMMANDLINE
+    refused = {"--metrics": given and (bool(metrics) or road), "--sanity": own.sanity,
+               "--target": own.target not in ("annotated", "pred")}  # fmt: skip
+    if known in ("detect", "segment"):  # a zoo name's task: its methods and options now
+        check_region_options(known, raw_methods, refused)
+    note_unused_options(ctx, known, methods)
     if isinstance(common.output.output_dir, Path) and early_task(common.model.model_name, "auto"):
         # a zoo name (or the embedded model, or timm's) is the name the loaded model has
         _refuse_other_evaluation(
@@ -215,11 +223,10 @@ def evaluate(ctx: click.Context, **options: Any) -> None:
     refuse_nothing_to_score(task, own, scores_faithfulness, raw_methods)
     if task == "classify" and not methods:  # drise on an own classifier
         methods = classifier_methods(raw_methods, task, classifiers)
+    if known is None:  # an own model: its task is known now
+        note_unused_options(ctx, task, methods)
     _refuse_other_evaluation(run.output_dir, model.name, task)
     if task != "classify":
-        given = ctx.get_parameter_source("metrics") == click.core.ParameterSource.COMMANDLINE
-        refused = {"--metrics": given and (bool(metrics) or road), "--sanity": own.sanity,
-                   "--target": own.target not in ("annotated", "pred")}  # fmt: skip
         settings = region_settings(
             run,
             own.layers,

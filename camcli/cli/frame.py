@@ -673,6 +673,8 @@ def run_in_frame(
     record.update(summary.extra)  # a command's own fields (explain: faithfulness means)
     if summary.error is not None:
         record["error"] = summary.error
+    if not summary.counted:
+        record["counted"] = False  # the run failed before its loop could count its images
     _write_summaries(record, run, kind)
     if summary.status == "failed":
         raise click.ClickException(f"{summary.error or 'the run failed'}; {_counted(summary)}")
@@ -691,7 +693,7 @@ def _run_body(
     except RayUnavailable as exc:
         raise click.ClickException(str(exc)) from None
     except WriteFailed as exc:
-        failed = exc.summary or RunSummary(total=len(run.items))
+        failed = exc.summary or RunSummary(total=len(run.items), counted=False)
         failed.status, failed.error = "failed", str(exc)
         return failed, 1
     except BrokenPipeError:
@@ -712,7 +714,7 @@ def _run_body(
         error = f"the run failed: {failure_reason(exc)}" + (
             "" if run.debug else " (--debug prints the traceback)"
         )
-        return RunSummary(total=len(run.items), status="failed", error=error), 1
+        return RunSummary(total=len(run.items), status="failed", error=error, counted=False), 1
     finally:
         reporter.close()
     if summary.status == "failed":
@@ -809,6 +811,11 @@ def _report(
 
 def _counted(summary: RunSummary) -> str:
     """What a failed run did before it stopped, for its closing sentence."""
+    if not summary.counted:  # it failed outside the loop, which counts what it wrote
+        return (
+            "the files written before it stopped are complete (run.json says why; a rerun "
+            "redoes the rest)"
+        )
     return (
         f"{summary.explained} of {summary.total} images were written before it stopped "
         "(run.json says why; a rerun redoes the rest)"

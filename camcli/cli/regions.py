@@ -140,7 +140,6 @@ _NOT_FOR_REGIONS = {
     "--target": "each {each} is explained",
     "--save-raw": "raw maps are a classifier's; a {noun}'s record holds each map's max and peak",
     "--sanity": "the sanity check randomises a classifier's layers",
-    "--boxes": "a segmenter is scored on class masks (--masks)",
 }
 
 

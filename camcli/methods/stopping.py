@@ -117,9 +117,8 @@ def planned_passes(passes: int, method: str) -> Iterator[None]:
     from this declaration instead of adding to the planned total; ``method`` is named until
     the first loop starts. When the block ends normally, the passes no loop took are taken
     back from the plan (work that turned out not to be needed). A block inside a declared
-    one takes its
-    passes from it; a block or loop that needs more than its enclosing block holds plans the
-    rest.
+    one takes its passes from it; a block or loop that needs more than its enclosing block
+    holds plans the rest.
 
     Args:
         passes: the most passes the block's loops make.

@@ -289,7 +289,8 @@ def zoo_architecture(name: str) -> LoadedModel | None:
     import torchvision.models as tvm
 
     from camcli.models.classes import ClassIndex
-    from camcli.models.own import IMAGENET_MEAN, IMAGENET_STD, dense_model
+    from camcli.models.own import dense_model
+    from camcli.models.registry import dense_preprocessing
 
     if name in tvm.list_models(module=tvm.detection):
         task = "detect"
@@ -300,13 +301,5 @@ def zoo_architecture(name: str) -> LoadedModel | None:
     default = tvm.get_model_weights(name).DEFAULT
     categories = [str(c) for c in default.meta["categories"]]
     module = tvm.get_model(name, weights=None, weights_backbone=None, num_classes=len(categories))
-    if task == "segment":
-        transforms = default.transforms()
-        size = int(transforms.resize_size[0]) if transforms.resize_size else 520
-        prep = Preprocessing(size, size, tuple(transforms.mean), tuple(transforms.std))
-    else:  # a detector resizes and normalises the photos itself
-        prep = Preprocessing(64, 64, IMAGENET_MEAN, IMAGENET_STD)
-    loaded = dense_model(
-        name, module, prep, "none (architecture only)", task, ClassIndex(categories)
-    )
-    return loaded
+    prep = dense_preprocessing(default, task)
+    return dense_model(name, module, prep, "none (architecture only)", task, ClassIndex(categories))

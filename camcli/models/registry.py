@@ -33,6 +33,7 @@ from camcli.models.loaded import (
 
 __all__ = [
     "available_models",
+    "dense_preprocessing",
     "fetch_zoo_weights",
     "load_model",
     "offline_requested",
@@ -288,7 +289,7 @@ def _load_torchvision_dense(
     """
     import torchvision.models as tvm
 
-    from camcli.models.own import IMAGENET_MEAN, IMAGENET_STD, dense_model
+    from camcli.models.own import dense_model
 
     default = tvm.get_model_weights(name).DEFAULT
     path = weights_file or _cached_or_downloaded(name, default.url, offline)
@@ -303,13 +304,24 @@ def _load_torchvision_dense(
         module.load_state_dict(state)
     except RuntimeError as exc:
         raise ModelUnavailable(f"weights file {path} does not fit {name}: {_short(exc)}") from None
+    return dense_model(
+        name, module, dense_preprocessing(default, task), str(path), task, ClassIndex(categories)
+    )
+
+
+def dense_preprocessing(default: Any, task: str) -> Preprocessing:
+    """A torchvision detector's or segmenter's input, from its published weights' entry.
+
+    A detector resizes and normalises the photos itself: camcli's own resize is unused and
+    kept small. A segmenter takes the normalised batch at its published size (520).
+    """
+    from camcli.models.own import IMAGENET_MEAN, IMAGENET_STD
+
     if task == "segment":
         transforms = default.transforms()
         size = int(transforms.resize_size[0]) if transforms.resize_size else 520
-        prep = Preprocessing(size, size, tuple(transforms.mean), tuple(transforms.std))
-    else:
-        prep = Preprocessing(64, 64, IMAGENET_MEAN, IMAGENET_STD)
-    return dense_model(name, module, prep, str(path), task, ClassIndex(categories))
+        return Preprocessing(size, size, tuple(transforms.mean), tuple(transforms.std))
+    return Preprocessing(64, 64, IMAGENET_MEAN, IMAGENET_STD)
 
 
 def _with_other_head(

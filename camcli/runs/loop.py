@@ -355,11 +355,8 @@ class _Loop:
             raise WriteFailed(f"cannot write outputs for {entry.item.relative}: {exc}") from exc
         except Exception as exc:  # a picture that cannot be made: this image's
             # record is not written (it is written last), so nothing of it counts as done
-            if is_run_error(exc):
-                raise
-            if self.settings.debug:
-                traceback.print_exception(exc, file=sys.stderr)
-            self.fail(entry.item, failure_reason(exc))
+            _pass_on(exc)
+            self._image_failed(entry.item, exc)
             return
         self._written(entry)
 
@@ -383,11 +380,8 @@ class _Loop:
         """
         try:
             outputs = self.work.finish(done.work)
-        except (Stopped, WriteFailed):
-            raise
         except Exception as exc:  # one image's failure is that image's record
-            if is_run_error(exc):
-                raise
+            _pass_on(exc)
             self._one_by_one(done.part, exc)
             return
         self._submit(done, outputs)
@@ -439,11 +433,8 @@ class _Loop:
             self._step(part)
         except torch.OutOfMemoryError:
             out_of_memory = True
-        except (Stopped, WriteFailed):
-            raise
         except Exception as exc:  # the launch of ``part`` failed
-            if is_run_error(exc):
-                raise
+            _pass_on(exc)
             failure = exc
         if failure is not None:
             self._one_by_one(part, failure)
@@ -471,7 +462,7 @@ class _Loop:
     def _one_by_one(self, part: Batch, exc: Exception) -> None:
         """A batch whose work raised: each image alone, so only the failing ones fail."""
         if len(part) == 1:
-            self._image_failed(part.indices[0], exc)
+            self._image_failed(self.items[self.todo[part.indices[0]]], exc)
             return
         print(
             f"camcli: a batch of {len(part)} images failed ({failure_reason(exc)}); "
@@ -482,22 +473,18 @@ class _Loop:
             try:
                 launched = self._launch(single)
                 outputs = self.work.finish(launched.work)
-            except (Stopped, WriteFailed):
-                raise
             except Exception as alone:  # this image's failure
-                if is_run_error(alone):
-                    raise
+                _pass_on(alone)
                 if self.settings.device.type == "cuda" and isinstance(
                     alone, torch.OutOfMemoryError
                 ):
                     torch.cuda.empty_cache()
-                self._image_failed(single.indices[0], alone)
+                self._image_failed(self.items[self.todo[single.indices[0]]], alone)
                 continue
             self._submit(launched, outputs)
 
-    def _image_failed(self, index: int, exc: Exception) -> None:
-        """Report the image at ``index`` of the loop's todo list as failed by ``exc``."""
-        item = self.items[self.todo[index]]
+    def _image_failed(self, item: ImageItem, exc: Exception) -> None:
+        """Report ``item`` as failed by ``exc`` (its traceback too with ``--debug``)."""
         if isinstance(exc, torch.OutOfMemoryError):
             message = "out of memory even as a batch of one image"
         else:
@@ -506,3 +493,14 @@ class _Loop:
             print(f"camcli: traceback of {item.relative}:", file=sys.stderr)
             traceback.print_exception(exc, file=sys.stderr)
         self.fail(item, message)
+
+
+def _pass_on(exc: Exception) -> None:
+    """Raise ``exc`` again when it is not one image's failure.
+
+    A stop request, a write failure (the run stops) and an error of the run's settings
+    (:func:`~camcli.runs.failures.is_run_error`) end the batch as they would without the
+    image-by-image retry.
+    """
+    if isinstance(exc, (Stopped, WriteFailed)) or is_run_error(exc):
+        raise exc

@@ -95,6 +95,7 @@ class RunSummary:
     failures: list[tuple[str, str]] = field(default_factory=list)
     seconds: float = 0.0
     error: str | None = None  # why a run with status "failed" stopped
+    counted: bool = True  # False: the run failed before its loop could count anything
     extra: dict[str, Any] = field(default_factory=dict)  # more fields for run.json
 
 
